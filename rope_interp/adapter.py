@@ -1,0 +1,168 @@
+"""Thin adapter over TransformerLens models: the one place that reads model internals.
+
+Analyses and interventions never touch ``model.blocks[...]`` or ``model.cfg``
+directly; they ask this module. Supporting another model class (e.g.
+``TransformerBridge``) means teaching these functions, not every caller.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from .errors import ContextLengthError, NotRotaryError, check_index
+
+
+def config(model: Any) -> Any:
+    """The model's ``HookedTransformerConfig`` (or bridge config)."""
+    cfg = getattr(model, "cfg", None)
+    if cfg is None:
+        raise TypeError(
+            f"expected a TransformerLens HookedTransformer, got {type(model).__name__} (no .cfg)"
+        )
+    return cfg
+
+
+def check_rotary(model: Any) -> Any:
+    """Return the config, or raise :class:`NotRotaryError` for a non-rotary model."""
+    cfg = config(model)
+    pos = getattr(cfg, "positional_embedding_type", None)
+    if pos != "rotary":
+        raise NotRotaryError(
+            f"model {getattr(cfg, 'model_name', '?')!r} uses positional_embedding_type={pos!r}; "
+            "rope_interp needs a rotary (RoPE) model (positional_embedding_type='rotary')"
+        )
+    if getattr(cfg, "rotary_dim", None) is None:
+        raise NotRotaryError("model config has positional_embedding_type='rotary' but no rotary_dim")
+    return cfg
+
+
+def n_layers(model: Any) -> int:
+    return int(config(model).n_layers)
+
+
+def n_heads(model: Any) -> int:
+    return int(config(model).n_heads)
+
+
+def n_kv_heads(model: Any) -> int:
+    cfg = config(model)
+    n = getattr(cfg, "n_key_value_heads", None)
+    if n is None or getattr(cfg, "ungroup_grouped_query_attention", False):
+        return int(cfg.n_heads)
+    return int(n)
+
+
+def kv_map(model: Any) -> Tensor:
+    """LongTensor[n_heads]: the kv head each query head reads (``h // (n_heads // n_kv)``)."""
+    h, g = n_heads(model), n_kv_heads(model)
+    return torch.arange(h) // (h // g)
+
+
+def layers(model: Any, layers: int | Sequence[int] | None) -> list[int]:
+    """Normalise a layer selection (None = all) and check it is in range."""
+    n = n_layers(model)
+    if layers is None:
+        return list(range(n))
+    if isinstance(layers, int) or (isinstance(layers, Tensor) and layers.ndim == 0):
+        layers = [int(layers)]
+    return check_index("layer", list(layers), n)
+
+
+def heads(model: Any, heads: int | Sequence[int] | None) -> list[int]:
+    n = n_heads(model)
+    if heads is None:
+        return list(range(n))
+    if isinstance(heads, int):
+        heads = [heads]
+    return check_index("head", list(heads), n)
+
+
+def attn(model: Any, layer: int) -> Any:
+    """The attention module of block ``layer``."""
+    return model.blocks[layer].attn
+
+
+def attn_scale(model: Any, layer: int) -> float:
+    """The divisor of ``q·k`` in this layer's attention scores."""
+    return float(attn(model, layer).attn_scale)
+
+
+def softcap(model: Any) -> float | None:
+    cap = getattr(config(model), "attn_scores_soft_cap", None)
+    return float(cap) if cap is not None and cap > 0 else None
+
+
+def check_decomposable(model: Any) -> None:
+    """Raise when something between ``hook_rot_q`` and the scores breaks ``scores = q·k/scale``."""
+    cfg = config(model)
+    if getattr(cfg, "use_logn_attn", False):
+        raise NotImplementedError(
+            "this model rescales queries by log(n) after hook_rot_q (use_logn_attn=True); "
+            "the per-band decomposition of hook_attn_scores is not implemented for it"
+        )
+
+
+def rotary_tables(model: Any, layer: int, n_pos: int) -> tuple[Tensor, Tensor]:
+    """(sin, cos), each float64 ``[n_pos, rotary_dim]``, as this layer's attention computes them.
+
+    Calls the attention module's own ``calculate_sin_cos_rotary`` (so every
+    frequency scaling TransformerLens implements is included by construction) in
+    float64, which keeps low frequencies exact even for fp16/bf16 models whose
+    cached buffers are rounded. Falls back to the cached ``rotary_sin/rotary_cos``.
+    """
+    cfg = check_rotary(model)
+    mod = attn(model, layer)
+    fn = getattr(mod, "calculate_sin_cos_rotary", None)
+    if fn is not None:
+        base = mod._rotary_base() if hasattr(mod, "_rotary_base") else cfg.rotary_base
+        sin, cos = fn(cfg.rotary_dim, n_pos, base=base, dtype=torch.float64)
+        return sin.double(), cos.double()
+    sin, cos = mod.rotary_sin, mod.rotary_cos
+    return sin[:n_pos].double().cpu(), cos[:n_pos].double().cpu()
+
+
+def rotary_buffers(model: Any, layer: int) -> tuple[Tensor, Tensor]:
+    """The sin/cos tables the model actually applies (its buffers, in its dtype)."""
+    mod = attn(model, layer)
+    return mod.rotary_sin, mod.rotary_cos
+
+
+def to_tokens(model: Any, tokens: Any) -> Tensor:
+    """Accept a string, list of strings, or LongTensor [pos] / [batch, pos]; return [batch, pos].
+
+    Raises :class:`ContextLengthError` for sequences longer than the model's context.
+    """
+    if isinstance(tokens, str) or (
+        isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], str)
+    ):
+        if getattr(model, "tokenizer", None) is None:
+            raise ValueError("model has no tokenizer: pass token ids instead of text")
+        tokens = model.to_tokens(tokens)
+    if not isinstance(tokens, Tensor):
+        tokens = torch.as_tensor(tokens)
+    if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+        raise TypeError(f"tokens must be integer ids, got dtype {tokens.dtype}")
+    if tokens.ndim == 1:
+        tokens = tokens[None]
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be [batch, pos] or [pos], got shape {tuple(tokens.shape)}")
+    if tokens.shape[1] == 0:
+        raise ValueError("tokens are empty (0 positions)")
+    n_ctx = int(config(model).n_ctx)
+    if tokens.shape[1] > n_ctx:
+        raise ContextLengthError(
+            f"{tokens.shape[1]} tokens exceed the model's context of n_ctx={n_ctx}; "
+            "truncate the input or split it into windows"
+        )
+    return tokens.to(device(model))
+
+
+def device(model: Any) -> torch.device:
+    """Where the model's weights live (inputs and results follow it)."""
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device(getattr(config(model), "device", None) or "cpu")

@@ -1,0 +1,348 @@
+"""Capture queries and keys band by band: hook callbacks, a recorder, streaming statistics.
+
+Canonical view: ``[batch, pos, head, band, 2]`` (see :mod:`rope_interp.bands`).
+Sites: ``q``/``k`` before rotation, ``rot_q``/``rot_k`` after, ``v`` (values, the
+control RoPE never touches, paired with the same dims as q/k).
+
+Grouped-query attention: key/value sites have ``n_kv_heads`` heads; query head
+``h`` reads kv head ``RotaryBands.kv_map[h] == h // (n_heads // n_kv_heads)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from . import adapter
+from .bands import band_norms, band_view, pass_view
+from .errors import check_index
+from .hooking import FwdHooks, HookSet
+from .hooks import QK_SITES, attn_hook, is_key_site
+from .spec import RotaryBands
+
+CAPTURE_SITES = (*QK_SITES, "v")
+
+
+@dataclass
+class BandActivation:
+    """What a band callback receives at one hook point.
+
+    ``bands`` and ``passthrough`` are views of the live activation: read them,
+    or write into them to intervene (the hook returns the activation it was given).
+    """
+
+    layer: int
+    site: str
+    bands: Float[Tensor, "batch pos head n_bands 2"]
+    passthrough: Float[Tensor, "batch pos head n_pass"]
+    activation: Float[Tensor, "batch pos head d_head"]
+
+
+def _check_sites(sites: Iterable[str]) -> tuple[str, ...]:
+    sites = (sites,) if isinstance(sites, str) else tuple(sites)
+    for s in sites:
+        if s not in CAPTURE_SITES:
+            raise ValueError(f"unknown site {s!r}; expected some of {CAPTURE_SITES}")
+    if not sites:
+        raise ValueError("no sites given")
+    return sites
+
+
+def band_hooks(
+    model: Any,
+    callback: Callable[[BandActivation], None],
+    layers: int | Sequence[int] | None = None,
+    sites: str | Sequence[str] = ("rot_q", "rot_k"),
+) -> FwdHooks:
+    """A ``fwd_hooks`` list that calls ``callback(BandActivation)`` at each chosen hook.
+
+    >>> import torch
+    >>> from rope_interp.testing import tiny_model
+    >>> model = tiny_model()
+    >>> seen = []
+    >>> hooks = band_hooks(model, lambda a: seen.append((a.layer, a.site, tuple(a.bands.shape))), layers=0)
+    >>> _ = model.run_with_hooks(torch.tensor([[1, 2, 3]]), fwd_hooks=hooks)
+    >>> seen
+    [(0, 'rot_q', (1, 3, 4, 8, 2)), (0, 'rot_k', (1, 3, 2, 8, 2))]
+    """
+    cfg = adapter.check_rotary(model)
+    rd, adjacent = int(cfg.rotary_dim), bool(cfg.rotary_adjacent_pairs)
+    hooks: FwdHooks = []
+    for layer in adapter.layers(model, layers):
+        for site in _check_sites(sites):
+
+            def hook(act: Tensor, hook: Any, layer: int = layer, site: str = site) -> Tensor:
+                callback(BandActivation(layer, site, band_view(act, rd, adjacent), pass_view(act, rd), act))
+                return act
+
+            hooks.append((attn_hook(layer, site), hook))  # type: ignore[arg-type]
+    return hooks
+
+
+class BandCapture(HookSet):
+    """Record q/k (pre- and/or post-rotation) per band for chosen layers, heads and bands.
+
+    Only what was asked for is kept (a clone of the selected slice; the last
+    forward pass wins). Read results with ``capture[layer, site]`` →
+    ``[batch, pos, head, band, 2]`` (heads/bands in the order selected) and
+    ``capture.passthrough(layer, site)``.
+
+    >>> import torch
+    >>> from rope_interp.testing import tiny_model
+    >>> model = tiny_model()
+    >>> with BandCapture(model, layers=[1], sites=["k", "rot_k"], bands=[0, 1]) as cap:
+    ...     _ = model(torch.tensor([[5, 6, 7, 8]]))
+    >>> cap[1, "rot_k"].shape
+    torch.Size([1, 4, 2, 2, 2])
+    >>> len(model.hook_dict["blocks.1.attn.hook_rot_k"].fwd_hooks)
+    0
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        layers: int | Sequence[int] | None = None,
+        sites: str | Sequence[str] = ("rot_q", "rot_k"),
+        heads: Sequence[int] | None = None,
+        bands: Sequence[int] | None = None,
+        keep_passthrough: bool = False,
+        store_device: str | torch.device | None = None,
+    ):
+        super().__init__(model)
+        self.spec = RotaryBands.from_model(model)
+        self.layers = adapter.layers(model, layers)
+        self.sites = _check_sites(sites)
+        self.heads = None if heads is None else check_index("head", list(heads), self.spec.n_heads)
+        self.bands_sel = None if bands is None else check_index("band", list(bands), self.spec.n_bands)
+        self.keep_passthrough = keep_passthrough
+        self.store_device = None if store_device is None else torch.device(store_device)
+        self._bands: dict[tuple[int, str], Tensor] = {}
+        self._pass: dict[tuple[int, str], Tensor] = {}
+
+    def _head_index(self, site: str) -> list[int] | None:
+        if self.heads is None:
+            return None
+        if is_key_site(site) and self.spec.n_kv_heads != self.spec.n_heads:
+            # keep the kv heads that the selected query heads read, in order, once each
+            return list(dict.fromkeys(int(self.spec.kv_map[h]) for h in self.heads))
+        return self.heads
+
+    def _record(self, a: BandActivation) -> None:
+        x = a.bands.detach()
+        heads = self._head_index(a.site)
+        if heads is not None:
+            x = x[:, :, heads]
+        if self.bands_sel is not None:
+            x = x[:, :, :, self.bands_sel]
+        self._bands[a.layer, a.site] = x.to(self.store_device or x.device, copy=True)
+        if self.keep_passthrough:
+            p = a.passthrough.detach()
+            if heads is not None:
+                p = p[:, :, heads]
+            self._pass[a.layer, a.site] = p.to(self.store_device or p.device, copy=True)
+
+    def fwd_hooks(self) -> FwdHooks:
+        return band_hooks(self.model, self._record, self.layers, self.sites)
+
+    def __getitem__(self, key: tuple[int, str]) -> Float[Tensor, "batch pos head band 2"]:
+        layer, site = key
+        if (layer, site) not in self._bands:
+            raise KeyError(
+                f"nothing captured for layer {layer}, site {site!r}: captured {sorted(self._bands)} "
+                "(was a forward pass run inside the context?)"
+            )
+        return self._bands[layer, site]
+
+    def passthrough(self, layer: int, site: str) -> Float[Tensor, "batch pos head n_pass"]:
+        if not self.keep_passthrough:
+            raise ValueError("construct BandCapture(..., keep_passthrough=True) to keep pass-through dims")
+        return self._pass[layer, site]
+
+    def norms(self, layer: int, site: str) -> Float[Tensor, "batch pos head band"]:
+        return band_norms(self[layer, site])
+
+    def clear(self) -> None:
+        self._bands.clear()
+        self._pass.clear()
+
+
+@dataclass
+class SiteMoments:
+    """Running sums for one site: tensors ``[layer, head, band, ...]`` in float64."""
+
+    sum_norm: Tensor  # [L, H, B]
+    sum_sq_norm: Tensor  # [L, H, B]
+    sum_vec: Tensor  # [L, H, B, 2]
+    sum_outer: Tensor  # [L, H, B, 2, 2]
+
+    @classmethod
+    def zeros(cls, n_layers: int, n_heads: int, n_bands: int, device: torch.device) -> SiteMoments:
+        z = dict(dtype=torch.float64, device=device)
+        return cls(
+            torch.zeros(n_layers, n_heads, n_bands, **z),
+            torch.zeros(n_layers, n_heads, n_bands, **z),
+            torch.zeros(n_layers, n_heads, n_bands, 2, **z),
+            torch.zeros(n_layers, n_heads, n_bands, 2, 2, **z),
+        )
+
+    def add_(self, other: SiteMoments) -> None:
+        for name in ("sum_norm", "sum_sq_norm", "sum_vec", "sum_outer"):
+            getattr(self, name).add_(getattr(other, name).to(getattr(self, name).device))
+
+
+class BandStats(HookSet):
+    """Streaming per-layer/head/band statistics of q/k/v bands.
+
+    Memory is ``O(layers * heads * bands)``, independent of the number of tokens.
+    Sums accumulate in float64 on the model's device (no host sync in the hooks).
+    Positions ``< start_pos`` are skipped (e.g. ``start_pos=1`` leaves out BOS);
+    ``mask`` (bool ``[batch, pos]``) excludes padding.
+
+    >>> import torch
+    >>> from rope_interp.testing import tiny_model
+    >>> model = tiny_model()
+    >>> stats = BandStats(model, sites=["rot_q", "rot_k"])
+    >>> stats.update(torch.randint(0, 50, (2, 16)))
+    >>> stats.mean_norm("rot_k").shape    # [layer, kv_head, band]
+    torch.Size([2, 2, 8])
+    >>> stats.n_tokens
+    32
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        layers: int | Sequence[int] | None = None,
+        sites: str | Sequence[str] = ("rot_q", "rot_k"),
+        start_pos: int = 0,
+    ):
+        super().__init__(model)
+        self.spec = RotaryBands.from_model(model)
+        self.layers = adapter.layers(model, layers)
+        self.sites = _check_sites(sites)
+        self.start_pos = int(start_pos)
+        dev = adapter.device(model)
+        nl, nb = len(self.layers), self.spec.n_bands
+        self.moments = {
+            s: SiteMoments.zeros(nl, self._n_heads(s), nb, dev) for s in self.sites
+        }
+        self._count = torch.zeros((), dtype=torch.float64, device=dev)
+        self._mask: Tensor | None = None
+        self._layer_pos = {layer: i for i, layer in enumerate(self.layers)}
+
+    def _n_heads(self, site: str) -> int:
+        return self.spec.n_kv_heads if is_key_site(site) else self.spec.n_heads
+
+    # ---- accumulation ---------------------------------------------------------------
+    def _weights(self, batch: int, pos: int, device: torch.device) -> Tensor:
+        w = torch.ones(batch, pos, dtype=torch.float64, device=device)
+        w[:, : self.start_pos] = 0
+        if self._mask is not None:
+            w = w * self._mask.to(device=device, dtype=torch.float64)
+        return w
+
+    def _accumulate(self, a: BandActivation) -> None:
+        x = a.bands.detach().to(torch.float64)  # [b, p, h, B, 2]
+        w = self._weights(x.shape[0], x.shape[1], x.device)  # [b, p]
+        m = self.moments[a.site]
+        i = self._layer_pos[a.layer]
+        norms = band_norms(x)
+        m.sum_norm[i] += torch.einsum("bp,bphn->hn", w, norms)
+        m.sum_sq_norm[i] += torch.einsum("bp,bphn->hn", w, norms * norms)
+        m.sum_vec[i] += torch.einsum("bp,bphnc->hnc", w, x)
+        m.sum_outer[i] += torch.einsum("bp,bphnc,bphnd->hncd", w, x, x)
+        if a.layer == self.layers[0] and a.site == self.sites[0]:
+            self._count += w.sum()
+
+    def fwd_hooks(self) -> FwdHooks:
+        return band_hooks(self.model, self._accumulate, self.layers, self.sites)
+
+    @torch.no_grad()
+    def update(self, tokens: Any, mask: Tensor | None = None) -> BandStats:
+        """Run the model on ``tokens`` (stopping after the last needed layer) and accumulate."""
+        tokens = adapter.to_tokens(self.model, tokens)
+        if mask is not None and mask.shape != tokens.shape:
+            raise ValueError(f"mask shape {tuple(mask.shape)} != tokens shape {tuple(tokens.shape)}")
+        self._mask = mask
+        try:
+            with self:
+                self.model(tokens, stop_at_layer=max(self.layers) + 1)
+        finally:
+            self._mask = None
+        return self
+
+    def update_many(self, batches: Iterable[Any], progress: bool = True, total: int | None = None) -> BandStats:
+        """:meth:`update` over an iterable of token batches, with a tqdm progress bar."""
+        from tqdm.auto import tqdm
+
+        for tokens in tqdm(batches, desc="band stats", disable=not progress, total=total):
+            self.update(tokens)
+        return self
+
+    def merge(self, other: BandStats) -> BandStats:
+        """Add ``other``'s sums into this one (same model layout, layers and sites); returns self."""
+        if (other.layers, other.sites) != (self.layers, self.sites):
+            raise ValueError(
+                f"cannot merge stats over layers/sites {other.layers}/{other.sites} "
+                f"into {self.layers}/{self.sites}"
+            )
+        for s in self.sites:
+            self.moments[s].add_(other.moments[s])
+        self._count += other._count.to(self._count.device)
+        return self
+
+    # ---- results --------------------------------------------------------------------
+    @property
+    def n_tokens(self) -> int:
+        return int(self._count.item())
+
+    def _site(self, site: str) -> SiteMoments:
+        if site not in self.moments:
+            raise KeyError(f"site {site!r} was not tracked; tracked: {self.sites}")
+        if self._count.item() == 0:
+            raise ValueError("no tokens accumulated yet: call update() first")
+        return self.moments[site]
+
+    def mean_norm(self, site: str) -> Float[Tensor, "layer head band"]:
+        """Mean over tokens of ``‖x_i‖`` per layer, head, band."""
+        return self._site(site).sum_norm / self._count
+
+    def rms_norm(self, site: str) -> Float[Tensor, "layer head band"]:
+        return (self._site(site).sum_sq_norm / self._count).sqrt()
+
+    def mean_vector(self, site: str) -> Float[Tensor, "layer head band 2"]:
+        return self._site(site).sum_vec / self._count
+
+    def second_moment(self, site: str) -> Float[Tensor, "layer head band 2 2"]:
+        """``E[x xᵀ]`` per band (uncentred)."""
+        return self._site(site).sum_outer / self._count
+
+    def covariance(self, site: str) -> Float[Tensor, "layer head band 2 2"]:
+        mu = self.mean_vector(site)
+        return self.second_moment(site) - mu[..., :, None] * mu[..., None, :]
+
+    def consistency(self, site: str) -> Float[Tensor, "layer head band"]:
+        """``‖E[x]‖ / E[‖x‖]`` in [0, 1]: 1 when every token points the same way."""
+        return band_norms(self.mean_vector(site)) / self.mean_norm(site).clamp_min(1e-30)
+
+    def to_dataframe(self, site: str):
+        """Long table: layer, head, band, mean_norm, rms_norm, consistency."""
+        import pandas as pd
+
+        mn, rms, cons = self.mean_norm(site), self.rms_norm(site), self.consistency(site)
+        L, H, B = mn.shape
+        idx = torch.cartesian_prod(torch.tensor(self.layers), torch.arange(H), torch.arange(B))
+        return pd.DataFrame(
+            {
+                "layer": idx[:, 0].tolist(),
+                "head": idx[:, 1].tolist(),
+                "band": idx[:, 2].tolist(),
+                "mean_norm": mn.flatten().tolist(),
+                "rms_norm": rms.flatten().tolist(),
+                "consistency": cons.flatten().tolist(),
+            }
+        )

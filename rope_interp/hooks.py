@@ -1,0 +1,47 @@
+"""The one place that builds TransformerLens hook names.
+
+Every other module asks :func:`attn_hook` for a name instead of writing
+``"blocks.{layer}.attn.hook_..."`` itself, so a change of naming (a new model
+class, a new TransformerLens major) is a one-file change.
+
+>>> attn_hook(3, "rot_q")
+'blocks.3.attn.hook_rot_q'
+>>> parse_attn_hook("blocks.12.attn.hook_k")
+(12, 'k')
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal, get_args
+
+Site = Literal["q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "z"]
+"""Attention hook sites that rope_interp reads or writes."""
+
+QKSite = Literal["q", "k", "rot_q", "rot_k"]
+"""The four sites that carry queries/keys: before (``q``, ``k``) and after rotation."""
+
+SITES: tuple[str, ...] = get_args(Site)
+QK_SITES: tuple[str, ...] = get_args(QKSite)
+
+_PATTERN = re.compile(r"^blocks\.(\d+)\.attn\.hook_([a-z_]+)$")
+
+
+def attn_hook(layer: int, site: Site) -> str:
+    """Name of the attention hook point ``site`` in block ``layer``."""
+    if site not in SITES:
+        raise ValueError(f"unknown attention hook site {site!r}; expected one of {SITES}")
+    return f"blocks.{int(layer)}.attn.hook_{site}"
+
+
+def parse_attn_hook(name: str) -> tuple[int, str]:
+    """Inverse of :func:`attn_hook`: ``(layer, site)`` of a hook name."""
+    match = _PATTERN.match(name)
+    if match is None or match.group(2) not in SITES:
+        raise ValueError(f"{name!r} is not a rope_interp attention hook name")
+    return int(match.group(1)), match.group(2)
+
+
+def is_key_site(site: str) -> bool:
+    """True for sites whose head axis has ``n_key_value_heads`` entries under GQA."""
+    return site in ("k", "rot_k", "v")

@@ -1,0 +1,33 @@
+"""Shared fixtures. Builders of tiny models live in ``rope_interp.testing`` (never import from tests)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rope_interp.testing import LAYOUTS, tiny_layout_model
+
+
+@pytest.fixture(params=sorted(LAYOUTS))
+def layout_model(request):
+    """A tiny random rotary model, once per layout family (NeoX, GPT-J, partial, GQA, scalings...)."""
+    return tiny_layout_model(request.param)
+
+
+@pytest.fixture(scope="session")
+def smol():
+    """The embedded SmolLM2-135M-Instruct as a HookedTransformer (fp32, CPU). Cached after first load."""
+    from rope_interp import load_model
+
+    torch.set_grad_enabled(True)
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def english_tokens(smol):
+    """>= 256 tokens of real English text from the bundled corpus, as [1, pos]."""
+    from rope_interp.data import load_text
+
+    toks = smol.to_tokens(load_text())
+    assert toks.shape[1] >= 256
+    return toks
