@@ -166,3 +166,11 @@ def device(model: Any) -> torch.device:
         return next(model.parameters()).device
     except StopIteration:
         return torch.device(getattr(config(model), "device", None) or "cpu")
+
+
+def local_window(model: Any, layer: int) -> int | None:
+    """Sliding-window size of a local-attention layer (keys ``m - window < n <= m``), else None."""
+    mod = attn(model, layer)
+    if getattr(mod, "attn_type", "global") == "local":
+        return int(config(model).window_size)
+    return None

@@ -88,6 +88,7 @@ class BandScores:
     bands: list[int]
     q_start: int = 0
     softcap: float | None = None
+    window: int | None = None
     freqs: Tensor | None = field(default=None, repr=False)
 
     def total(self) -> Float[Tensor, "batch head q_pos k_pos"]:
@@ -95,10 +96,15 @@ class BandScores:
         return self.per_band.sum(2) + self.remainder
 
     def causal_mask(self) -> Tensor:
-        """Bool ``[q_pos, k_pos]``: True where key position <= query position."""
+        """Bool ``[q_pos, k_pos]``: True where the model lets the query see the key
+        (key <= query, and within the sliding window of a local-attention layer)."""
         m, n = self.per_band.shape[-2:]
-        qpos = torch.arange(self.q_start, self.q_start + m, device=self.per_band.device)
-        return torch.arange(n, device=self.per_band.device)[None, :] <= qpos[:, None]
+        qpos = torch.arange(self.q_start, self.q_start + m, device=self.per_band.device)[:, None]
+        kpos = torch.arange(n, device=self.per_band.device)[None, :]
+        mask = kpos <= qpos
+        if self.window is not None:
+            mask &= kpos > qpos - self.window
+        return mask
 
     def scores(self, drop: Sequence[int] = (), keep_only: Sequence[int] | None = None) -> Tensor:
         """Scores as the model would compute them (soft-cap, then causal mask = -inf),
@@ -184,6 +190,7 @@ def _terms(
     bands: list[int],
     q_slice: slice,
     softcap: float | None,
+    window: int | None,
     dtype: torch.dtype,
 ) -> BandScores:
     """Terms for queries ``q_slice`` against keys ``0 .. q_slice.stop`` (the causal prefix)."""
@@ -211,6 +218,7 @@ def _terms(
         bands=bands,
         q_start=q_slice.start or 0,
         softcap=softcap,
+        window=window,
         freqs=spec.freqs[layer, bands],
     )
 
@@ -254,7 +262,9 @@ def band_scores(
             "or use iter_band_scores(..., chunk_size=...) to stream query chunks"
         )
     qk = _capture_qk(model, tokens, layer)
-    return _terms(spec, qk, layer, heads, bands, slice(0, n), adapter.softcap(model), dtype)
+    return _terms(
+        spec, qk, layer, heads, bands, slice(0, n), adapter.softcap(model), adapter.local_window(model, layer), dtype
+    )
 
 
 def iter_band_scores(
@@ -285,6 +295,7 @@ def iter_band_scores(
     tokens = adapter.to_tokens(model, tokens)
     n = tokens.shape[1]
     qk = _capture_qk(model, tokens, layer)
-    softcap = adapter.softcap(model)
+    softcap, window = adapter.softcap(model), adapter.local_window(model, layer)
     for start in range(0, n, chunk_size):
-        yield _terms(spec, qk, layer, heads, bands, slice(start, min(n, start + chunk_size)), softcap, dtype)
+        q_slice = slice(start, min(n, start + chunk_size))
+        yield _terms(spec, qk, layer, heads, bands, q_slice, softcap, window, dtype)

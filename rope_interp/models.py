@@ -133,6 +133,8 @@ def _hooked_from_hf(hf_model: Any, tokenizer: Any, config_dir: Path, device: tor
 
     cfg = loading.get_pretrained_model_config(str(config_dir), device=str(device), dtype=dtype)
     state = loading.get_pretrained_state_dict(str(config_dir), cfg, hf_model, dtype=dtype)
+    if tokenizer is None:
+        cfg.tokenizer_name = None  # otherwise HookedTransformer tries to fetch one
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
     model.load_and_process_state_dict(
         state,
@@ -206,5 +208,9 @@ def _load_hf_dir(path: Path, device: torch.device, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(str(path))
+    tok = None
+    if any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        tok = AutoTokenizer.from_pretrained(str(path))
+    else:
+        log.warning("%s has no tokenizer files: the model will take token ids only", path)
     return _hooked_from_hf(hf, tok, path, device, dtype)

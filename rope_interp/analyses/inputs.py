@@ -1,0 +1,171 @@
+"""Shared plumbing of the analyses: input windows, progress bars, prefix means, figures.
+
+Every analysis accepts the same kinds of input and turns them into a stream of
+``[batch, pos]`` token windows with :func:`iter_windows`, so memory depends on
+the window size, never on the length of the text:
+
+* a string (tokenised with the model's tokenizer; with ``window`` set, a long
+  text is cut into windows, each starting with the BOS token when the model
+  prepends one);
+* a LongTensor ``[pos]`` or ``[batch, pos]`` (cut along positions when ``window`` is set);
+* an iterable (list, generator...) of any of those.
+
+>>> import torch
+>>> from rope_interp.testing import tiny_model
+>>> model = tiny_model()
+>>> [tuple(w.shape) for w in iter_windows(model, torch.arange(40) % 50, window=16)]
+[(1, 16), (1, 16), (1, 8)]
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from .. import adapter
+from ..errors import ContextLengthError, RopeInterpError
+
+
+class EmptyInputError(RopeInterpError):
+    """The text or token input holds nothing to analyse."""
+
+
+def _check_window(model: Any, window: int | None) -> int | None:
+    if window is None:
+        return None
+    n_ctx = int(adapter.config(model).n_ctx)
+    if window < 2:
+        raise ValueError(f"window must be >= 2 tokens, got {window}")
+    if window > n_ctx:
+        raise ContextLengthError(f"window of {window} tokens exceeds the model's context of n_ctx={n_ctx}")
+    return int(window)
+
+
+def _text_windows(model: Any, text: str, window: int | None) -> Iterator[Tensor]:
+    if not text.strip():
+        raise EmptyInputError("the text is empty: nothing to analyse")
+    if getattr(model, "tokenizer", None) is None:
+        raise ValueError("model has no tokenizer: pass token ids instead of text")
+    if window is None:  # truncate=False: a too-long text is an error, not silently cut
+        yield adapter.to_tokens(model, model.to_tokens(text, truncate=False))
+        return
+    bos = bool(getattr(adapter.config(model), "default_prepend_bos", True))
+    body = model.to_tokens(text, prepend_bos=False, truncate=False)[0]
+    bos_id = model.tokenizer.bos_token_id if bos else None
+    step = window - 1 if bos_id is not None else window
+    for start in range(0, body.shape[0], step):
+        chunk = body[start : start + step]
+        if bos_id is not None:
+            chunk = torch.cat([chunk.new_tensor([bos_id]), chunk])
+        yield adapter.to_tokens(model, chunk)
+
+
+def _token_windows(model: Any, tokens: Any, window: int | None) -> Iterator[Tensor]:
+    if not isinstance(tokens, Tensor):
+        tokens = torch.as_tensor(tokens)
+    if tokens.ndim == 1:
+        tokens = tokens[None]
+    if tokens.numel() == 0:
+        raise EmptyInputError("the tokens are empty: nothing to analyse")
+    if window is None:
+        yield adapter.to_tokens(model, tokens)
+        return
+    for start in range(0, tokens.shape[-1], window):
+        yield adapter.to_tokens(model, tokens[..., start : start + window])
+
+
+def iter_windows(model: Any, data: Any, window: int | None = None) -> Iterator[Tensor]:
+    """Token windows ``[batch, pos]`` on the model's device from text, tokens or an iterable of them.
+
+    Raises :class:`EmptyInputError` for empty input and :class:`ContextLengthError` for a
+    window (or, without ``window``, an input) longer than the model's context.
+    """
+    window = _check_window(model, window)
+    if isinstance(data, str):
+        yield from _text_windows(model, data, window)
+        return
+    if isinstance(data, Tensor):
+        yield from _token_windows(model, data, window)
+        return
+    if isinstance(data, (list, tuple)) and data and isinstance(data[0], int):
+        yield from _token_windows(model, torch.tensor(data), window)
+        return
+    n = 0
+    for item in data:
+        for w in iter_windows(model, item, window):
+            n += 1
+            yield w
+    if n == 0:
+        raise EmptyInputError("no batches given: nothing to analyse")
+
+
+def count_windows(model: Any, data: Any, window: int | None) -> int | None:
+    """Number of windows :func:`iter_windows` will yield, when cheap to know (else None)."""
+    if isinstance(data, Tensor) and data.numel():
+        n = data.shape[-1]
+        return 1 if window is None else -(-n // window)
+    if isinstance(data, (list, tuple)) and data and not isinstance(data[0], (str, int)):
+        return None if window is not None else len(data)
+    return None
+
+
+def windows(model: Any, data: Any, window: int | None, progress: bool, desc: str) -> Iterator[Tensor]:
+    """:func:`iter_windows` wrapped in a tqdm progress bar (``progress=False`` hides it)."""
+    from tqdm.auto import tqdm
+
+    it = iter_windows(model, data, window)
+    yield from tqdm(it, desc=desc, disable=not progress, total=count_windows(model, data, window), leave=False)
+
+
+def prefix_mean(
+    x: Float[Tensor, "batch pos ..."], start: int = 0, exclude_self: bool = False
+) -> Float[Tensor, "batch pos ..."]:
+    """Mean of ``x[:, start .. m]`` (inclusive) at every position ``m``, along axis 1.
+
+    With ``exclude_self`` the mean runs over ``start .. m-1``. Positions with an
+    empty range get 0. Used to average score terms over causal keys in O(pos)
+    (a score term is linear in the key).
+
+    >>> import torch
+    >>> prefix_mean(torch.tensor([[1.0, 2.0, 3.0, 4.0]]), start=1).tolist()
+    [[0.0, 2.0, 2.5, 3.0]]
+    """
+    y = x.clone()
+    y[:, :start] = 0
+    c = y.cumsum(1)
+    n = torch.arange(x.shape[1], device=x.device) - start + 1
+    if exclude_self:
+        c = c - y
+        n = n - 1
+    n = n.clamp_min(0).to(c.dtype)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    return torch.where(n.view(shape) > 0, c / n.clamp_min(1).view(shape), torch.zeros_like(c))
+
+
+def heatmap(ax: Any, values: Tensor, title: str, xlabel: str, ylabel: str, cmap: str = "viridis", **kw: Any):
+    """Draw ``values [rows, cols]`` on ``ax`` with a colourbar, title and axis labels."""
+    im = ax.imshow(values.detach().cpu().float().numpy(), aspect="auto", origin="lower", cmap=cmap, **kw)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.figure.colorbar(im, ax=ax)
+    return im
+
+
+def figure(n_axes: int = 1, width: float = 6.0, height: float = 4.0):
+    """A matplotlib Figure with ``n_axes`` side-by-side axes (Agg backend, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, n_axes, figsize=(width * n_axes, height), squeeze=False)
+    return fig, list(axes[0])
+
+
+def layer_list(model: Any, layers: Any) -> list[int]:
+    """Validated, sorted, de-duplicated layers (None = all)."""
+    return sorted(set(adapter.layers(model, layers)))

@@ -1,0 +1,161 @@
+"""Frequency usage (Barbero et al., "Round and Round We Go!"): how much norm each band carries.
+
+For every layer, head and band: the mean over tokens of ``‖q_i‖`` and ``‖k_i‖``
+(post-rotation; rotation keeps each band's norm, so pre/post are the same), with
+the values ``v`` paired on the same dims as the control RoPE never touches.
+A model that "uses" a frequency puts norm into it; Barbero et al. find the norm
+concentrated in the lowest frequencies, the highest ones used mostly in the first
+and last layers. The values should show no such pattern.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ..capture import BandStats
+from ..spec import RotaryBands
+from .inputs import figure, heatmap, layer_list, windows
+
+SITES = {"q": "rot_q", "k": "rot_k", "v": "v"}
+
+
+@dataclass
+class FrequencyUsage:
+    """Mean band norms per layer, head and band.
+
+    Attributes:
+        q_norm: ``[layer, head, band]`` mean ``‖q_i‖`` over tokens.
+        k_norm: ``[layer, kv_head, band]`` mean ``‖k_i‖``.
+        v_norm: ``[layer, kv_head, band]`` mean norm of the value dims paired like a band (control).
+        layers: the model layers of axis 0.
+        freqs: ``[layer, band]`` rad/token of those layers (band 0 = highest frequency).
+        n_tokens: tokens averaged over.
+    """
+
+    q_norm: Float[Tensor, "layer head band"]
+    k_norm: Float[Tensor, "layer kv_head band"]
+    v_norm: Float[Tensor, "layer kv_head band"]
+    layers: list[int]
+    freqs: Float[Tensor, "layer band"] = field(repr=False)
+    n_tokens: int = 0
+
+    def per_layer(self, site: str = "q") -> Float[Tensor, "layer band"]:
+        """Mean norm averaged over heads: ``[layer, band]`` for site ``q``, ``k`` or ``v``."""
+        return self._site(site).mean(1)
+
+    def share(self, site: str = "q") -> Float[Tensor, "layer band"]:
+        """Per-layer norm share of each band (rows sum to 1)."""
+        p = self.per_layer(site)
+        return p / p.sum(-1, keepdim=True).clamp_min(1e-30)
+
+    def low_high_ratio(self, site: str = "q") -> Float[Tensor, " layer"]:
+        """Norm share of the lowest-frequency quarter of bands over that of the highest quarter."""
+        s = self.share(site)
+        n = max(1, s.shape[-1] // 4)
+        return s[:, -n:].sum(-1) / s[:, :n].sum(-1).clamp_min(1e-30)
+
+    def _site(self, site: str) -> Tensor:
+        if site not in SITES:
+            raise ValueError(f"site must be one of {list(SITES)}, got {site!r}")
+        return {"q": self.q_norm, "k": self.k_norm, "v": self.v_norm}[site]
+
+    def merge(self, other: FrequencyUsage) -> FrequencyUsage:
+        """Token-weighted combination of two results over the same layers (streaming)."""
+        if other.layers != self.layers:
+            raise ValueError(f"cannot merge usage over layers {other.layers} into {self.layers}")
+        n = self.n_tokens + other.n_tokens
+        a, b = self.n_tokens / n, other.n_tokens / n
+        return FrequencyUsage(
+            a * self.q_norm + b * other.q_norm,
+            a * self.k_norm + b * other.k_norm,
+            a * self.v_norm + b * other.v_norm,
+            self.layers,
+            self.freqs,
+            n,
+        )
+
+    def to_dataframe(self):
+        """Long table: site, layer, head, band, theta, mean_norm."""
+        import pandas as pd
+
+        frames = []
+        for site in SITES:
+            x = self._site(site)
+            L, H, B = x.shape
+            idx = torch.cartesian_prod(torch.arange(L), torch.arange(H), torch.arange(B))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "site": site,
+                        "layer": [self.layers[i] for i in idx[:, 0].tolist()],
+                        "head": idx[:, 1].tolist(),
+                        "band": idx[:, 2].tolist(),
+                        "theta": self.freqs[idx[:, 0], idx[:, 2]].tolist(),
+                        "mean_norm": x.flatten().tolist(),
+                    }
+                )
+            )
+        return pd.concat(frames, ignore_index=True)
+
+    def plot(self, layer: int | None = None):
+        """Heatmaps of mean norm: per layer averaged over heads (``layer=None``) or per head of one layer."""
+        fig, axes = figure(3, width=5.0, height=4.0)
+        if layer is None:
+            for ax, site in zip(axes, SITES):
+                heatmap(
+                    ax,
+                    self.per_layer(site),
+                    f"mean ‖{site}_i‖ (avg over heads)",
+                    "band (0 = highest frequency)",
+                    "layer index",
+                )
+            fig.suptitle(f"Frequency usage over {self.n_tokens} tokens (values = control)")
+        else:
+            if layer not in self.layers:
+                raise ValueError(f"layer {layer} was not analysed; analysed layers: {self.layers}")
+            i = self.layers.index(layer)
+            for ax, site in zip(axes, SITES):
+                heatmap(ax, self._site(site)[i], f"layer {layer}: mean ‖{site}_i‖", "band (0 = highest frequency)", "head")
+            fig.suptitle(f"Frequency usage per head, layer {layer}")
+        fig.tight_layout()
+        return fig
+
+
+def frequency_usage(
+    model: Any,
+    data: Any,
+    *,
+    layers: int | Sequence[int] | None = None,
+    window: int | None = None,
+    start_pos: int = 0,
+    progress: bool = True,
+) -> FrequencyUsage:
+    """Mean ``‖q_i‖``, ``‖k_i‖`` and (control) ``‖v_i‖`` per layer, head and band, streamed over ``data``.
+
+    ``data``: text, token ids or an iterable of batches (see :mod:`rope_interp.analyses.inputs`);
+    ``window`` cuts long input into windows of that many tokens. ``start_pos=1`` leaves out BOS.
+
+    >>> import torch
+    >>> from rope_interp.testing import tiny_model
+    >>> u = frequency_usage(tiny_model(), torch.randint(0, 50, (2, 16)), progress=False)
+    >>> tuple(u.q_norm.shape), tuple(u.k_norm.shape), u.n_tokens
+    ((2, 4, 8), (2, 2, 8), 32)
+    """
+    layers = layer_list(model, layers)
+    spec = RotaryBands.from_model(model)
+    stats = BandStats(model, layers=layers, sites=tuple(SITES.values()), start_pos=start_pos)
+    for tokens in windows(model, data, window, progress, "frequency usage"):
+        stats.update(tokens)
+    return FrequencyUsage(
+        q_norm=stats.mean_norm("rot_q").cpu(),
+        k_norm=stats.mean_norm("rot_k").cpu(),
+        v_norm=stats.mean_norm("v").cpu(),
+        layers=layers,
+        freqs=spec.freqs[layers],
+        n_tokens=stats.n_tokens,
+    )
