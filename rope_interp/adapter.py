@@ -7,7 +7,8 @@ directly; they ask this module. Supporting another model class (e.g.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -19,9 +20,7 @@ def config(model: Any) -> Any:
     """The model's ``HookedTransformerConfig`` (or bridge config)."""
     cfg = getattr(model, "cfg", None)
     if cfg is None:
-        raise TypeError(
-            f"expected a TransformerLens HookedTransformer, got {type(model).__name__} (no .cfg)"
-        )
+        raise TypeError(f"expected a TransformerLens HookedTransformer, got {type(model).__name__} (no .cfg)")
     return cfg
 
 

@@ -10,8 +10,9 @@ Grouped-query attention: key/value sites have ``n_kv_heads`` heads; query head
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -227,9 +228,7 @@ class BandStats(HookSet):
         self.start_pos = int(start_pos)
         dev = adapter.device(model)
         nl, nb = len(self.layers), self.spec.n_bands
-        self.moments = {
-            s: SiteMoments.zeros(nl, self._n_heads(s), nb, dev) for s in self.sites
-        }
+        self.moments = {s: SiteMoments.zeros(nl, self._n_heads(s), nb, dev) for s in self.sites}
         self._count = torch.zeros((), dtype=torch.float64, device=dev)
         self._mask: Tensor | None = None
         self._layer_pos = {layer: i for i, layer in enumerate(self.layers)}
@@ -275,7 +274,9 @@ class BandStats(HookSet):
             self._mask = None
         return self
 
-    def update_many(self, batches: Iterable[Any], progress: bool = True, total: int | None = None) -> BandStats:
+    def update_many(
+        self, batches: Iterable[Any], progress: bool = True, total: int | None = None
+    ) -> BandStats:
         """:meth:`update` over an iterable of token batches, with a tqdm progress bar."""
         from tqdm.auto import tqdm
 

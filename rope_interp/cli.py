@@ -14,8 +14,9 @@ import argparse
 import importlib
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 EXAMPLES = """examples:
   rope-interp bands                           # band table of the embedded SmolLM2-135M
@@ -35,10 +36,16 @@ COMMANDS: list[str] = [
 def common_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("model and input")
-    g.add_argument("--model", default="smollm2-135m",
-                   help="embedded name, .gguf path, HF directory or TransformerLens name (default: %(default)s)")
-    g.add_argument("--text", default=None,
-                   help="a text file to analyse, or a bundled text name (default: the bundled corpus)")
+    g.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="embedded name, .gguf path, HF directory or TransformerLens name (default: %(default)s)",
+    )
+    g.add_argument(
+        "--text",
+        default=None,
+        help="a text file to analyse, or a bundled text name (default: the bundled corpus)",
+    )
     g.add_argument("--max-tokens", type=int, default=None, help="truncate the text to this many tokens")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: %(default)s)")
     g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
@@ -88,15 +95,23 @@ def out_dir(args: argparse.Namespace, default: str) -> Path:
 
 # ---- built-in subcommands ------------------------------------------------------------------------------
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("bands", parents=parents, help="table of the model's rotary bands",
-                       description="Print each band's dims, frequency, wavelength and cycles over a context.")
+    p = sub.add_parser(
+        "bands",
+        parents=parents,
+        help="table of the model's rotary bands",
+        description="Print each band's dims, frequency, wavelength and cycles over a context.",
+    )
     p.add_argument("--layer", type=int, default=0, help="layer whose frequencies to show (default 0)")
     p.add_argument("--context", type=int, default=None, help="context length for the cycles column")
     p.add_argument("--csv", default=None, help="also write the table to this CSV file")
     p.set_defaults(func=_cmd_bands)
 
-    p = sub.add_parser("summary", parents=parents, help="per-band share of each layer's attention scores",
-                       description="Exact per-band decomposition of attention scores on a text, summarised per layer.")
+    p = sub.add_parser(
+        "summary",
+        parents=parents,
+        help="per-band share of each layer's attention scores",
+        description="Exact per-band decomposition of attention scores on a text, summarised per layer.",
+    )
     p.add_argument("--layers", type=int, nargs="*", default=None, help="layers (default: 0, middle, last)")
     p.set_defaults(func=_cmd_summary)
 
@@ -109,7 +124,9 @@ def _cmd_bands(args: argparse.Namespace) -> int:
     spec = RotaryBands.from_model(load_from_args(args))
     print(spec.describe())
     df = spec.to_dataframe(args.layer, args.context)
-    with pd.option_context("display.max_rows", None, "display.width", 200, "display.float_format", "{:.6g}".format):
+    with pd.option_context(
+        "display.max_rows", None, "display.width", 200, "display.float_format", "{:.6g}".format
+    ):
         print(df)
     if args.csv:
         df.to_csv(args.csv)
@@ -135,8 +152,10 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         share = bs.mean_abs().mean(0)
         share = share / share.sum()
         top = torch.argsort(share, descending=True)[:5].tolist()
-        lo, hi = share[: spec.n_bands // 4].sum().item(), share[-(spec.n_bands // 4):].sum().item()
-        print(f"layer {layer:3d}: top bands {top}  highest-quarter share {lo:.2f}  lowest-quarter share {hi:.2f}")
+        lo, hi = share[: spec.n_bands // 4].sum().item(), share[-(spec.n_bands // 4) :].sum().item()
+        print(
+            f"layer {layer:3d}: top bands {top}  highest-quarter share {lo:.2f}  lowest-quarter share {hi:.2f}"
+        )
         result[layer] = share.tolist()
     if args.out:
         path = out_dir(args, args.out) / "summary.json"

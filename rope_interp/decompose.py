@@ -15,8 +15,9 @@ memory-bounded :func:`iter_band_scores`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -223,7 +224,9 @@ def _terms(
     )
 
 
-def estimate_bytes(batch: int, n_heads: int, n_bands: int, q_len: int, k_len: int, dtype=torch.float32) -> int:
+def estimate_bytes(
+    batch: int, n_heads: int, n_bands: int, q_len: int, k_len: int, dtype=torch.float32
+) -> int:
     """Bytes of the ``per_band`` tensor for these sizes (the working set is about 2x)."""
     return batch * n_heads * n_bands * q_len * k_len * torch.empty((), dtype=dtype).element_size()
 
@@ -263,7 +266,15 @@ def band_scores(
         )
     qk = _capture_qk(model, tokens, layer)
     return _terms(
-        spec, qk, layer, heads, bands, slice(0, n), adapter.softcap(model), adapter.local_window(model, layer), dtype
+        spec,
+        qk,
+        layer,
+        heads,
+        bands,
+        slice(0, n),
+        adapter.softcap(model),
+        adapter.local_window(model, layer),
+        dtype,
     )
 
 

@@ -41,8 +41,6 @@ def check_index(kind: str, values: list[int], size: int, what: str = "the model"
             except (TypeError, ValueError):
                 raise LayerError(f"{kind} index must be an integer, got {v!r}") from None
         if not -size <= v < size:
-            raise LayerError(
-                f"{kind} {v} is out of range: {what} has {size} {kind}s (valid: 0..{size - 1})"
-            )
+            raise LayerError(f"{kind} {v} is out of range: {what} has {size} {kind}s (valid: 0..{size - 1})")
         out.append(v % size)
     return out

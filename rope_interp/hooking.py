@@ -12,7 +12,8 @@ HookSets compose with ``+``.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 HookFn = Callable[..., Any]
 FwdHooks = list[tuple[str, HookFn]]

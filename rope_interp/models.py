@@ -55,7 +55,9 @@ def embedded_gguf_path(name: str = "smollm2-135m") -> Path:
     folder = Path(list(spec.submodule_search_locations)[0])
     files = sorted(folder.glob(info["glob"]))
     if not files:
-        raise ModelNotAvailableError(f"package {info['pip']!r} is installed at {folder} but holds no GGUF file")
+        raise ModelNotAvailableError(
+            f"package {info['pip']!r} is installed at {folder} but holds no GGUF file"
+        )
     return files[0]
 
 
@@ -110,9 +112,15 @@ def load_model(
 def _dtype(dtype: torch.dtype | str) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
-    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float64": torch.float64}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float64": torch.float64,
+    }
     if dtype not in table:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(table)}")
     return table[dtype]
@@ -126,7 +134,9 @@ def _file_key(path: Path) -> str:
     return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
 
-def _hooked_from_hf(hf_model: Any, tokenizer: Any, config_dir: Path, device: torch.device, dtype: torch.dtype):
+def _hooked_from_hf(
+    hf_model: Any, tokenizer: Any, config_dir: Path, device: torch.device, dtype: torch.dtype
+):
     """Build a HookedTransformer from an in-memory HF model via TransformerLens' own weight conversion."""
     import transformer_lens.loading_from_pretrained as loading
     from transformer_lens import HookedTransformer
@@ -182,7 +192,9 @@ def _load_gguf(path: Path, device: torch.device, dtype: torch.dtype, cache: bool
     hf, tok = load_hf_from_gguf(path, dtype=torch.float32)
     arch = (getattr(hf.config, "model_type", "") or "").lower()
     if arch not in ("llama", "mistral", "qwen2", "gemma", "gemma2", "phi3"):
-        raise ModelNotAvailableError(f"GGUF model type {arch!r} is not supported (Llama-architecture models are)")
+        raise ModelNotAvailableError(
+            f"GGUF model type {arch!r} is not supported (Llama-architecture models are)"
+        )
     hf.config.quantization_config = None
     del hf.config.quantization_config
     hf.config.architectures = [type(hf).__name__]
@@ -196,7 +208,9 @@ def _load_gguf(path: Path, device: torch.device, dtype: torch.dtype, cache: bool
             tok.save_pretrained(str(target / "tokenizer"))
             cfg_dict = {k: v for k, v in model.cfg.to_dict().items() if k not in ("n_params",)}
             tmp_file = weights.with_suffix(".tmp")
-            torch.save({"cfg": cfg_dict, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}, tmp_file)
+            torch.save(
+                {"cfg": cfg_dict, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}, tmp_file
+            )
             tmp_file.replace(weights)
             (target / "source.json").write_text(json.dumps({"gguf": str(path)}))
         except OSError as err:

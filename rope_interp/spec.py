@@ -146,7 +146,9 @@ class RotaryBands:
 
     def describe(self) -> str:
         """A short human-readable summary of the layout."""
-        layout = "GPT-J adjacent pairs (2i, 2i+1)" if self.adjacent_pairs else "NeoX halves (i, i+rotary_dim/2)"
+        layout = (
+            "GPT-J adjacent pairs (2i, 2i+1)" if self.adjacent_pairs else "NeoX halves (i, i+rotary_dim/2)"
+        )
         lines = [
             f"model {self.model_name or '?'}: {self.n_layers} layers, {self.n_heads} heads "
             f"({self.n_kv_heads} kv heads), d_head {self.d_head}",

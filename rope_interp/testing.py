@@ -33,7 +33,11 @@ LAYOUTS: dict[str, dict[str, Any]] = {
     ),
     "linear_scaled": dict(rotary_scaling_factor=4.0),
     "local_global": dict(
-        use_local_attn=True, attn_types=["local", "global"], window_size=8, rotary_base_local=10000, rotary_base=1000000
+        use_local_attn=True,
+        attn_types=["local", "global"],
+        window_size=8,
+        rotary_base_local=10000,
+        rotary_base=1000000,
     ),
     "yarn": dict(
         use_yarn_rope=True,

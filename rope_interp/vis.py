@@ -416,12 +416,10 @@ def _diff_grid(
     panels = []
     scales = [max(float(d[heads].abs().max()), 1e-12) for d in diffs]
     for h in heads:
-        panels.append(
-            _pattern_panel(toks, clean[h, window, window], 0.0, 1.0, f"{labels[h]} · clean", digits=3)
-        )
+        panels.append(_pattern_panel(toks, clean[h, window, window], 0.0, 1.0, f"{labels[h]} · clean"))
         for (label, p), d, a in zip(others, diffs, scales, strict=True):
-            panels.append(_pattern_panel(toks, p[h, window, window], 0.0, 1.0, f"{labels[h]} · {label}", 3))
-            panels.append(_pattern_panel(toks, d[h], -a, a, f"{labels[h]} · {label} − clean", digits=3))
+            panels.append(_pattern_panel(toks, p[h, window, window], 0.0, 1.0, f"{labels[h]} · {label}"))
+            panels.append(_pattern_panel(toks, d[h], -a, a, f"{labels[h]} · {label} − clean"))
     caption = (
         "Rows: heads; columns: clean pattern, "
         + ", ".join(
@@ -491,7 +489,7 @@ def band_contribution_view(
     def heads_panel(values: Tensor, a: float, title: str) -> Panel:
         props = {
             "tokens": tokens[window],
-            "attention": _rounded(values, 3),
+            "attention": _rounded(values),
             "attentionHeadNames": names,
             "minValue": -a,
             "maxValue": a,

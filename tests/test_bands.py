@@ -37,7 +37,10 @@ def test_rotate_is_complex_multiplication_and_keeps_norms():
     z = torch.complex(b[..., 0], b[..., 1]) * torch.exp(1j * a)
     assert torch.allclose(r[..., 0], z.real) and torch.allclose(r[..., 1], z.imag)
     assert torch.allclose(band_norms(r), band_norms(b))
-    assert torch.allclose(torch.remainder(band_angles(r) - band_angles(b) - a + math.pi, 2 * math.pi), torch.full_like(a, math.pi))
+    assert torch.allclose(
+        torch.remainder(band_angles(r) - band_angles(b) - a + math.pi, 2 * math.pi),
+        torch.full_like(a, math.pi),
+    )
     assert torch.allclose(rotate(r, -a), b)
 
 

@@ -17,7 +17,9 @@ def test_capture_equals_raw_hook_values_with_selection(layout_model):
     cfg = layout_model.cfg
     tokens = torch.randint(0, cfg.d_vocab, (2, 12))
     heads, bands = [cfg.n_heads - 1, 0], [0, cfg.rotary_dim // 2 - 1]
-    with BandCapture(layout_model, layers=[1], sites=["rot_q", "rot_k", "q"], heads=heads, bands=bands) as cap:
+    with BandCapture(
+        layout_model, layers=[1], sites=["rot_q", "rot_k", "q"], heads=heads, bands=bands
+    ) as cap:
         layout_model(tokens)
     raw = _raw(layout_model, tokens, {"blocks.1.attn.hook_rot_q", "blocks.1.attn.hook_rot_k"})
     full_q = band_view(raw["blocks.1.attn.hook_rot_q"], cfg.rotary_dim, cfg.rotary_adjacent_pairs)

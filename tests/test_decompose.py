@@ -54,7 +54,11 @@ def test_per_band_term_is_norm_product_times_cosine():
     q, k = cap[0, "q"][0].double(), cap[0, "k"][0].double()  # [pos, head, band, 2]
     phi = band_angles(k)[None] - band_angles(q)[:, None]  # [m, n, head, band]
     offset = torch.arange(9)[None, :] - torch.arange(9)[:, None]
-    pred = band_norms(q)[:, None] * band_norms(k)[None] * torch.cos(phi + spec.freqs[0] * offset[..., None, None])
+    pred = (
+        band_norms(q)[:, None]
+        * band_norms(k)[None]
+        * torch.cos(phi + spec.freqs[0] * offset[..., None, None])
+    )
     pred = pred.permute(2, 3, 0, 1) / spec.attn_scale[0]
     bs = band_scores(model, tokens, 0)
     assert torch.allclose(bs.per_band[0].double(), pred, atol=1e-5)

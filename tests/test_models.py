@@ -27,8 +27,16 @@ def test_local_hf_directory_matches_transformers(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=100, max_position_embeddings=128, rope_theta=1e5)
+    cfg = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=100,
+        max_position_embeddings=128,
+        rope_theta=1e5,
+    )
     hf = LlamaForCausalLM(cfg).eval()
     hf.save_pretrained(tmp_path)
 
@@ -78,6 +86,6 @@ def test_embedded_decomposition_identity(smol, english_tokens, layer):
 @pytest.mark.slow
 def test_cache_reload_is_identical(smol):
     again = load_model("smollm2-135m")
-    for (k, a), (_, b) in zip(smol.state_dict().items(), again.state_dict().items()):
+    for (k, a), (_, b) in zip(smol.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
     assert again.cfg.model_name == "smollm2-135m"

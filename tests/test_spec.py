@@ -86,7 +86,9 @@ def test_non_rotary_model_gets_one_clear_error():
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     gpt2ish = HookedTransformer(
-        HookedTransformerConfig(n_layers=1, d_model=16, n_heads=2, d_head=8, n_ctx=16, d_vocab=10, act_fn="gelu")
+        HookedTransformerConfig(
+            n_layers=1, d_model=16, n_heads=2, d_head=8, n_ctx=16, d_vocab=10, act_fn="gelu"
+        )
     )
     with pytest.raises(NotRotaryError, match="rotary"):
         RotaryBands.from_model(gpt2ish)

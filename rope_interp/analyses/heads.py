@@ -32,12 +32,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .. import adapter
-from ..capture import band_hooks
 from ..decompose import iter_band_scores
 from ..hooking import FwdHooks, HookSet
 from ..hooks import attn_hook
 from ..spec import RotaryBands
-from .inputs import figure, heatmap, layer_list, prefix_mean, windows
+from .inputs import figure, heatmap, layer_list, qk_pair_hooks, windows
 
 KIND = {0: "diagonal", 1: "previous"}
 
@@ -303,22 +302,16 @@ def positional_heads(
     margin = torch.zeros(L, H, O, B, dtype=torch.float64, device=dev)
     margin_pass = torch.zeros(L, H, O, dtype=torch.float64, device=dev)
     n_q = torch.zeros(O, dtype=torch.float64)
-    pending: dict[int, Any] = {}
-
-    def on_band(a: Any) -> None:
-        if a.site == "rot_q":
-            pending[a.layer] = (a.bands.detach(), a.passthrough.detach())
-            return
-        q, qp = pending.pop(a.layer)
-        i = layers.index(a.layer)
+    def on_pair(layer: int, q: Tensor, k: Tensor, qp: Tensor, kp: Tensor) -> None:
+        i = layers.index(layer)
         for j, o in enumerate(offsets):
-            mb, mp, n = offset_margins(q, a.bands.detach(), qp, a.passthrough.detach(), spec.kv_map, float(spec.attn_scale[a.layer]), o, start_pos)
+            mb, mp, n = offset_margins(q, k, qp, kp, spec.kv_map, float(spec.attn_scale[layer]), o, start_pos)
             margin[i, :, j] += mb
             margin_pass[i, :, j] += mp
             if i == 0:
                 n_q[j] += n
 
-    capture = band_hooks(model, on_band, layers, ("rot_q", "rot_k"))
+    capture = qk_pair_hooks(model, layers, on_pair)
     cache: list[Tensor] = []
     n_tokens = 0
     for tokens in windows(model, data, window, progress, "positional heads"):

@@ -19,14 +19,16 @@ the window size, never on the length of the text:
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from .. import adapter
+from ..capture import band_hooks
 from ..errors import ContextLengthError, RopeInterpError
+from ..hooking import FwdHooks
 
 
 class EmptyInputError(RopeInterpError):
@@ -169,3 +171,21 @@ def figure(n_axes: int = 1, width: float = 6.0, height: float = 4.0):
 def layer_list(model: Any, layers: Any) -> list[int]:
     """Validated, sorted, de-duplicated layers (None = all)."""
     return sorted(set(adapter.layers(model, layers)))
+
+
+def qk_pair_hooks(model: Any, layers: Sequence[int], fn: Callable[..., None]) -> FwdHooks:
+    """Hooks calling ``fn(layer, q_bands, k_bands, q_pass, k_pass)`` once per layer, post-rotation.
+
+    ``hook_rot_q`` fires before ``hook_rot_k`` in the same attention call, so the
+    query of one layer is held only until its key arrives.
+    """
+    pending: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def on_band(a: Any) -> None:
+        if a.site == "rot_q":
+            pending[a.layer] = (a.bands.detach(), a.passthrough.detach())
+        else:
+            q, qp = pending.pop(a.layer)
+            fn(a.layer, q, a.bands.detach(), qp, a.passthrough.detach())
+
+    return band_hooks(model, on_band, list(layers), ("rot_q", "rot_k"))

@@ -1,0 +1,413 @@
+"""Band interventions: zero, mean-replace, un-rotate, shift or re-time chosen RoPE bands.
+
+Two layers, as everywhere in rope_interp:
+
+* pure functions on a band view ``[..., pos, head, band, 2]`` (:func:`zero_bands`,
+  :func:`mean_bands`, :func:`unrotate_bands`, :func:`shift_bands`,
+  :func:`scale_freq_bands`) that know nothing about TransformerLens;
+* :class:`BandIntervention`, a :class:`~rope_interp.hooking.HookSet` that applies one of
+  them at ``hook_rot_q`` / ``hook_rot_k`` of chosen layers, heads and bands. The public
+  entry points are :func:`ablate_bands` and :func:`prope`.
+
+Where the modes act (all after rotation, at ``hook_rot_q`` / ``hook_rot_k``):
+
+* ``zero`` — the band is 0 (the same before or after rotation, since rotation keeps norms).
+* ``mean`` — the band is replaced by its mean over positions of the post-rotation
+  values (Jin et al.'s massive-value ablation), or by a fixed ``reference``
+  (a tensor, or a :class:`~rope_interp.capture.BandStats` ``mean_vector``).
+* ``no_rotation`` — the band is not rotated: ``rotate(x, -theta_i * m)`` turns the
+  post-rotation band back to ``amplitude * pre`` (NoPE for that band).
+* ``shift`` — an extra rotation by ``phase`` radians, or ``delta`` positions
+  (``theta_i * delta``): as if the token sat ``delta`` positions later.
+* ``scale_freq`` — the band turns at ``factor * theta_i``: an extra ``(factor - 1) theta_i m``.
+
+Positions and the KV cache: keys are always rotated at positions ``0 .. n_k - 1``
+(HookedTransformer caches keys *before* rotation and re-rotates all of them every
+step). Queries sit at ``n_k - n_q .. n_k - 1``; the offset ``n_k - n_q`` is known only
+when ``hook_rot_k`` fires, so the position-dependent query modes (``no_rotation``,
+``scale_freq``) are written into the query tensor in place at ``hook_rot_k`` of the same
+layer, right before TransformerLens computes the scores. Consequences: generation with
+the cache gives the same tokens as without it for every mode except ``mean`` over
+positions on queries (with the cache a step sees only its new query, whose mean is
+itself — pass a ``reference`` for cache-consistent mean ablation; on keys the mean is
+over all keys so far, as without the cache). A hook of yours at ``hook_rot_q`` that
+reads q sees it before those two modes; one that *replaces* the tensor would hide
+them. Mean over positions is non-causal: earlier positions see a mean that includes
+later tokens. Left-padded batches (an ``attention_mask`` with leading zeros) shift
+positions per row and are not supported by the position-dependent modes.
+
+Heads under grouped-query attention: ``heads`` are query heads. Keys are shared by a
+group of query heads, so for ``target`` ``"k"``/``"qk"`` the key heads are
+``kv_map[heads]`` — and the selection must then contain *whole groups* (every query
+head reading those kv heads), otherwise an error says which heads would also be
+affected. To act on kv heads regardless, pass ``kv_heads=[...]`` explicitly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, Sequence, get_args
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from . import adapter
+from .bands import band_view
+from .errors import RopeInterpError, check_index
+from .hooking import FwdHooks, HookSet
+from .hooks import attn_hook
+from .spec import RotaryBands
+
+Mode = Literal["zero", "mean", "no_rotation", "shift", "scale_freq"]
+Target = Literal["q", "k", "qk"]
+MODES: tuple[str, ...] = get_args(Mode)
+TARGETS: tuple[str, ...] = get_args(Target)
+_PARAMS = {"zero": (), "mean": ("reference",), "no_rotation": (), "shift": ("phase", "delta"), "scale_freq": ("factor",)}
+
+
+# ---- pure functions on [..., pos, head, band, 2] --------------------------------------------------------
+def _rotate_cs(bands: Tensor, angle: Tensor) -> Tensor:
+    """Rotate by ``angle`` (any float dtype, computed there), result in ``bands``' dtype."""
+    c, s = torch.cos(angle).to(bands.dtype), torch.sin(angle).to(bands.dtype)
+    x0, x1 = bands[..., 0], bands[..., 1]
+    return torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1)
+
+
+def position_angles(freqs: Float[Tensor, " band"], positions: Float[Tensor, " pos"]) -> Float[Tensor, "pos 1 band"]:
+    """``theta_i * m`` shaped to broadcast against ``[..., pos, head, band]``.
+
+    >>> position_angles(torch.tensor([1.0, 0.5]), torch.arange(3.0))[:, 0].tolist()
+    [[0.0, 0.0], [1.0, 0.5], [2.0, 1.0]]
+    """
+    return (positions[:, None] * freqs[None, :])[:, None, :]
+
+
+def zero_bands(bands: Float[Tensor, "... band 2"]) -> Float[Tensor, "... band 2"]:
+    """All zeros (zeroing before or after rotation is the same).
+
+    >>> zero_bands(torch.ones(2, 3, 2)).abs().sum().item()
+    0.0
+    """
+    return torch.zeros_like(bands)
+
+
+def mean_bands(
+    bands: Float[Tensor, "... pos head band 2"], reference: Float[Tensor, "head band 2"] | None = None
+) -> Float[Tensor, "... pos head band 2"]:
+    """Each band replaced by its mean over positions, or by ``reference`` (broadcast).
+
+    >>> x = torch.arange(8.0).reshape(1, 2, 1, 2, 2)   # [batch, pos, head, band, 2]
+    >>> mean_bands(x)[0, :, 0, 0].tolist()
+    [[2.0, 3.0], [2.0, 3.0]]
+    """
+    if reference is None:
+        return bands.mean(dim=-4, keepdim=True).expand_as(bands)
+    return reference.to(device=bands.device, dtype=bands.dtype).expand_as(bands)
+
+
+def unrotate_bands(
+    bands: Float[Tensor, "... pos head band 2"], freqs: Float[Tensor, " band"], positions: Float[Tensor, " pos"]
+) -> Float[Tensor, "... pos head band 2"]:
+    """Undo RoPE: ``rotate(x, -theta_i * m)`` (post-rotation band -> ``amplitude * pre``).
+
+    >>> from rope_interp.bands import rotate
+    >>> pre, f, m = torch.randn(4, 1, 3, 2), torch.tensor([1.0, 0.1, 0.01]), torch.arange(4.0)
+    >>> torch.allclose(unrotate_bands(rotate(pre, position_angles(f, m)), f, m), pre, atol=1e-6)
+    True
+    """
+    return _rotate_cs(bands, -position_angles(freqs, positions))
+
+
+def shift_bands(
+    bands: Float[Tensor, "... band 2"], phase: Float[Tensor, " band"] | float
+) -> Float[Tensor, "... band 2"]:
+    """Extra rotation by ``phase`` radians (per band). ``phase = theta * delta`` moves a token ``delta`` positions.
+
+    >>> shift_bands(torch.tensor([[1.0, 0.0]]), torch.tensor([math.pi / 2])).round().abs().tolist()
+    [[0.0, 1.0]]
+    """
+    return _rotate_cs(bands, torch.as_tensor(phase, dtype=torch.float64, device=bands.device))
+
+
+def scale_freq_bands(
+    bands: Float[Tensor, "... pos head band 2"],
+    freqs: Float[Tensor, " band"],
+    positions: Float[Tensor, " pos"],
+    factor: float,
+) -> Float[Tensor, "... pos head band 2"]:
+    """Re-time post-rotation bands to turn at ``factor * theta_i``: extra ``(factor - 1) theta_i m``.
+
+    >>> from rope_interp.bands import rotate
+    >>> pre, f, m = torch.randn(5, 1, 2, 2), torch.tensor([0.3, 0.02]), torch.arange(5.0)
+    >>> post = rotate(pre, position_angles(f, m))
+    >>> torch.allclose(scale_freq_bands(post, f, m, 2.0), rotate(pre, position_angles(2 * f, m)), atol=1e-6)
+    True
+    """
+    return _rotate_cs(bands, (factor - 1.0) * position_angles(freqs, positions))
+
+
+# ---- the hook set ----------------------------------------------------------------------------------------
+def _angle_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+class BandIntervention(HookSet):
+    """One intervention ``mode`` on ``bands`` of ``layers`` × ``heads``, on q, k or both.
+
+    Build it with :func:`ablate_bands` (or :func:`prope`); see the module docstring for
+    where each mode acts, the KV-cache behaviour and the GQA head rule.
+    All constants live on the model's device; hooks never synchronise with the host.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        bands: int | Sequence[int] | None,
+        layers: int | Sequence[int] | None = None,
+        heads: int | Sequence[int] | None = None,
+        target: Target = "qk",
+        mode: Mode = "zero",
+        *,
+        kv_heads: int | Sequence[int] | None = None,
+        **params: Any,
+    ):
+        super().__init__(model)
+        adapter.check_decomposable(model)
+        if mode not in MODES:
+            raise RopeInterpError(f"unknown intervention mode {mode!r}; expected one of {MODES}")
+        if target not in TARGETS:
+            raise RopeInterpError(f"unknown target {target!r}; expected one of {TARGETS}")
+        for name in params:
+            if name not in _PARAMS[mode]:
+                allowed = ", ".join(_PARAMS[mode]) or "no parameters"
+                raise RopeInterpError(f"mode {mode!r} takes {allowed}; got unexpected parameter {name!r}")
+        self.spec = spec = RotaryBands.from_model(model)
+        self.mode, self.target = mode, target
+        self.layers = adapter.layers(model, layers)
+        if bands is None:
+            bands = list(range(spec.n_bands))
+        elif isinstance(bands, int):
+            bands = [bands]
+        self.bands = check_index("band", list(bands), spec.n_bands)
+        self.q_heads, self.k_heads = self._resolve_heads(heads, kv_heads)
+        self._dev = dev = adapter.device(model)
+        self._band_idx = torch.tensor(self.bands, dtype=torch.long, device=dev)
+        self._head_idx = {
+            side: None if h is None else torch.tensor(h, dtype=torch.long, device=dev)
+            for side, h in (("q", self.q_heads), ("k", self.k_heads))
+        }
+        self._pending: dict[int, Tensor] = {}
+        self._init_params(params)
+
+    # ---- setup -------------------------------------------------------------------------------------------
+    def _resolve_heads(self, heads, kv_heads) -> tuple[list[int] | None, list[int] | None]:
+        spec = self.spec
+        q = None if heads is None else adapter.heads(self.model, heads)
+        if kv_heads is not None:
+            kv_heads = [kv_heads] if isinstance(kv_heads, int) else list(kv_heads)
+            k = check_index("kv head", kv_heads, spec.n_kv_heads)
+            if "k" not in self.target:
+                raise RopeInterpError(f"kv_heads only applies to keys, but target={self.target!r}")
+            return q, k
+        if q is None or "k" not in self.target:
+            return q, None
+        kv = sorted({int(spec.kv_map[h]) for h in q})
+        if spec.n_kv_heads != spec.n_heads:
+            readers = [h for h in range(spec.n_heads) if int(spec.kv_map[h]) in kv]
+            extra = sorted(set(readers) - set(q))
+            if extra:
+                raise RopeInterpError(
+                    f"under grouped-query attention the keys of query heads {q} are kv heads {kv}, which query "
+                    f"heads {extra} also read; select whole groups (heads={readers}), use target='q', or pass "
+                    f"kv_heads={kv} explicitly to change those keys for every head of the group"
+                )
+        return q, kv
+
+    def _init_params(self, params: dict[str, Any]) -> None:
+        spec, dev = self.spec, self._dev
+        adt = _angle_dtype(dev)
+        freqs = {L: spec.freqs[L, self.bands].to(device=dev, dtype=adt) for L in self.layers}
+        self._alpha: dict[int, Tensor] | None = None  # per-position angle coefficient
+        self._phase: dict[int, Tensor] | None = None  # constant extra angle
+        self._reference: dict[tuple[int, str], Tensor] = {}
+        if self.mode == "no_rotation":
+            self._alpha = {L: -f for L, f in freqs.items()}
+        elif self.mode == "scale_freq":
+            if "factor" not in params:
+                raise RopeInterpError("mode 'scale_freq' needs factor=c (the band turns at c * theta)")
+            c = float(params["factor"])
+            if not math.isfinite(c):
+                raise RopeInterpError(f"factor must be finite, got {c}")
+            self._alpha = {L: (c - 1.0) * f for L, f in freqs.items()}
+        elif self.mode == "shift":
+            if ("phase" in params) == ("delta" in params):
+                raise RopeInterpError("mode 'shift' needs exactly one of phase= (radians) or delta= (positions)")
+            if "phase" in params:
+                ph = torch.as_tensor(params["phase"], dtype=adt).to(dev)
+                if ph.ndim > 1 or (ph.ndim == 1 and ph.shape[0] != len(self.bands)):
+                    raise RopeInterpError(
+                        f"phase must be a scalar or one value per selected band ({len(self.bands)}), "
+                        f"got shape {tuple(ph.shape)}"
+                    )
+                self._phase = {L: ph.expand(len(self.bands)) for L in self.layers}
+            else:
+                delta = float(params["delta"])
+                self._phase = {L: f * delta for L, f in freqs.items()}
+        elif self.mode == "mean" and params.get("reference") is not None:
+            self._init_reference(params["reference"])
+
+    def _init_reference(self, ref: Any) -> None:
+        from .capture import BandStats
+
+        spec = self.spec
+        for side in ("q", "k") if self.target == "qk" else (self.target,):
+            n_h = spec.n_heads if side == "q" else spec.n_kv_heads
+            if isinstance(ref, BandStats):
+                site = "rot_" + side
+                if site not in ref.sites:
+                    raise RopeInterpError(f"the BandStats reference did not track site {site!r} (it has {ref.sites})")
+                missing = [L for L in self.layers if L not in ref.layers]
+                if missing:
+                    raise RopeInterpError(f"the BandStats reference has no statistics for layers {missing}")
+                full = ref.mean_vector(site)[[ref.layers.index(L) for L in self.layers]]
+                table = dict(zip(self.layers, full))
+            else:
+                t = ref[side] if isinstance(ref, dict) else ref
+                if not isinstance(t, Tensor):
+                    raise RopeInterpError("reference must be a tensor, a dict {'q': ..., 'k': ...} or a BandStats")
+                want = (spec.n_layers, n_h, spec.n_bands, 2)
+                if tuple(t.shape) != want:
+                    raise RopeInterpError(
+                        f"reference for {side!r} must have shape [n_layers, heads, n_bands, 2] = {want}, "
+                        f"got {tuple(t.shape)} (a dict {{'q': ..., 'k': ...}} gives one per side)"
+                    )
+                table = {L: t[L] for L in self.layers}
+            heads = self.q_heads if side == "q" else self.k_heads
+            for L, v in table.items():
+                v = v[:, self.bands]
+                if heads is not None:
+                    v = v[heads]
+                self._reference[L, side] = v.to(device=self._dev, dtype=self._model_dtype())
+
+    def _model_dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    # ---- application ----------------------------------------------------------------------------------------
+    @property
+    def _q_deferred(self) -> bool:
+        return self._alpha is not None
+
+    def _select(self, v: Tensor, side: str) -> Tensor:
+        h = self._head_idx[side]
+        if h is None:
+            return v[..., self._band_idx, :]
+        return v[:, :, h[:, None], self._band_idx[None, :]]
+
+    def _write(self, v: Tensor, side: str, new: Tensor) -> None:
+        h = self._head_idx[side]
+        if h is None:
+            v[..., self._band_idx, :] = new
+        else:
+            v[:, :, h[:, None], self._band_idx[None, :]] = new
+
+    def _transform(self, x: Tensor, layer: int, side: str, start: int) -> Tensor:
+        if self.mode == "zero":
+            return zero_bands(x)
+        if self.mode == "mean":
+            return mean_bands(x, self._reference.get((layer, side)))
+        if self._phase is not None:
+            return _rotate_cs(x, self._phase[layer])
+        assert self._alpha is not None
+        adt = self._alpha[layer].dtype
+        pos = torch.arange(start, start + x.shape[1], device=x.device, dtype=adt)
+        return _rotate_cs(x, position_angles(self._alpha[layer], pos))
+
+    def _apply(self, act: Tensor, layer: int, side: str, start: int) -> None:
+        v = band_view(act, self.spec.rotary_dim, self.spec.adjacent_pairs)
+        self._write(v, side, self._transform(self._select(v, side), layer, side, start))
+
+    def _hook_q(self, act: Tensor, hook: Any, layer: int) -> Tensor:
+        if self._q_deferred:
+            self._pending[layer] = act  # written at hook_rot_k, once the cache offset is known
+        else:
+            self._apply(act, layer, "q", 0)
+        return act
+
+    def _hook_k(self, act: Tensor, hook: Any, layer: int) -> Tensor:
+        q = self._pending.pop(layer, None)
+        if q is not None:
+            self._apply(q, layer, "q", act.shape[1] - q.shape[1])
+        if "k" in self.target:
+            self._apply(act, layer, "k", 0)
+        return act
+
+    def fwd_hooks(self) -> FwdHooks:
+        if not self.bands or (self.q_heads == [] and self.k_heads in ([], None)):
+            return []
+        hooks: FwdHooks = []
+        for L in self.layers:
+            if "q" in self.target:
+                hooks.append((attn_hook(L, "rot_q"), lambda a, hook, L=L: self._hook_q(a, hook, L)))
+            if "k" in self.target or ("q" in self.target and self._q_deferred):
+                hooks.append((attn_hook(L, "rot_k"), lambda a, hook, L=L: self._hook_k(a, hook, L)))
+        return hooks
+
+    def __exit__(self, *exc: Any) -> None:
+        self._pending.clear()
+        super().__exit__(*exc)
+
+    def __repr__(self) -> str:
+        return (
+            f"BandIntervention(mode={self.mode!r}, target={self.target!r}, layers={self.layers}, "
+            f"heads={self.q_heads}, kv_heads={self.k_heads}, bands={self.bands})"
+        )
+
+
+def ablate_bands(
+    model: Any,
+    bands: int | Sequence[int] | None,
+    layers: int | Sequence[int] | None = None,
+    heads: int | Sequence[int] | None = None,
+    target: Target = "qk",
+    mode: Mode = "zero",
+    **params: Any,
+) -> BandIntervention:
+    """Intervene on RoPE ``bands`` (None = all) of ``layers`` × ``heads`` (None = all) on q, k or both.
+
+    ``mode``: ``"zero"``; ``"mean"`` (``reference=`` tensor ``[n_layers, heads, n_bands, 2]``,
+    dict ``{"q": ..., "k": ...}`` or a ``BandStats`` tracking ``rot_q``/``rot_k``; default:
+    mean over positions); ``"no_rotation"``; ``"shift"`` (``phase=`` radians or ``delta=``
+    positions); ``"scale_freq"`` (``factor=``). ``kv_heads=`` selects key heads explicitly
+    under GQA. Returns a :class:`BandIntervention`: a context manager (model restored in
+    ``finally``) with ``.fwd_hooks()`` for ``model.run_with_hooks``; compose with ``+``.
+
+    >>> from rope_interp.testing import tiny_model
+    >>> model = tiny_model()
+    >>> toks = torch.tensor([[1, 2, 3, 4, 5]])
+    >>> base = model(toks)
+    >>> with ablate_bands(model, bands=[0, 1], layers=0, mode="zero"):
+    ...     zeroed = model(toks)
+    >>> bool((zeroed - base).abs().max() > 0), torch.equal(model(toks), base)
+    (True, True)
+    >>> both = ablate_bands(model, [2], mode="shift", delta=3) + ablate_bands(model, [3], mode="no_rotation")
+    >>> torch.allclose(both.run(toks), base)
+    False
+    """
+    return BandIntervention(model, bands, layers, heads, target, mode, **params)
+
+
+def prope(model: Any, p: float, layers: int | Sequence[int] | None = None) -> BandIntervention:
+    """p-RoPE (Barbero et al.): keep the highest fraction ``p`` of frequencies, the rest unrotated.
+
+    Bands ``round(p * n_bands) .. n_bands - 1`` (the lowest frequencies) get ``no_rotation``
+    on q and k; the kept bands keep their original frequencies. ``p=1`` is RoPE, ``p=0`` NoPE.
+
+    >>> from rope_interp.testing import tiny_model
+    >>> prope(tiny_model(), 0.75).bands      # 8 bands: the lowest 2 stop rotating
+    [6, 7]
+    """
+    if not 0.0 <= float(p) <= 1.0:
+        raise RopeInterpError(f"p must be in [0, 1] (fraction of frequencies kept), got {p}")
+    n = RotaryBands.from_model(model).n_bands
+    return BandIntervention(model, list(range(round(float(p) * n), n)), layers, None, "qk", "no_rotation")
