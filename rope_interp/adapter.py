@@ -1,8 +1,10 @@
 """Thin adapter over TransformerLens models: the one place that reads model internals.
 
 Analyses and interventions never touch ``model.blocks[...]`` or ``model.cfg``
-directly; they ask this module. Supporting another model class (e.g.
-``TransformerBridge``) means teaching these functions, not every caller.
+directly; they ask this module. Two model classes are supported:
+``HookedTransformer`` and ``TransformerBridge`` (whose HF-side facts are read by
+:mod:`rope_interp.bridge`); supporting another means teaching these functions,
+not every caller.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import bridge as _bridge
 from .errors import ContextLengthError, NotRotaryError, check_index
 
 
@@ -20,12 +23,15 @@ def config(model: Any) -> Any:
     """The model's ``HookedTransformerConfig`` (or bridge config)."""
     cfg = getattr(model, "cfg", None)
     if cfg is None:
-        raise TypeError(f"expected a TransformerLens HookedTransformer, got {type(model).__name__} (no .cfg)")
+        raise TypeError(f"expected a TransformerLens HookedTransformer or TransformerBridge, got {type(model).__name__} (no .cfg)")
     return cfg
 
 
 def check_rotary(model: Any) -> Any:
-    """Return the config, or raise :class:`NotRotaryError` for a non-rotary model."""
+    """Return the config, or raise :class:`NotRotaryError` for a non-rotary model
+    (and :class:`~rope_interp.bridge.BridgeRotaryHooksError` for a bridge that never
+    fires ``hook_rot_q``/``hook_rot_k``). Read the rotary layout with
+    :func:`rotary_dim` / :func:`adjacent_pairs`, not from the config."""
     cfg = config(model)
     pos = getattr(cfg, "positional_embedding_type", None)
     if pos != "rotary":
@@ -33,9 +39,29 @@ def check_rotary(model: Any) -> Any:
             f"model {getattr(cfg, 'model_name', '?')!r} uses positional_embedding_type={pos!r}; "
             "rope_interp needs a rotary (RoPE) model (positional_embedding_type='rotary')"
         )
-    if getattr(cfg, "rotary_dim", None) is None:
+    if is_bridge(model):
+        _bridge.check_rot_hooks(model)
+    elif getattr(cfg, "rotary_dim", None) is None:
         raise NotRotaryError("model config has positional_embedding_type='rotary' but no rotary_dim")
     return cfg
+
+
+def is_bridge(model: Any) -> bool:
+    """True for a ``TransformerBridge``, False for a ``HookedTransformer``."""
+    return _bridge.is_bridge(model)
+
+
+def rotary_dim(model: Any) -> int:
+    """Number of rotated dims per head (``d_head`` unless partial rotary)."""
+    cfg = check_rotary(model)
+    if is_bridge(model):  # the bridge config's rotary_dim is often unset: read the applied tables
+        return _bridge.rotary_dim(model)
+    return int(cfg.rotary_dim)
+
+
+def adjacent_pairs(model: Any) -> bool:
+    """GPT-J pairing ``(2i, 2i+1)`` (True) or NeoX/Llama halves ``(i, i + rotary_dim/2)`` (False)."""
+    return bool(getattr(config(model), "rotary_adjacent_pairs", False))
 
 
 def n_layers(model: Any) -> int:
@@ -86,10 +112,14 @@ def attn(model: Any, layer: int) -> Any:
 
 def attn_scale(model: Any, layer: int) -> float:
     """The divisor of ``q·k`` in this layer's attention scores."""
+    if is_bridge(model):
+        return _bridge.attn_scale(model, layer)
     return float(attn(model, layer).attn_scale)
 
 
 def softcap(model: Any) -> float | None:
+    if is_bridge(model):
+        return _bridge.softcap(model)
     cap = getattr(config(model), "attn_scores_soft_cap", None)
     return float(cap) if cap is not None and cap > 0 else None
 
@@ -113,6 +143,8 @@ def rotary_tables(model: Any, layer: int, n_pos: int) -> tuple[Tensor, Tensor]:
     cached buffers are rounded. Falls back to the cached ``rotary_sin/rotary_cos``.
     """
     cfg = check_rotary(model)
+    if is_bridge(model):
+        return _bridge.rotary_tables(model, layer, n_pos)
     mod = attn(model, layer)
     fn = getattr(mod, "calculate_sin_cos_rotary", None)
     if fn is not None:
@@ -124,7 +156,14 @@ def rotary_tables(model: Any, layer: int, n_pos: int) -> tuple[Tensor, Tensor]:
 
 
 def rotary_buffers(model: Any, layer: int) -> tuple[Tensor, Tensor]:
-    """The sin/cos tables the model actually applies (its buffers, in its dtype)."""
+    """The sin/cos tables the model actually applies (its buffers, in its dtype).
+
+    A bridge has no buffers: its tables for ``n_ctx`` positions in the model's dtype.
+    """
+    if is_bridge(model):
+        sin, cos = _bridge.rotary_tables(model, layer, int(config(model).n_ctx))
+        dt = next(model.parameters()).dtype
+        return sin.to(dt), cos.to(dt)
     mod = attn(model, layer)
     return mod.rotary_sin, mod.rotary_cos
 
@@ -169,6 +208,8 @@ def device(model: Any) -> torch.device:
 
 def local_window(model: Any, layer: int) -> int | None:
     """Sliding-window size of a local-attention layer (keys ``m - window < n <= m``), else None."""
+    if is_bridge(model):
+        return _bridge.local_window(model, layer)
     mod = attn(model, layer)
     if getattr(mod, "attn_type", "global") == "local":
         return int(config(model).window_size)

@@ -70,8 +70,7 @@ def band_hooks(
     >>> seen
     [(0, 'rot_q', (1, 3, 4, 8, 2)), (0, 'rot_k', (1, 3, 2, 8, 2))]
     """
-    cfg = adapter.check_rotary(model)
-    rd, adjacent = int(cfg.rotary_dim), bool(cfg.rotary_adjacent_pairs)
+    rd, adjacent = adapter.rotary_dim(model), adapter.adjacent_pairs(model)  # also checks it is rotary
     hooks: FwdHooks = []
     for layer in adapter.layers(model, layers):
         for site in _check_sites(sites):

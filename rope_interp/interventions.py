@@ -46,7 +46,8 @@ affected. To act on kv heads regardless, pass ``kv_heads=[...]`` explicitly.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Sequence, get_args
+from collections.abc import Sequence
+from typing import Any, Literal, get_args
 
 import torch
 from jaxtyping import Float
@@ -271,7 +272,7 @@ class BandIntervention(HookSet):
                 if missing:
                     raise RopeInterpError(f"the BandStats reference has no statistics for layers {missing}")
                 full = ref.mean_vector(site)[[ref.layers.index(L) for L in self.layers]]
-                table = dict(zip(self.layers, full))
+                table = dict(zip(self.layers, full, strict=True))
             else:
                 t = ref[side] if isinstance(ref, dict) else ref
                 if not isinstance(t, Tensor):

@@ -82,10 +82,12 @@ def load_model(
     No layer norm folding or weight centring is applied, so activations and
     scores are the checkpoint's own (``from_pretrained_kwargs`` override this for hub names).
 
-    ``bridge=True`` (TransformerLens ``TransformerBridge``) is not implemented yet.
+    ``bridge=True`` returns a TransformerLens ``TransformerBridge`` around the HF model
+    instead (raw HF weights; the same names are accepted; the dequantized HF weights of
+    a GGUF file are cached too, so later loads take a few seconds).
     """
     if bridge:
-        raise NotImplementedError("load_model(..., bridge=True) is not implemented yet")
+        return _load_bridge(name, torch.device(device or "cpu"), _dtype(dtype), cache, **from_pretrained_kwargs)
     dtype = _dtype(dtype)
     device = torch.device(device or "cpu")
     key = name.lower()
@@ -228,3 +230,63 @@ def _load_hf_dir(path: Path, device: torch.device, dtype: torch.dtype):
     else:
         log.warning("%s has no tokenizer files: the model will take token ids only", path)
     return _hooked_from_hf(hf, tok, path, device, dtype)
+
+
+# ---- TransformerBridge (load_model(..., bridge=True)) -------------------------------------------------
+def _load_bridge(name: str, device: torch.device, dtype: torch.dtype, cache: bool, **boot_kwargs: Any):
+    """A ``TransformerBridge`` for any name :func:`load_model` accepts."""
+    from .bridge import boot
+
+    key = name.lower()
+    if key in EMBEDDED or key in EMBEDDED_ALIASES:
+        label = EMBEDDED_ALIASES.get(key, key)
+        hf, tok = _hf_from_gguf_cached(embedded_gguf_path(key), label, cache)
+        return boot(hf, tok, label, device=device, dtype=dtype)
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file {path} does not exist")
+        hf, tok = _hf_from_gguf_cached(path, path.stem, cache)
+        return boot(hf, tok, path.stem, device=device, dtype=dtype)
+    if path.is_dir():
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+        return boot(hf, AutoTokenizer.from_pretrained(str(path)), path.name, device=device, dtype=dtype)
+    if path.exists() or os.sep in name and not name.count("/") == 1:
+        raise FileNotFoundError(f"{name!r} is neither a GGUF file nor a HuggingFace model directory")
+    from transformer_lens.model_bridge import TransformerBridge
+
+    return TransformerBridge.boot_transformers(name, device=device, dtype=dtype, **boot_kwargs).eval()
+
+
+def _hf_from_gguf_cached(path: Path, label: str, cache: bool):
+    """(HF model, tokenizer) of a GGUF file, float32, without quantizer state; cached as a HF model dir."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = cache_dir() / f"{label}-{_file_key(path)}" / "hf"
+    if cache and (target / "config.json").is_file():
+        try:
+            hf = AutoModelForCausalLM.from_pretrained(str(target), dtype=torch.float32).eval()
+            return hf, AutoTokenizer.from_pretrained(str(target))
+        except Exception as err:  # a stale or partial cache: rebuild it
+            log.warning("ignoring unreadable rope_interp cache %s (%s)", target, err)
+    hf, tok = load_hf_from_gguf(path, dtype=torch.float32)
+    hf.config.quantization_config = None
+    del hf.config.quantization_config
+    hf.hf_quantizer = None  # the weights are dequantized: a plain float32 model from here on
+    hf.is_quantized = False
+    hf.config.architectures = [type(hf).__name__]
+    if cache:
+        try:
+            tmp = target.with_name("hf.tmp")
+            hf.save_pretrained(str(tmp))
+            tok.save_pretrained(str(tmp))
+            if target.exists():
+                import shutil
+
+                shutil.rmtree(target)
+            tmp.replace(target)
+        except (OSError, ValueError) as err:
+            log.warning("could not write rope_interp cache at %s: %s", target, err)
+    return hf, tok

@@ -55,8 +55,7 @@ class RotaryBands:
     def from_model(cls, model: Any) -> RotaryBands:
         """Read the layout from a rotary TransformerLens model (raises NotRotaryError otherwise)."""
         cfg = adapter.check_rotary(model)
-        rd = int(cfg.rotary_dim)
-        adjacent = bool(getattr(cfg, "rotary_adjacent_pairs", False))
+        rd, adjacent = adapter.rotary_dim(model), adapter.adjacent_pairs(model)
         dims = band_dims(rd, adjacent)
         freqs, amps = [], []
         for layer in range(adapter.n_layers(model)):

@@ -15,22 +15,15 @@ signed quantities (differences, band score terms) use a symmetric scale
 panel title.
 
 Long sequences are cropped to ``max_tokens`` positions (a visible notice in the
-page and a :class:`CroppedViewWarning`); a 256-token pattern is ~0.3 MB of JSON.
+page and a :class:`CroppedViewWarning`): 128 by default for attention views (a
+128-token, 4-head ablation view is ~2.4 MB and draws in seconds), 1024 for tokens.
 """
 
 from __future__ import annotations
 
-import base64
-import functools
-import html as html_lib
-import io
-import json
 import math
-import uuid
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,9 +35,11 @@ from .decompose import BandScores, band_scores
 from .errors import RopeInterpError, check_index
 from .hooking import HookSet
 from .hooks import attn_hook, is_key_site
+from .html import Panel, View, circuitsvis_bundle, html_page, props_json, save_html_page  # noqa: F401
 
-MAX_TOKENS = 256
-"""Default number of positions in an attention view (patterns grow as tokens²)."""
+MAX_TOKENS = 128
+"""Default number of positions in an attention view. Patterns grow as tokens²: at 256 tokens
+an ablation view of 4 heads is 5.7 MB and a 9-head band view takes Chromium ~2 minutes to draw."""
 
 MAX_TOKENS_TEXT = 1024
 """Default number of positions in a coloured-token view."""
@@ -52,212 +47,6 @@ MAX_TOKENS_TEXT = 1024
 
 class CroppedViewWarning(UserWarning):
     """A view shows only part of the sequence (the page says so too)."""
-
-
-# ---------------------------------------------------------------------------- rendering
-
-
-@functools.lru_cache(maxsize=1)
-def circuitsvis_bundle() -> str:
-    """circuitsvis' browser bundle (defines the global ``CircuitsVis``), safe to inline in ``<script>``."""
-    import circuitsvis
-
-    path = Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
-    if not path.exists():
-        raise RopeInterpError(f"circuitsvis JavaScript bundle not found at {path}: reinstall circuitsvis")
-    js = path.read_text(encoding="utf-8")
-    js = js.replace("//# sourceMappingURL=iife.js.map", "")  # no relative fetch when devtools open
-    return js.replace("</script", "<\\/script")  # same string in JS, cannot close the tag
-
-
-def _to_json(value: Any) -> Any:
-    if isinstance(value, Tensor):
-        return value.detach().cpu().tolist()
-    if isinstance(value, dict):
-        return {k: _to_json(v) for k, v in value.items() if v is not None}
-    if isinstance(value, (list, tuple)):
-        return [_to_json(v) for v in value]
-    return value
-
-
-def props_json(props: dict[str, Any]) -> str:
-    """Props as a JSON object literal safe inside ``<script>`` (``<`` escaped, no NaN).
-
-    >>> props_json({"tokens": ["</script>"], "values": torch.tensor([0.5, -1.0])})
-    '{"tokens": ["\\\\u003c/script>"], "values": [0.5, -1.0]}'
-    """
-    try:
-        text = json.dumps(_to_json(props), allow_nan=False)
-    except ValueError:
-        raise RopeInterpError("view data contains NaN or infinite values: nothing sensible to draw") from None
-    return text.replace("<", "\\u003c")
-
-
-@dataclass
-class Panel:
-    """One circuitsvis component: React ``component`` name and its (camelCase) props."""
-
-    component: str
-    props: dict[str, Any]
-    title: str = ""
-
-    def rendered(self) -> Any:
-        """circuitsvis' own ``RenderedHTML`` for this panel (its ``str()`` is the CDN version)."""
-        from circuitsvis.utils.render import render
-
-        return render(self.component, **self.props)
-
-    def fragment(self) -> str:
-        """A ``<div>`` and the script that mounts the component (needs the bundle loaded first)."""
-        uid = "rope-vis-" + uuid.uuid4().hex[:12]
-        title = f'<div class="rv-title">{html_lib.escape(self.title)}</div>' if self.title else ""
-        return (
-            f'<div class="rv-panel">{title}<div id="{uid}" class="rv-mount"></div>\n<script>\n'
-            f"try {{ CircuitsVis.render({json.dumps(uid)}, CircuitsVis.{self.component}, "
-            f"{props_json(self.props)}); }}\n"
-            f'catch (e) {{ document.getElementById({json.dumps(uid)}).textContent = "render failed: " + e; }}\n'
-            "</script></div>"
-        )
-
-
-_VIEW_CSS = """
-.rv-view { margin: 1em 0 2em 0; }
-.rv-notice { background: #fff3cd; border: 1px solid #e0c36a; padding: 6px 10px; margin: 6px 0; }
-.rv-caption { color: #444; margin: 4px 0 8px 0; }
-.rv-grid { display: grid; gap: 12px; overflow-x: auto; }
-.rv-panel { min-width: 220px; }
-.rv-title { font-weight: 600; font-size: 0.9em; margin-bottom: 4px; }
-"""
-_PAGE_CSS = (
-    """
-body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
-table { border-collapse: collapse; font-size: 0.85em; }
-td, th { border: 1px solid #ccc; padding: 2px 6px; text-align: right; }
-"""
-    + _VIEW_CSS
-)
-
-
-def _bundle_script() -> str:
-    return f"<script>\n{circuitsvis_bundle()}\n</script>"
-
-
-@dataclass
-class View:
-    """A titled grid of circuitsvis panels with notices; displays in notebooks, saves offline.
-
-    ``_repr_html_`` inlines the bundle (no network, no I/O); :meth:`save` writes a
-    self-contained page; :meth:`rendered` gives circuitsvis' ``RenderedHTML`` objects.
-    """
-
-    title: str
-    panels: list[Panel]
-    columns: int = 1
-    notices: list[str] = field(default_factory=list)
-    caption: str = ""
-
-    def rendered(self) -> list[Any]:
-        """circuitsvis ``RenderedHTML`` of each panel, in order."""
-        return [p.rendered() for p in self.panels]
-
-    def fragment(self, include_bundle: bool = True, heading: bool = True) -> str:
-        """HTML for embedding: notices, caption and the panels (with the bundle unless told not to)."""
-        parts = [_bundle_script()] if include_bundle else []
-        parts.append('<div class="rv-view">')
-        if heading:
-            parts.append(f"<h3>{html_lib.escape(self.title)}</h3>")
-        parts += [f'<div class="rv-notice">⚠ {html_lib.escape(n)}</div>' for n in self.notices]
-        if self.caption:
-            parts.append(f'<div class="rv-caption">{html_lib.escape(self.caption)}</div>')
-        cols = f"repeat({self.columns}, minmax(220px, 1fr))"
-        parts.append(f'<div class="rv-grid" style="grid-template-columns: {cols};">')
-        parts += [p.fragment() for p in self.panels]
-        parts.append("</div></div>")
-        return "\n".join(parts)
-
-    def html(self) -> str:
-        """A complete, self-contained HTML document (works offline)."""
-        return html_page([(None, self)], title=self.title)
-
-    def save(self, path: str | Path) -> Path:
-        """Write :meth:`html` to ``path`` (parent folders created); returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.html(), encoding="utf-8")
-        return path
-
-    def _repr_html_(self) -> str:
-        return f"<style>{_VIEW_CSS}</style>" + self.fragment(include_bundle=True)
-
-
-# ---------------------------------------------------------------------------- pages
-
-
-def _figure_html(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    alt = fig._suptitle.get_text() if getattr(fig, "_suptitle", None) else ""
-    if not alt and fig.axes:
-        alt = fig.axes[0].get_title()
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return f'<img alt="{html_lib.escape(alt)}" style="max-width:100%" src="data:image/png;base64,{data}">'
-
-
-def _item_html(item: Any, *titles: str | None) -> str:
-    if isinstance(item, View):  # no heading that repeats the page's or section's title
-        return item.fragment(include_bundle=False, heading=item.title not in titles)
-    if isinstance(item, str):
-        return item
-    if hasattr(item, "savefig"):
-        return _figure_html(item)
-    if hasattr(item, "to_html"):  # pandas DataFrame / Styler
-        return item.to_html()
-    raise TypeError(
-        f"cannot put a {type(item).__name__} in an HTML page: give a View, HTML str, Figure or DataFrame"
-    )
-
-
-def html_page(sections: Sequence[tuple[str | None, Any]], title: str = "rope_interp") -> str:
-    """One offline HTML document from ``(title, item)`` sections.
-
-    Items: a :class:`View`, an HTML string (inserted as is), a matplotlib Figure
-    (embedded as a base64 PNG) or a DataFrame. The circuitsvis bundle is inlined
-    once, only if some section is a View.
-
-    >>> page = html_page([("Notes", "<p>hello</p>")], title="demo")
-    >>> "<h2>Notes</h2>" in page and "CircuitsVis" not in page
-    True
-    """
-    body = []
-    for sec_title, item in sections:
-        if sec_title:
-            body.append(f"<h2>{html_lib.escape(sec_title)}</h2>")
-        body.append(_item_html(item, sec_title, title))
-    needs_js = any(isinstance(item, View) for _, item in sections)
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
-        f"<title>{html_lib.escape(title)}</title>\n<style>{_PAGE_CSS}</style>\n"
-        + (_bundle_script() if needs_js else "")
-        + f"\n</head><body>\n<h1>{html_lib.escape(title)}</h1>\n"
-        + "\n".join(body)
-        + "\n</body></html>\n"
-    )
-
-
-def save_html_page(
-    path: str | Path, sections: Sequence[tuple[str | None, Any]], title: str = "rope_interp"
-) -> Path:
-    """Write :func:`html_page` to ``path``; returns the path.
-
-    >>> import tempfile, os
-    >>> p = save_html_page(os.path.join(tempfile.mkdtemp(), "r.html"), [("A", "<p>x</p>")])
-    >>> p.read_text().count("<h2>A</h2>")
-    1
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(html_page(sections, title), encoding="utf-8")
-    return path
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -311,9 +100,15 @@ def _check_tokens(tokens_str: Sequence[str], n: int, what: str) -> list[str]:
     return tokens
 
 
-def _lower_tri(x: Tensor) -> Tensor:
-    """Zero the entries above the diagonal (keys after the query), which circuitsvis greys out anyway."""
-    return torch.tril(x)
+def _crop_tokens(model: Any, tokens: Any, max_tokens: int) -> tuple[Tensor, list[str]]:
+    """The first ``max_tokens`` positions (exact for causal models) and a notice if that is not all."""
+    toks = adapter.to_tokens(model, tokens)
+    n = toks.shape[1]
+    if n <= max_tokens:
+        return toks, []
+    notice = f"Showing positions 0..{max_tokens - 1} of {n} (max_tokens={max_tokens})."
+    warnings.warn(notice, CroppedViewWarning, stacklevel=3)
+    return toks[:, :max_tokens], [notice]
 
 
 def token_labels(model: Any, tokens: Any, batch: int = 0) -> list[str]:
@@ -335,7 +130,7 @@ def token_labels(model: Any, tokens: Any, batch: int = 0) -> list[str]:
 def attention_diff(
     tokens_str: Sequence[str],
     clean_pattern: Float[Tensor, "*batch head pos pos"],
-    intervened_pattern: Float[Tensor, "*batch head pos pos"],
+    intervened_pattern: Float[Tensor, "*batch head pos pos"] | Sequence[tuple[str, Tensor]],
     heads: Sequence[int] | None = None,
     *,
     head_labels: Sequence[str] | None = None,
@@ -348,46 +143,22 @@ def attention_diff(
 ) -> View:
     """Clean, intervened and signed difference patterns side by side, one row per head.
 
-    ``heads`` index the head axis of the patterns; ``None`` shows every head if there
-    are at most ``max_heads``, else the ``max_heads`` that changed most (mean
-    ``|difference|``), with a notice. The difference (intervened − clean) uses a
-    diverging scale ``±max|difference|`` shared by all rows.
+    ``intervened_pattern`` may also be a list of ``(label, pattern)`` for several
+    interventions (two more columns each). ``heads`` index the head axis of the
+    patterns; ``None`` shows every head if there are at most ``max_heads``, else the
+    ``max_heads`` that changed most (mean ``|difference|`` of the first intervention),
+    with a notice. Each difference (intervened − clean) uses a diverging scale
+    ``±max|difference|`` shared by all rows.
 
     >>> p = torch.softmax(torch.randn(2, 5, 5), -1)
     >>> view = attention_diff(list("abcde"), p, p.roll(1, -1), head_labels=["L0H0", "L0H1"])
     >>> [panel.title for panel in view.panels][:3]
     ['L0H0 · clean', 'L0H0 · intervened', 'L0H0 · intervened − clean']
     """
-    return _diff_grid(
-        tokens_str,
-        clean_pattern,
-        [(intervened_label, intervened_pattern)],
-        heads,
-        head_labels=head_labels,
-        batch=batch,
-        max_heads=max_heads,
-        max_tokens=max_tokens,
-        start=start,
-        title=title,
-    )
-
-
-def _diff_grid(
-    tokens_str: Sequence[str],
-    clean: Tensor,
-    others: list[tuple[str, Tensor]],
-    heads: Sequence[int] | None,
-    *,
-    head_labels: Sequence[str] | None,
-    batch: int,
-    max_heads: int,
-    max_tokens: int,
-    start: int,
-    title: str,
-    notices: Sequence[str] = (),
-) -> View:
-    clean = _heads_first(clean, batch, "clean_pattern")
-    others = [(label, _heads_first(p, batch, f"{label} pattern")) for label, p in others]
+    if isinstance(intervened_pattern, Tensor):
+        intervened_pattern = [(intervened_label, intervened_pattern)]
+    clean = _heads_first(clean_pattern, batch, "clean_pattern")
+    others = [(label, _heads_first(p, batch, f"{label} pattern")) for label, p in intervened_pattern]
     for label, p in others:
         if p.shape != clean.shape:
             raise RopeInterpError(f"{label} pattern {tuple(p.shape)} != clean pattern {tuple(clean.shape)}")
@@ -396,10 +167,8 @@ def _diff_grid(
     labels = list(head_labels) if head_labels is not None else [f"head {h}" for h in range(n_heads)]
     if len(labels) != n_heads:
         raise RopeInterpError(f"{len(labels)} head_labels for {n_heads} heads")
-    notices = list(notices)
     window, crop_notice = _window(n, max_tokens, start)
-    if crop_notice:
-        notices.append(crop_notice)
+    notices = [crop_notice] if crop_notice else []
     diffs = [(p - clean).detach()[:, window, window].cpu().double() for _, p in others]
     if heads is None:
         heads = list(range(n_heads))
@@ -410,23 +179,21 @@ def _diff_grid(
                 f"Showing the {max_heads} of {n_heads} heads whose pattern changed most "
                 f"(mean |{others[0][0]} − clean|): {', '.join(labels[h] for h in heads)}."
             )
-    else:
-        heads = check_index("head", list(heads), n_heads, "the patterns")
-    toks = tokens[window]
-    panels = []
+    heads = check_index("head", list(heads), n_heads, "the patterns")
+    toks, panels = tokens[window], []
     scales = [max(float(d[heads].abs().max()), 1e-12) for d in diffs]
     for h in heads:
         panels.append(_pattern_panel(toks, clean[h, window, window], 0.0, 1.0, f"{labels[h]} · clean"))
         for (label, p), d, a in zip(others, diffs, scales, strict=True):
             panels.append(_pattern_panel(toks, p[h, window, window], 0.0, 1.0, f"{labels[h]} · {label}"))
             panels.append(_pattern_panel(toks, d[h], -a, a, f"{labels[h]} · {label} − clean"))
+    cols = [
+        f"{label} pattern, {label} − clean (scale ±{a:.3g})"
+        for (label, _), a in zip(others, scales, strict=True)
+    ]
     caption = (
-        "Rows: heads; columns: clean pattern, "
-        + ", ".join(
-            f"{label} pattern, {label} − clean (scale ±{a:.3g})"
-            for (label, _), a in zip(others, scales, strict=True)
-        )
-        + ". Blue = more attention than clean, red = less. Hover a cell for its value."
+        f"Rows: heads; columns: clean pattern, {', '.join(cols)}."
+        " Blue = more attention than clean, red = less. Hover a cell for its value."
     )
     return View(title, panels, columns=1 + 2 * len(others), notices=notices, caption=caption)
 
@@ -436,7 +203,7 @@ def _pattern_panel(
 ) -> Panel:
     props = {
         "tokens": tokens,
-        "attention": _rounded(_lower_tri(values), digits),
+        "attention": _rounded(torch.tril(values), digits),
         "minValue": lo,
         "maxValue": hi,
         "maskUpperTri": True,
@@ -480,7 +247,7 @@ def band_contribution_view(
     j = band_scores.bands.index(band)
     tokens = _check_tokens(tokens_str, n, "the band scores")
     window, notice = _window(n, max_tokens, start)
-    term = _lower_tri(per_band[batch, :, j][:, window, window])
+    term = torch.tril(per_band[batch, :, j][:, window, window])
     effect = (band_scores.pattern() - band_scores.pattern(drop=[j]))[batch][:, window, window]
     names = [f"L{band_scores.layer}H{h}" for h in band_scores.heads]
     a_term = max(float(term.abs().max()), 1e-12)
@@ -547,9 +314,7 @@ def band_norm_tokens(
         labels = list(labels) if labels is not None else [str(i) for i in range(values.shape[1])]
         if len(labels) != values.shape[1]:
             raise RopeInterpError(f"{len(labels)} labels for {values.shape[1]} columns of norms")
-        panel = Panel(
-            "ColoredTokensMulti", {"tokens": tokens[window], "values": values, "labels": labels}, title
-        )
+        panel = Panel("ColoredTokensMulti", {"tokens": tokens[window], "values": values, "labels": labels})
     caption = "Darker blue = larger norm. Hover a token for its value(s)."
     return View(title, [panel], notices=[notice] if notice else [], caption=caption)
 
@@ -579,24 +344,17 @@ def layer_band_norms(
     """
     from .capture import BandCapture
 
-    toks = adapter.to_tokens(model, tokens)
+    toks, notices = _crop_tokens(model, tokens, max_tokens)
     layer = adapter.layers(model, layer)[0]
     cap = BandCapture(model, layers=[layer], sites=[site], bands=[band])
     with torch.no_grad(), cap:
-        model(toks[:, : min(toks.shape[1], max_tokens)], stop_at_layer=layer + 1)  # causal: prefix is exact
+        model(toks, stop_at_layer=layer + 1)
     norms = cap.norms(layer, site)[batch, :, :, 0]  # [pos, head]
     prefix = "kv head" if is_key_site(site) else "head"
     labels = [f"{prefix} {h}" for h in range(norms.shape[1])]
-    view = band_norm_tokens(
-        token_labels(model, toks[:, : norms.shape[0]], batch),
-        norms,
-        labels,
-        title=f"Layer {layer}, band {band}: ‖{site}‖ per token",
-    )
-    if toks.shape[1] > max_tokens:
-        notice = f"Showing positions 0..{max_tokens - 1} of {toks.shape[1]} (max_tokens={max_tokens})."
-        warnings.warn(notice, CroppedViewWarning, stacklevel=2)
-        view.notices.append(notice)
+    title = f"Layer {layer}, band {band}: ‖{site}‖ per token"
+    view = band_norm_tokens(token_labels(model, toks, batch), norms, labels, title=title)
+    view.notices[:0] = notices
     return view
 
 
@@ -617,18 +375,22 @@ def layer_band_view(
     >>> view.panels[0].props["attentionHeadNames"]
     ['L1H0', 'L1H3']
     """
-    toks = adapter.to_tokens(model, tokens)
-    n = toks.shape[1]
-    toks = toks[:, :max_tokens]  # causal: scores of a prefix are exact
+    toks, notices = _crop_tokens(model, tokens, max_tokens)
     bs = band_scores(model, toks, layer, heads=heads, bands=[band])
-    view = band_contribution_view(
-        token_labels(model, toks, batch), bs, band, batch=batch, max_tokens=max_tokens
-    )
-    if n > max_tokens:
-        notice = f"Showing positions 0..{max_tokens - 1} of {n} (max_tokens={max_tokens})."
-        warnings.warn(notice, CroppedViewWarning, stacklevel=2)
-        view.notices.append(notice)
+    view = band_contribution_view(token_labels(model, toks, batch), bs, band, batch=batch)
+    view.notices[:0] = notices
     return view
+
+
+def _ranges(values: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0–2,5"``."""
+    out: list[str] = []
+    for v in sorted(values):
+        if out and out[-1].split("–")[-1] == str(v - 1):
+            out[-1] = f"{out[-1].split('–')[0]}–{v}"
+        else:
+            out.append(str(v))
+    return ",".join(out)
 
 
 def ablation_view(
@@ -650,20 +412,18 @@ def ablation_view(
     — exact for this layer alone, with everything upstream clean. If ``hooks`` (any
     :class:`~rope_interp.hooking.HookSet`, e.g. a band ablation of earlier layers too)
     is given, the pattern the model computes under those hooks is added as more columns.
+    ``heads=None`` shows the ``max_heads`` heads the removal changes most.
 
     >>> from rope_interp.testing import tiny_model
-    >>> view = ablation_view(tiny_model(), torch.tensor([[1, 2, 3, 4, 5]]), layer=1, bands=[0, 1])
-    >>> view.columns, len(view.panels)
-    (3, 12)
+    >>> view = ablation_view(tiny_model(), torch.tensor([[1, 2, 3, 4, 5]]), layer=1, bands=[0, 1, 2])
+    >>> view.title, view.columns, len(view.panels)
+    ('Layer 1: attention with bands 0–2 removed', 3, 12)
     """
-    toks = adapter.to_tokens(model, tokens)
-    n = toks.shape[1]
-    toks = toks[:, :max_tokens]  # causal: patterns of a prefix are exact
+    toks, notices = _crop_tokens(model, tokens, max_tokens)  # causal: patterns of a prefix are exact
     bs = band_scores(model, toks, layer, heads=heads)
-    drop = [bs.bands.index(b) for b in check_index("band", list(bands), len(bs.bands))]
+    drop = check_index("band", list(bands), len(bs.bands))  # all bands selected: position == band
     clean = bs.pattern()
-    band_txt = ",".join(str(bs.bands[j]) for j in drop)
-    others = [(f"bands {band_txt} removed", bs.pattern(drop=drop))]
+    others = [(f"bands {_ranges(drop)} removed", bs.pattern(drop=drop))]
     if hooks is not None:
         store: dict[str, Tensor] = {}
 
@@ -677,20 +437,16 @@ def ablation_view(
                 stop_at_layer=bs.layer + 1,
             )
         others.append((hooks_label, store["pattern"][:, bs.heads].to(clean.dtype)))
-    notices = []
-    if n > max_tokens:
-        notices.append(f"Showing positions 0..{max_tokens - 1} of {n} (max_tokens={max_tokens}).")
-        warnings.warn(notices[-1], CroppedViewWarning, stacklevel=2)
-    return _diff_grid(
+    view = attention_diff(
         token_labels(model, toks, batch),
         clean,
         others,
-        None if heads is None else list(range(len(bs.heads))),
+        None if heads is None else range(len(bs.heads)),
         head_labels=[f"L{bs.layer}H{h}" for h in bs.heads],
         batch=batch,
         max_heads=max_heads,
         max_tokens=max_tokens,
-        start=0,
-        title=f"Layer {bs.layer}: attention with bands {band_txt} removed",
-        notices=notices,
+        title=f"Layer {bs.layer}: attention with bands {_ranges(drop)} removed",
     )
+    view.notices[:0] = notices
+    return view

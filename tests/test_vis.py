@@ -307,10 +307,15 @@ def _browse(chromium: str, page: Path, tmp: Path) -> tuple[str, list[str], Path]
 
 
 def _coloured_pixels(png: Path) -> int:
+    """Pixels in circuitsvis' blue (positive) or red (negative) — not text, borders or the notice's yellow."""
+    import numpy as np
     from PIL import Image
 
-    img = Image.open(png).convert("RGB")
-    return sum(1 for r, g, b in img.getdata() if max(r, g, b) - min(r, g, b) > 80)
+    rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    blue = (b - r > 40) & (b - g > 40)
+    red = (r - g > 40) & (r - b > 40)
+    return int((blue | red).sum())
 
 
 def test_browser_draws_the_attention_view_offline(chromium, tmp_path):

@@ -227,7 +227,9 @@ def _survival_hooks(model: Any, cache: list[Tensor], layer: int, head: int, offs
         for tokens in cache:
             with torch.no_grad(), rec:
                 if ablate:
-                    with ablate_bands(model, drop, layers=[layer], heads=[head], target="qk", mode="zero"):
+                    # only this head's pattern is read, so changing the shared kv head (GQA) is harmless
+                    kv = [int(RotaryBands.from_model(model).kv_map[head])]
+                    with ablate_bands(model, drop, layers=[layer], heads=[head], target="qk", mode="zero", kv_heads=kv):
                         model(tokens, stop_at_layer=layer + 1)
                 else:
                     model(tokens, stop_at_layer=layer + 1)

@@ -142,9 +142,9 @@ def prefix_mean(
     if exclude_self:
         c = c - y
         n = n - 1
-    n = n.clamp_min(0).to(c.dtype)
     shape = (1, -1) + (1,) * (x.ndim - 2)
-    return torch.where(n.view(shape) > 0, c / n.clamp_min(1).view(shape), torch.zeros_like(c))
+    keep = (n > 0).view(shape)
+    return torch.where(keep, c / n.clamp_min(1).to(c.real.dtype).view(shape), torch.zeros_like(c))
 
 
 def heatmap(ax: Any, values: Tensor, title: str, xlabel: str, ylabel: str, cmap: str = "viridis", **kw: Any):

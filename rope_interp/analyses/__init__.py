@@ -1,0 +1,64 @@
+"""The papers' analyses, one module each, all streaming over windows of text.
+
+* :mod:`.usage` — frequency usage (Barbero et al.): mean band norms of q, k and v.
+* :mod:`.heads` — positional (diagonal / previous-token) heads, their bands, a causal check.
+* :mod:`.sinks` — sink / semantic channels: bands separating the BOS key, vs Cauchy–Schwarz bounds.
+* :mod:`.offsets` — rotary offset features (Jonasson) against our frequency bound.
+* :mod:`.massive` — massive values (Jin et al.) and their mean-ablation vs a matched control.
+* :mod:`.spectral` — spectra of band trajectories, attention rows, MLP activations; phase alignment (Ruscio et al.).
+* :mod:`.synthetic` — the papers' constructions checked numerically.
+
+Every analysis takes ``(model, data, ...)`` where ``data`` is text, token ids or an
+iterable of batches (:func:`.inputs.iter_windows`), shows a tqdm bar
+(``progress=False`` hides it) and returns a small dataclass with ``.plot()``.
+"""
+
+from .heads import PositionalHeads, causal_check, positional_heads
+from .inputs import EmptyInputError, iter_windows
+from .massive import MassiveAblation, MassiveValues, MeanAblateDims, massive_ablation, massive_values
+from .offsets import OffsetFeatures, offset_features, predicted_bands, sign_stable
+from .sinks import SinkChannels, sink_channels
+from .spectral import (
+    AttentionSpectra,
+    BandSpectra,
+    MLPSpectra,
+    PhaseAlignment,
+    attention_spectra,
+    band_spectra,
+    mlp_spectra,
+    phase_alignment,
+)
+from .synthetic import diagonal_head_sharpness, nonlinearity_harmonics, rotary_decay
+from .usage import FrequencyUsage, frequency_usage
+
+__all__ = [
+    "AttentionSpectra",
+    "BandSpectra",
+    "EmptyInputError",
+    "FrequencyUsage",
+    "MLPSpectra",
+    "MassiveAblation",
+    "MassiveValues",
+    "MeanAblateDims",
+    "OffsetFeatures",
+    "PhaseAlignment",
+    "PositionalHeads",
+    "SinkChannels",
+    "attention_spectra",
+    "band_spectra",
+    "causal_check",
+    "diagonal_head_sharpness",
+    "frequency_usage",
+    "iter_windows",
+    "massive_ablation",
+    "massive_values",
+    "mlp_spectra",
+    "nonlinearity_harmonics",
+    "offset_features",
+    "phase_alignment",
+    "positional_heads",
+    "predicted_bands",
+    "rotary_decay",
+    "sign_stable",
+    "sink_channels",
+]

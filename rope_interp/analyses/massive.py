@@ -1,0 +1,285 @@
+"""Massive values (Jin et al., "Massive Values in Self-Attention Modules are the Key to
+Contextual Knowledge Understanding").
+
+``M[h, d]`` is the L2 norm over the sequence of the post-RoPE query (or key)
+``Q[:, h, d]``; a (head, dim) is *massive* when ``M > λ · mean(M)`` (mean over the
+layer's whole ``[head, dim]`` matrix, ``λ = 5``). Jin et al. find them in Q and K
+(not V), concentrated in low-frequency dims, and show that replacing them by
+their mean over positions wrecks contextual tasks while doing the same to as
+many non-massive dims barely matters.
+
+Streaming: the sums of squares add up over windows, so ``M`` over all windows is
+``sqrt`` of the summed squares (:meth:`MassiveValues.merge`). The criterion is
+scale-free, so the number of tokens does not change which dims are massive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from .. import adapter
+from ..hooking import FwdHooks, HookSet
+from ..hooks import attn_hook
+from ..spec import RotaryBands
+from .inputs import figure, heatmap, layer_list, windows
+
+SITES = ("rot_q", "rot_k")
+
+
+@dataclass
+class MassiveValues:
+    """Per-(layer, head, dim) sums of squares of post-RoPE q and k, and the λ·mean criterion."""
+
+    q_sq: Float[Tensor, "layer head d_head"]
+    k_sq: Float[Tensor, "layer kv_head d_head"]
+    layers: list[int]
+    band_of_dim: Tensor = field(repr=False)  # [d_head], -1 for pass-through dims
+    lam: float = 5.0
+    n_tokens: int = 0
+
+    def M(self, site: str = "q") -> Float[Tensor, "layer head d_head"]:
+        """``M[h, d]``: L2 norm over all analysed positions."""
+        return (self.q_sq if site == "q" else self.k_sq).sqrt()
+
+    def massive(self, site: str = "q") -> Bool[Tensor, "layer head d_head"]:
+        """``M > λ · mean(M)`` with the mean over each layer's ``[head, d_head]`` matrix."""
+        m = self.M(site)
+        return m > self.lam * m.mean((1, 2), keepdim=True)
+
+    def band_counts(self, site: str = "q") -> Tensor:
+        """``[n_bands + 1]``: massive (layer, head, dim) entries per band; the last slot counts pass-through dims."""
+        per_dim = self.massive(site).sum((0, 1))
+        n = int(self.band_of_dim.max()) + 1
+        idx = torch.where(self.band_of_dim < 0, n, self.band_of_dim)
+        return torch.zeros(n + 1, dtype=torch.long).index_add_(0, idx, per_dim.long())
+
+    def merge(self, other: MassiveValues) -> MassiveValues:
+        if other.layers != self.layers:
+            raise ValueError(f"cannot merge massive values over layers {other.layers} into {self.layers}")
+        return MassiveValues(self.q_sq + other.q_sq, self.k_sq + other.k_sq, self.layers, self.band_of_dim, self.lam, self.n_tokens + other.n_tokens)
+
+    def to_dataframe(self):
+        """One row per massive (site, layer, head, dim): M, ratio to the layer mean, band."""
+        import pandas as pd
+
+        rows = []
+        for site in ("q", "k"):
+            m = self.M(site)
+            mean = m.mean((1, 2))
+            for i, h, d in self.massive(site).nonzero().tolist():
+                rows.append(
+                    {
+                        "site": site,
+                        "layer": self.layers[i],
+                        "head": h,
+                        "dim": d,
+                        "band": int(self.band_of_dim[d]),
+                        "M": float(m[i, h, d]),
+                        "ratio_to_mean": float(m[i, h, d] / mean[i]),
+                    }
+                )
+        return pd.DataFrame(rows, columns=["site", "layer", "head", "dim", "band", "M", "ratio_to_mean"])
+
+    def plot(self, layer: int | None = None):
+        """``M / mean(M)`` of one layer (default: the middle analysed one) for q and k, per head × dim."""
+        layer = self.layers[len(self.layers) // 2] if layer is None else layer
+        if layer not in self.layers:
+            raise ValueError(f"layer {layer} was not analysed; analysed layers: {self.layers}")
+        i = self.layers.index(layer)
+        fig, axes = figure(3, width=5.0, height=4.0)
+        for ax, site in zip(axes[:2], ("q", "k")):
+            m = self.M(site)[i]
+            heatmap(ax, m / m.mean(), f"layer {layer}: M/mean(M), post-RoPE {site}", "dim of d_head", "head")
+        counts = self.band_counts("q") + self.band_counts("k")
+        axes[2].bar(range(len(counts)), counts.numpy())
+        axes[2].set_title(f"massive entries per band (λ = {self.lam})")
+        axes[2].set_xlabel("band (0 = highest frequency; last = pass-through)")
+        axes[2].set_ylabel("count over layers × heads (q + k)")
+        fig.suptitle(f"Massive values over {self.n_tokens} tokens")
+        fig.tight_layout()
+        return fig
+
+
+class _SquareSums(HookSet):
+    def __init__(self, model: Any, layers: list[int]):
+        super().__init__(model)
+        self.layers = layers
+        dev, dh = adapter.device(model), int(adapter.config(model).d_head)
+        self.sums = {
+            "rot_q": torch.zeros(len(layers), adapter.n_heads(model), dh, dtype=torch.float64, device=dev),
+            "rot_k": torch.zeros(len(layers), adapter.n_kv_heads(model), dh, dtype=torch.float64, device=dev),
+        }
+
+    def fwd_hooks(self) -> FwdHooks:
+        hooks: FwdHooks = []
+        for i, layer in enumerate(self.layers):
+            for site in SITES:
+
+                def fn(x: Tensor, hook: Any, i: int = i, site: str = site) -> Tensor:
+                    self.sums[site][i] += x.detach().double().square().sum((0, 1))
+                    return x
+
+                hooks.append((attn_hook(layer, site), fn))
+        return hooks
+
+
+def massive_values(
+    model: Any,
+    data: Any,
+    *,
+    layers: int | Sequence[int] | None = None,
+    lam: float = 5.0,
+    window: int | None = None,
+    progress: bool = True,
+) -> MassiveValues:
+    """The per-(head, dim) norm matrix of post-RoPE q and k, streamed over ``data``.
+
+    >>> import torch
+    >>> from rope_interp.testing import tiny_model
+    >>> mv = massive_values(tiny_model(), torch.randint(0, 50, (2, 16)), progress=False)
+    >>> tuple(mv.M("q").shape), tuple(mv.M("k").shape)
+    ((2, 4, 16), (2, 2, 16))
+    """
+    if lam <= 0:
+        raise ValueError(f"lam must be > 0, got {lam}")
+    layers = layer_list(model, layers)
+    spec = RotaryBands.from_model(model)
+    band_of_dim = torch.tensor([-1 if (b := spec.band_of_dim(d)) is None else b for d in range(spec.d_head)])
+    acc = _SquareSums(model, layers)
+    n = 0
+    for tokens in windows(model, data, window, progress, "massive values"):
+        with torch.no_grad(), acc:
+            model(tokens, stop_at_layer=max(layers) + 1)
+        n += tokens.numel()
+    return MassiveValues(acc.sums["rot_q"].cpu(), acc.sums["rot_k"].cpu(), layers, band_of_dim, lam, n)
+
+
+class MeanAblateDims(HookSet):
+    """Replace chosen (head, dim) entries of post-RoPE q/k by their mean over positions.
+
+    ``masks[(layer, site)]`` is a bool ``[heads, d_head]`` (``site`` "rot_q" or "rot_k").
+
+    >>> import torch
+    >>> from rope_interp.testing import tiny_model
+    >>> model = tiny_model()
+    >>> mask = torch.zeros(4, 16, dtype=torch.bool); mask[0, 3] = True
+    >>> with MeanAblateDims(model, {(0, "rot_q"): mask}):
+    ...     _, cache = model.run_with_cache(torch.tensor([[1, 2, 3]]), names_filter="blocks.0.attn.hook_rot_q")
+    >>> q = cache["blocks.0.attn.hook_rot_q"][0, :, 0, 3]
+    >>> bool(torch.allclose(q, q.mean().expand(3)))
+    True
+    """
+
+    def __init__(self, model: Any, masks: dict[tuple[int, str], Tensor]):
+        super().__init__(model)
+        for (layer, site), m in masks.items():
+            if site not in SITES:
+                raise ValueError(f"site must be one of {SITES}, got {site!r}")
+            adapter.layers(model, layer)
+        self.masks = masks
+
+    def fwd_hooks(self) -> FwdHooks:
+        hooks: FwdHooks = []
+        for (layer, site), mask in self.masks.items():
+
+            def fn(x: Tensor, hook: Any, mask: Tensor = mask) -> Tensor:
+                return torch.where(mask.to(x.device), x.mean(1, keepdim=True), x)
+
+            hooks.append((attn_hook(layer, site), fn))
+        return hooks
+
+
+@dataclass
+class MassiveAblation:
+    """Mean loss on text: unmodified, massive dims mean-ablated, and matched controls."""
+
+    baseline: float
+    massive: float
+    control: list[float]
+    n_dims: int
+    n_tokens: int
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        rows = [("baseline", self.baseline), ("massive dims mean-ablated", self.massive)]
+        rows += [(f"control {i} ({self.n_dims} non-massive dims)", c) for i, c in enumerate(self.control)]
+        return pd.DataFrame(rows, columns=["condition", "loss"])
+
+    def plot(self):
+        fig, (ax,) = figure(1, width=6.5, height=4.0)
+        df = self.to_dataframe()
+        ax.bar(range(len(df)), df["loss"], color=["grey", "tab:red"] + ["tab:blue"] * len(self.control))
+        ax.set_xticks(range(len(df)), ["baseline", "massive"] + [f"control {i}" for i in range(len(self.control))])
+        ax.set_title(f"Mean-ablating {self.n_dims} massive q/k dims vs matched controls")
+        ax.set_xlabel("condition")
+        ax.set_ylabel(f"mean next-token loss ({self.n_tokens} tokens)")
+        fig.tight_layout()
+        return fig
+
+
+def control_masks(massive: dict[tuple[int, str], Tensor], seed: int = 0) -> dict[tuple[int, str], Tensor]:
+    """For every head, as many random non-massive dims as it has massive ones (seeded).
+
+    >>> import torch
+    >>> m = {(0, "rot_q"): torch.tensor([[True, False, False, True]])}
+    >>> c = control_masks(m)[(0, "rot_q")]
+    >>> int(c.sum()), bool((c & m[(0, "rot_q")]).any())
+    (2, False)
+    """
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, mask in massive.items():
+        ctrl = torch.zeros_like(mask)
+        for h in range(mask.shape[0]):
+            k = int(mask[h].sum())
+            free = (~mask[h]).nonzero().flatten()
+            if k > len(free):
+                raise ValueError(f"head {h} of {key} has more massive dims ({k}) than non-massive ones")
+            ctrl[h, free[torch.randperm(len(free), generator=g)[:k]]] = True
+        out[key] = ctrl
+    return out
+
+
+def massive_ablation(
+    model: Any,
+    data: Any,
+    found: MassiveValues,
+    *,
+    n_control: int = 2,
+    seed: int = 0,
+    window: int | None = None,
+    progress: bool = True,
+) -> MassiveAblation:
+    """Loss with the massive q/k dims of ``found`` mean-ablated vs ``n_control`` matched random controls."""
+    masks = {(layer, s): found.massive(s[-1])[i] for i, layer in enumerate(found.layers) for s in SITES}
+    masks = {k: v for k, v in masks.items() if v.any()}
+    n_dims = int(sum(int(v.sum()) for v in masks.values()))
+    if not masks:
+        raise ValueError(f"no massive values at λ = {found.lam}: nothing to ablate")
+    conditions = [None, MeanAblateDims(model, masks)] + [
+        MeanAblateDims(model, control_masks(masks, seed + i)) for i in range(n_control)
+    ]
+    totals = torch.zeros(len(conditions), dtype=torch.float64)
+    count = 0
+    for tokens in windows(model, data, window, progress, "massive ablation"):
+        if tokens.shape[1] < 2:
+            continue
+        for j, cond in enumerate(conditions):
+            with torch.no_grad():
+                if cond is None:
+                    loss = model(tokens, return_type="loss", loss_per_token=True)
+                else:
+                    with cond:
+                        loss = model(tokens, return_type="loss", loss_per_token=True)
+            totals[j] += loss.double().sum().cpu()
+        count += tokens.shape[0] * (tokens.shape[1] - 1)
+    if count == 0:
+        raise ValueError("no window has two or more tokens: cannot measure next-token loss")
+    means = (totals / count).tolist()
+    return MassiveAblation(means[0], means[1], means[2:], n_dims, count)

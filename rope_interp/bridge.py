@@ -1,0 +1,255 @@
+"""TransformerLens ``TransformerBridge`` support: what :mod:`rope_interp.adapter` needs to read a bridge.
+
+A bridge wraps a HuggingFace model instead of re-implementing it, so some facts
+``HookedTransformer`` keeps in its config live in the HF modules instead:
+
+* the rotary tables come from the HF rotary embedding (``rotary_emb``, per layer
+  type for Gemma-3), called exactly as the model calls it, so every HF
+  ``rope_type`` (linear, dynamic, YaRN with its attention factor, Llama-3 ...) is
+  included by construction; the bridge config's ``rotary_dim``/``rotary_base`` are
+  often unset or defaults and are never used;
+* the score scale is the HF attention's ``scaling`` (``q·k * scaling``), the soft-cap
+  its ``attn_logit_softcapping``, the local window its ``sliding_window``.
+
+The bridge fires ``hook_rot_q``/``hook_rot_k`` only where it re-implements rotary
+attention itself (``PositionEmbeddingsAttentionBridge``: Llama, Mistral, Qwen,
+Gemma, Phi, OLMo, ...). For GPT-NeoX/Pythia, GPT-J and CodeGen the hook points
+exist but never fire, so rope_interp raises :class:`BridgeRotaryHooksError`
+instead of silently recording nothing.
+
+KV cache: the bridge caches keys *after* rotation (``hook_rot_k`` sees only the new
+keys of a decoding step), HookedTransformer *before* (``hook_rot_k`` sees all keys).
+
+>>> bridge = tiny_bridge("llama")
+>>> is_bridge(bridge), rotary_dim(bridge), attn_scale(bridge, 0)
+(True, 8, 2.8284271247461903)
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from .errors import RopeInterpError
+
+WORKAROUND = (
+    "load the model as a HookedTransformer instead (rope_interp.load_model(name) or "
+    "transformer_lens.HookedTransformer.from_pretrained(name)), which fires hook_rot_q/hook_rot_k "
+    "for every rotary architecture"
+)
+
+
+class BridgeRotaryHooksError(RopeInterpError, NotImplementedError):
+    """A TransformerBridge whose attention never fires ``hook_rot_q``/``hook_rot_k``."""
+
+
+def is_bridge(model: Any) -> bool:
+    """True for a TransformerLens ``TransformerBridge`` (False for HookedTransformer and others)."""
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError:  # a TransformerLens without the bridge
+        return False
+    return isinstance(model, TransformerBridge)
+
+
+def hf_config(model: Any) -> Any:
+    """The wrapped HF model's (text) config."""
+    cfg = model.original_model.config
+    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+
+def hf_attention(model: Any, layer: int) -> Any:
+    """The HF attention module the bridge wraps in block ``layer``."""
+    return model.blocks[layer].attn.original_component
+
+
+def fires_rot_hooks(model: Any, layer: int = 0) -> bool:
+    """Whether block ``layer``'s attention bridge calls ``hook_rot_q``/``hook_rot_k`` in its forward."""
+    from transformer_lens.model_bridge.generalized_components.position_embeddings_attention import (
+        PositionEmbeddingsAttentionBridge,
+    )
+
+    return isinstance(model.blocks[layer].attn, PositionEmbeddingsAttentionBridge)
+
+
+def check_rot_hooks(model: Any) -> None:
+    """Raise :class:`BridgeRotaryHooksError` unless every layer fires the rot hooks."""
+    silent = [i for i in range(len(model.blocks)) if not fires_rot_hooks(model, i)]
+    if silent:
+        arch = getattr(model.cfg, "architecture", None) or type(hf_attention(model, silent[0])).__name__
+        kind = type(model.blocks[silent[0]].attn).__name__
+        raise BridgeRotaryHooksError(
+            f"this TransformerBridge ({arch}, attention {kind}) never fires hook_rot_q/hook_rot_k "
+            f"(layers {silent[:3]}{'...' if len(silent) > 3 else ''}), so rope_interp cannot see the "
+            f"rotated queries and keys; {WORKAROUND}"
+        )
+
+
+def _rotary_module(model: Any, layer: int) -> tuple[Any, dict[str, Any]]:
+    """The HF rotary embedding that feeds block ``layer`` and the extra kwargs it needs."""
+    attn = model.blocks[layer].attn
+    mod = getattr(hf_attention(model, layer), "rotary_emb", None)  # per-layer rotary (rare)
+    if mod is None:
+        mod = getattr(attn, "_rotary_emb", None)
+    if mod is None:
+        mod = getattr(model, "rotary_emb", None)
+    if mod is None:
+        found = [m for _, m in model.original_model.named_modules() if type(m).__name__.endswith("RotaryEmbedding")]
+        mod = found[0] if found else None
+    if mod is None:
+        raise BridgeRotaryHooksError(f"found no rotary embedding module for block {layer} of this bridge; {WORKAROUND}")
+    mod = getattr(mod, "original_component", None) or mod  # the HF module, so no bridge hook fires
+    kwargs: dict[str, Any] = {}
+    if "layer_type" in inspect.signature(mod.forward).parameters:
+        types = getattr(hf_config(model), "layer_types", None)
+        if types is not None:
+            kwargs["layer_type"] = types[layer]
+    return mod, kwargs
+
+
+def _hf_tables(model: Any, layer: int, n_pos: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(cos, sin) ``[n_pos, width]`` from the HF rotary module, as the model calls it."""
+    mod, kwargs = _rotary_module(model, layer)
+    dev = next(model.original_model.parameters()).device
+    x = torch.zeros(1, 1, 1, dtype=dtype, device=dev)
+    pos = torch.arange(n_pos, device=dev)[None]
+    with torch.no_grad():
+        out = mod(x, pos, **kwargs)
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise BridgeRotaryHooksError(
+            f"the rotary module {type(mod).__name__} does not return (cos, sin) tables; {WORKAROUND}"
+        )
+    cos, sin = out
+    return cos.reshape(n_pos, -1), sin.reshape(n_pos, -1)
+
+
+def _adjacent(model: Any) -> bool:
+    return bool(getattr(model.cfg, "rotary_adjacent_pairs", False))
+
+
+def _layout(model: Any, table: Tensor) -> Tensor:
+    """Half-duplicated HF table ``[.., rotary_dim]`` in the pairing the bridge applies."""
+    d_head = int(model.cfg.d_head)
+    if 2 * table.shape[-1] == d_head:
+        # GPT-OSS convention: un-duplicated half-width tables over the full head
+        from transformer_lens.utilities.hf_utils import get_rotary_pct_from_config
+
+        if get_rotary_pct_from_config(model.blocks[0].attn.config) == 1.0:
+            table = torch.cat([table, table], dim=-1)
+    if _adjacent(model):  # GLM/ERNIE: first half, each value repeated for pairs (2i, 2i+1)
+        table = table[..., : table.shape[-1] // 2].repeat_interleave(2, dim=-1)
+    return table
+
+
+def rotary_dim(model: Any) -> int:
+    """Width of the rotated part of each head: the width of the tables the bridge applies."""
+    cos, _ = _hf_tables(model, 0, 1, torch.float32)
+    return int(_layout(model, cos).shape[-1])
+
+
+def rotary_tables(model: Any, layer: int, n_pos: int) -> tuple[Float[Tensor, "pos rotary_dim"], Float[Tensor, "pos rotary_dim"]]:
+    """(sin, cos), float64 ``[n_pos, rotary_dim]`` on the CPU, as block ``layer`` applies them.
+
+    Computed by the HF rotary module itself (HF computes the angles in float32 and
+    we ask for a float64 result, so they are not rounded to a half-precision
+    model's dtype). Includes HF's ``attention_scaling`` (the YaRN amplitude).
+    """
+    cos, sin = _hf_tables(model, layer, n_pos, torch.float64)
+    return _layout(model, sin).double().cpu(), _layout(model, cos).double().cpu()
+
+
+def attn_scale(model: Any, layer: int) -> float:
+    """Divisor of ``q·k``: the bridge computes ``q·k * hf_attn.scaling`` (default ``d_head**-0.5``)."""
+    attn = hf_attention(model, layer)
+    scaling = getattr(attn, "scaling", None)
+    if scaling is None:
+        scaling = int(getattr(attn, "head_dim", model.cfg.d_head)) ** -0.5
+    return 1.0 / float(scaling)
+
+
+def softcap(model: Any, layer: int = 0) -> float | None:
+    cap = getattr(hf_attention(model, layer), "attn_logit_softcapping", None)
+    return float(cap) if cap is not None and cap > 0 else None
+
+
+def local_window(model: Any, layer: int) -> int | None:
+    """HF ``sliding_window`` of a local layer (keys ``m - window < n <= m``), else None."""
+    window = getattr(hf_attention(model, layer), "sliding_window", None)
+    return int(window) if window else None
+
+
+def boot(
+    hf_model: Any,
+    tokenizer: Any,
+    name: str,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Any:
+    """``TransformerBridge.boot_transformers`` on an in-memory HF model, offline (no hub call)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    hf_model.config.architectures = [type(hf_model).__name__]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(deprecated|compatibility mode).*")
+        bridge = TransformerBridge.boot_transformers(
+            name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
+        )
+    return bridge.eval()
+
+
+def tiny_tokenizer(vocab_size: int = 64) -> Any:
+    """An offline word-level tokenizer over tokens ``t0 .. t{vocab_size-1}`` (t1 = BOS, t2 = EOS)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="t1",
+        eos_token="t2",
+        unk_token="t0",
+        pad_token="t2",
+        add_bos_token=True,  # else TransformerLens re-loads the tokenizer from the hub
+        name_or_path="rope-interp-tiny",
+    )
+
+
+_TINY = {
+    "llama": ("LlamaConfig", dict(num_key_value_heads=2)),
+    "qwen2": ("Qwen2Config", dict(num_key_value_heads=2)),
+    "gemma2": ("Gemma2Config", dict(num_key_value_heads=2, head_dim=8, sliding_window=4)),
+    "phi": ("PhiConfig", dict(partial_rotary_factor=0.5)),
+    "neox": ("GPTNeoXConfig", dict(rotary_pct=0.5)),
+    "gptj": ("GPTJConfig", dict(rotary_dim=4)),
+    "codegen": ("CodeGenConfig", dict(rotary_dim=4)),
+}
+
+
+def tiny_bridge(arch: str = "llama", *, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides: Any) -> Any:
+    """A small random HF model of architecture ``arch`` booted as a ``TransformerBridge`` (CPU, offline).
+
+    ``arch``: one of ``llama``, ``qwen2``, ``gemma2`` (soft-cap, sliding window), ``phi``
+    (partial rotary), and ``neox``, ``gptj``, ``codegen`` (whose bridges do not fire the
+    rot hooks). 2 layers, 4 heads, ``d_head`` 8; ``overrides`` go to the HF config.
+    """
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    if arch not in _TINY:
+        raise ValueError(f"unknown tiny bridge architecture {arch!r}; expected one of {sorted(_TINY)}")
+    cls_name, extra = _TINY[arch]
+    if arch in ("gptj", "codegen"):
+        size = dict(n_embd=32, n_layer=2, n_head=4, n_positions=128)
+    else:
+        size = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+        size["max_position_embeddings"] = 128
+    kwargs = {**size, "vocab_size": 64, **extra, **overrides}
+    torch.manual_seed(seed)
+    hf = AutoModelForCausalLM.from_config(getattr(transformers, cls_name)(**kwargs)).eval()
+    return boot(hf, tiny_tokenizer(kwargs["vocab_size"]), f"tiny-{arch}", dtype=dtype)

@@ -1,0 +1,164 @@
+"""The fast sweep tiers agree with the naive loop (exact), with derivatives (attribution),
+and with real hooked runs (analytic direct effect)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rope_interp import RotaryBands, band_view
+from rope_interp.hooks import attn_hook
+from rope_interp.interventions import ablate_bands
+from rope_interp.patching import logit_diff, loss_metric
+from rope_interp.sweeps import (
+    ablated_patterns,
+    ablation_sweep,
+    attribution_sweep,
+    direct_effect_sweep,
+    exact_sweep,
+    naive_sweep,
+)
+from rope_interp.testing import tiny_layout_model
+
+CLEAN = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6, 5, 3]])
+CORRUPT = torch.tensor([[3, 1, 4, 1, 7, 9, 2, 8, 5, 3]])
+
+
+def pattern_at(model, layer, tokens, hookset=None):
+    name = attn_hook(layer, "pattern")
+    with torch.no_grad():
+        if hookset is None:
+            _, cache = model.run_with_cache(tokens, names_filter=[name])
+        else:
+            with hookset:
+                _, cache = model.run_with_cache(tokens, names_filter=[name])
+    return cache[name]
+
+
+def test_exact_matches_naive_patching_on_every_layout(layout_model):
+    kw = dict(source=CLEAN, progress=False)
+    metric = logit_diff(7, 8)
+    naive = naive_sweep(layout_model, CORRUPT, metric, ("layer", "head", "band"), **kw)
+    exact = exact_sweep(layout_model, CORRUPT, metric, ("layer", "head", "band"), batch_size=3, **kw)
+    assert exact.values.shape == naive.values.shape
+    assert naive.effect.abs().max() > 1e-3
+    torch.testing.assert_close(exact.values, naive.values, atol=1e-5, rtol=1e-5)
+    assert exact.base == pytest.approx(naive.base, abs=1e-6)
+
+
+@pytest.mark.parametrize("target", ["q", "k", "qk"])
+def test_exact_matches_naive_zero_ablation_per_position(target):
+    model = tiny_layout_model("gqa")
+    metric = loss_metric(CLEAN)
+    kw = dict(layers=[1], bands=[0, 4, 7], target=target, progress=False)
+    naive = naive_sweep(model, CLEAN, metric, ("layer", "band", "pos"), **kw)
+    exact = exact_sweep(model, CLEAN, metric, ("layer", "band", "pos"), batch_size=7, **kw)
+    assert exact.values.shape == (1, 3, CLEAN.shape[1])
+    torch.testing.assert_close(exact.values, naive.values, atol=1e-5, rtol=1e-5)
+
+
+def test_naive_zero_sweep_matches_ablate_bands():
+    model = tiny_layout_model("partial_gptj")
+    metric = logit_diff(7, 8)
+    r = naive_sweep(model, CLEAN, metric, layers=[0, 1], bands=[0, 4], progress=False)
+    with torch.no_grad():
+        for i, L in enumerate([0, 1]):
+            for j, b in enumerate([0, 4]):
+                with ablate_bands(model, [b], layers=L, mode="zero"):
+                    assert r.values[i, j].item() == pytest.approx(metric(model(CLEAN)).item(), abs=1e-6)
+
+
+def test_attribution_is_the_derivative_of_scaling_the_band():
+    """Zero-ablation attribution of a cell = -d metric / d alpha, alpha scaling that cell's bands."""
+    model = tiny_layout_model("gqa", dtype=torch.float64)
+    spec = RotaryBands.from_model(model)
+    metric = logit_diff(7, 8)
+    attr = attribution_sweep(model, CLEAN, metric, ("layer", "head", "band"), progress=False)
+    L, g, b = 1, 1, 3
+
+    def run(alpha):
+        def scale(act, hook, heads):
+            v = band_view(act, spec.rotary_dim, spec.adjacent_pairs)
+            v[:, :, heads, b] *= alpha
+            return act
+
+        q_heads = [h for h in range(spec.n_heads) if int(spec.kv_map[h]) == g]
+        hooks = [(attn_hook(L, "rot_q"), lambda a, hook: scale(a, hook, q_heads)),
+                 (attn_hook(L, "rot_k"), lambda a, hook: scale(a, hook, [g]))]
+        with torch.no_grad():
+            return metric(model.run_with_hooks(CLEAN, fwd_hooks=hooks)).item()
+
+    eps = 1e-4
+    deriv = (run(1 + eps) - run(1 - eps)) / (2 * eps)
+    assert attr.effect[L, g, b].item() == pytest.approx(-deriv, rel=1e-4, abs=1e-8)
+    # coarser cells are sums of finer ones
+    coarse = attribution_sweep(model, CLEAN, metric, ("layer", "band"), progress=False)
+    torch.testing.assert_close(coarse.effect, attr.effect.sum(1))
+
+
+def test_ablated_patterns_match_hooked_runs(layout_model):
+    spec = RotaryBands.from_model(layout_model)
+    L = spec.n_layers - 1
+    pats = ablated_patterns(layout_model, CLEAN, L)
+    assert pats.shape == (1, spec.n_heads, spec.n_bands, 10, 10)
+    for b in (0, spec.n_bands - 1):
+        for target in ("q", "k"):
+            hooked = pattern_at(layout_model, L, CLEAN, ablate_bands(layout_model, [b], layers=L, target=target))
+            torch.testing.assert_close(pats[:, :, b], hooked, atol=1e-5, rtol=1e-5)
+
+
+def test_direct_effect_sweep_is_tv_distance_of_ablated_patterns():
+    model = tiny_layout_model("local_global")
+    r = direct_effect_sweep(model, CLEAN, heads=[1, 3], bands=[0, 2, 5], max_bytes=1, progress=False)
+    assert r.values.shape == (2, 2, 3) and r.dims == ("layer", "head", "band")
+    for L in range(2):
+        pats = ablated_patterns(model, CLEAN, L, heads=[1, 3], bands=[0, 2, 5])
+        full = pattern_at(model, L, CLEAN)[:, [1, 3]]
+        if model.cfg.use_local_attn and model.cfg.attn_types[L] == "local":
+            continue  # the analytic pattern uses the causal mask only
+        tv = 0.5 * (pats - full[:, :, None]).abs().sum(-1).mean(dim=(0, 3))
+        torch.testing.assert_close(r.values[L], tv, atol=1e-5, rtol=1e-5)
+    kl = direct_effect_sweep(model, CLEAN, distance="kl", progress=False)
+    assert (kl.values >= -1e-7).all() and kl.values.max() > 0
+
+
+def test_ablation_sweep_dispatch_and_errors():
+    model = tiny_layout_model("neox")
+    from rope_interp.errors import RopeInterpError
+
+    r = ablation_sweep(model, CLEAN, loss_metric(CLEAN), method="attribution", progress=False)
+    assert r.method == "attribution"
+    with pytest.raises(RopeInterpError, match="unknown method"):
+        ablation_sweep(model, CLEAN, loss_metric(CLEAN), method="magic")
+    with pytest.raises(RopeInterpError, match="batch_size"):
+        exact_sweep(model, CLEAN, loss_metric(CLEAN), batch_size=0)
+    with pytest.raises(RopeInterpError, match="unknown distance"):
+        direct_effect_sweep(model, CLEAN, distance="l2")
+    with pytest.raises(RopeInterpError, match="differ in shape"):
+        exact_sweep(model, CLEAN, loss_metric(CLEAN), source=CLEAN[:, :4])
+
+
+# ---- the embedded model ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def short_tokens(smol, english_tokens):
+    return english_tokens[:, :24]
+
+
+@pytest.mark.slow
+def test_smol_exact_tier_matches_naive_loop(smol, short_tokens):
+    metric = loss_metric(short_tokens)
+    kw = dict(layers=[3, 20], bands=[0, 12, 24, 31], progress=False)
+    naive = naive_sweep(smol, short_tokens, metric, **kw)
+    exact = exact_sweep(smol, short_tokens, metric, **kw)
+    assert naive.effect.abs().max() > 1e-4
+    torch.testing.assert_close(exact.values, naive.values, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_smol_direct_effect_matches_hooked_pattern(smol, short_tokens):
+    L, bands = 5, [0, 24]
+    pats = ablated_patterns(smol, short_tokens, L, bands=bands)
+    for j, b in enumerate(bands):
+        hooked = pattern_at(smol, L, short_tokens, ablate_bands(smol, [b], layers=L, target="k"))
+        torch.testing.assert_close(pats[:, :, j], hooked, atol=1e-5, rtol=1e-4)
+    assert (pats[:, :, 1] - pattern_at(smol, L, short_tokens)).abs().max() > 1e-3
