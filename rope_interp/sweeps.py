@@ -260,16 +260,34 @@ def _aggregate(grid: Grid, contrib: dict[str, Tensor], spec: RotaryBands) -> Ten
 
 
 # ---- analytic direct effect -----------------------------------------------------------------------------
+def _mask(s: Tensor, window: int | None) -> Tensor:
+    """Causal mask (and a local-attention window: keys ``> query - window``) as ``-inf``."""
+    m, n = s.shape[-2:]
+    kpos, qpos = torch.arange(n, device=s.device)[None, :], torch.arange(n - m, n, device=s.device)[:, None]
+    keep = kpos <= qpos
+    if window is not None:
+        keep = keep & (kpos > qpos - window)
+    return s.masked_fill(~keep, float("-inf"))
+
+
+def _softcap(s: Tensor, softcap: float | None) -> Tensor:
+    return s if softcap is None else softcap * torch.tanh(s / softcap)
+
+
 def _drop_each_pattern(
-    terms: Float[Tensor, "batch head band q k"], remainder: Tensor, softcap: float | None, q_start: int = 0
+    terms: Float[Tensor, "batch head band q k"], remainder: Tensor, softcap: float | None, window: int | None = None
 ) -> Float[Tensor, "batch head band q k"]:
     """Softmax patterns with each band's term removed in turn (pure maths)."""
     s = (terms.sum(2) + remainder)[:, :, None] - terms
-    if softcap is not None:
-        s = softcap * torch.tanh(s / softcap)
-    m, n = s.shape[-2:]
-    causal = torch.arange(n, device=s.device)[None, :] <= torch.arange(q_start, q_start + m, device=s.device)[:, None]
-    return torch.softmax(s.masked_fill(~causal, float("-inf")), dim=-1)
+    return torch.softmax(_mask(_softcap(s, softcap), window), dim=-1)
+
+
+def _window(model: Any, layer: int) -> int | None:
+    """The local-attention window of ``layer`` (None for global attention)."""
+    # TODO(lead): move to adapter (adapter.attn_window); decompose.BandScores ignores local windows too
+    if getattr(adapter.attn(model, layer), "attn_type", "global") == "local":
+        return int(adapter.config(model).window_size)
+    return None
 
 
 def _layer_terms(model, cap: BandCapture, spec: RotaryBands, L: int) -> tuple[Tensor, Tensor]:
@@ -304,7 +322,7 @@ def ablated_patterns(
     others = [i for i in range(spec.n_bands) if i not in set(bands)]
     if others:
         rest = rest + terms[:, :, others].sum(2)
-    return _drop_each_pattern(terms[:, :, bands], rest, adapter.softcap(model))
+    return _drop_each_pattern(terms[:, :, bands], rest, adapter.softcap(model), _window(model, L))
 
 
 def direct_effect_sweep(
@@ -345,12 +363,13 @@ def direct_effect_sweep(
     for L in _progress_iter(layers, "direct effect", progress):
         terms, rest = _layer_terms(model, cap, spec, L)
         terms, rest = terms[:, heads], rest[:, heads]
-        full = torch.softmax(_full_scores(terms, rest, softcap), dim=-1)
+        window = _window(model, L)
+        full = torch.softmax(_mask(_softcap(terms.sum(2) + rest, softcap), window), dim=-1)
         out = []
         for i in range(0, len(bands), chunk):
             sel = bands[i : i + chunk]
             others_rest = rest + terms.sum(2) - terms[:, :, sel].sum(2)
-            p = _drop_each_pattern(terms[:, :, sel], others_rest, softcap)  # [b, h, c, q, k]
+            p = _drop_each_pattern(terms[:, :, sel], others_rest, softcap, window)  # [b, h, c, q, k]
             f = full[:, :, None]
             if distance == "tv":
                 d = 0.5 * (p - f).abs().sum(-1)
@@ -361,15 +380,6 @@ def direct_effect_sweep(
     values = torch.stack(rows)
     coords = {"layer": layers, "head": heads, "band": bands}
     return SweepResult(values.cpu(), ("layer", "head", "band"), coords, 0.0, f"direct effect ({distance})")
-
-
-def _full_scores(terms: Tensor, rest: Tensor, softcap: float | None) -> Tensor:
-    s = terms.sum(2) + rest
-    if softcap is not None:
-        s = softcap * torch.tanh(s / softcap)
-    m, n = s.shape[-2:]
-    causal = torch.arange(n, device=s.device)[None, :] <= torch.arange(m, device=s.device)[:, None]
-    return s.masked_fill(~causal, float("-inf"))
 
 
 def _progress_iter(items, desc: str, progress: bool):

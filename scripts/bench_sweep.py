@@ -49,7 +49,8 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="4 layers × 8 bands, no patching sweep repeat")
+    ap.add_argument("--quick", action="store_true", help="3 layers × 6 bands for both sweeps (< 1 minute)")
+    ap.add_argument("--full-patch", action="store_true", help="patching sweep on the full grid too (default: subset)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     ap.add_argument("--batch-size", type=int, default=None, help="conditions per forward for exact/B")
@@ -70,30 +71,29 @@ def main() -> None:
     clean = model.to_tokens("The capital of France is")
     corrupt = model.to_tokens("The capital of Italy is")
     metric = logit_diff(model.to_single_token(" Paris"), model.to_single_token(" Rome"))
-    if args.quick:
-        layers = [0, spec.n_layers // 3, 2 * spec.n_layers // 3, spec.n_layers - 1]
-        bands = list(range(0, spec.n_bands, spec.n_bands // 8))
-    else:
-        layers, bands = list(range(spec.n_layers)), list(range(spec.n_bands))
-    n_cond = len(layers) * len(bands)
-    bs = args.batch_size or len(bands)
+    subset = [0, spec.n_layers // 2, spec.n_layers - 1], list(range(0, spec.n_bands, 6))
+    full = list(range(spec.n_layers)), list(range(spec.n_bands))
+    zero_grid = subset if args.quick else full
+    patch_grid = full if args.full_patch else subset
     print(f"model {args.model} on {args.device} ({torch.get_num_threads()} threads); loaded in "
-          f"{time.perf_counter() - t0:.1f} s; prompt {clean.shape[1]} tokens; "
-          f"grid {len(layers)} layers × {len(bands)} bands = {n_cond} conditions")
+          f"{time.perf_counter() - t0:.1f} s; prompt {clean.shape[1]} tokens")
 
     with torch.no_grad():
         model(clean)
         _, t_fwd = timed(lambda: model(clean), repeat=5, sync=sync)
     print(f"one plain forward: {t_fwd * 1e3:.1f} ms\n")
 
-    def sweep_block(name: str, source) -> None:
+    def sweep_block(name: str, source, grid) -> None:
+        layers, bands = grid
+        n_cond, bs = len(layers) * len(bands), args.batch_size or len(bands)
         kw = dict(layers=layers, bands=bands, progress=False, source=source)
         run_tokens = clean if source is None else corrupt
         naive, t_naive = timed(lambda: naive_sweep(model, run_tokens, metric, **kw), sync=sync)
         ex1, t_ex1 = timed(lambda: exact_sweep(model, run_tokens, metric, batch_size=1, **kw), sync=sync)
         exb, t_exb = timed(lambda: exact_sweep(model, run_tokens, metric, batch_size=bs, **kw), sync=sync)
-        attr, t_attr = timed(lambda: attribution_sweep(model, run_tokens, metric, **kw), repeat=3, sync=sync)
-        print(f"== {name}: base metric {naive.base:.4f}, largest |effect| {naive.effect.abs().max():.4f}")
+        attr, t_attr = timed(lambda: attribution_sweep(model, run_tokens, metric, **kw), repeat=2, sync=sync)
+        print(f"== {name}: {len(layers)} layers × {len(bands)} bands = {n_cond} conditions; "
+              f"base metric {naive.base:.4f}, largest |effect| {naive.effect.abs().max():.4f}")
         print(f"{'tier':<22}{'seconds':>10}{'per cond (ms)':>15}{'speed-up vs naive':>20}")
         for label, t in (("naive", t_naive), ("exact, 1 per forward", t_ex1), (f"exact, {bs} per forward", t_exb),
                          ("attribution", t_attr)):
@@ -105,8 +105,8 @@ def main() -> None:
         print(f"max |exact - naive|: {err1:.2e} (1 per forward), {errb:.2e} (batched)")
         print(f"attribution vs exact Spearman: {rho:.3f} (signed), {rho_abs:.3f} (|effect|)\n")
 
-    sweep_block("zero-ablation sweep [layer, band]", None)
-    sweep_block("patching sweep France→Italy [layer, band]", clean)
+    sweep_block("zero-ablation sweep [layer, band]", None, zero_grid)
+    sweep_block("patching sweep France→Italy [layer, band]", clean, patch_grid)
 
     L = spec.n_layers // 2
     with torch.no_grad():

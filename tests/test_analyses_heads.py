@@ -37,7 +37,9 @@ def test_band_margins_equal_exact_decomposition(layout_model, offset):
         total = _margin_by_brute_force(
             type(bs)(bs.total()[:, :, None], bs.remainder * 0, layer, bs.heads, [0]), offset
         )[:, 0]
-        torch.testing.assert_close(r.margin[layer, :, 0].sum(-1) + r.margin_pass[layer, :, 0], total, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            r.margin[layer, :, 0].sum(-1) + r.margin_pass[layer, :, 0], total, atol=1e-5, rtol=1e-4
+        )
 
 
 def test_offset_margins_hand_built():
@@ -73,17 +75,28 @@ def test_offset_attention_matches_pattern():
 
 def test_found_heads_threshold_and_table():
     model = tiny_model()
-    r = positional_heads(model, torch.randint(0, 50, (1, 16)), threshold=0.0, ablate_k=2, causal_windows=1,
-                         method="analytic", progress=False)
+    r = positional_heads(
+        model,
+        torch.randint(0, 50, (1, 16)),
+        threshold=0.0,
+        ablate_k=2,
+        causal_windows=1,
+        method="analytic",
+        progress=False,
+    )
     assert len(r.found()) == 2 * 4 * 2  # every head passes threshold 0
     assert len(r.causal) == len(r.found())
     assert all(c["method"] == "analytic" for c in r.causal)
     df = r.to_dataframe()
     assert len(df) == 16 and df["survival_top_k"].notna().all()
     hi, lo = r.band_share()
-    torch.testing.assert_close(hi + lo + r.margin_pass / (r.margin.sum(-1) + r.margin_pass), torch.ones_like(hi))
+    torch.testing.assert_close(
+        hi + lo + r.margin_pass / (r.margin.sum(-1) + r.margin_pass), torch.ones_like(hi)
+    )
     fig = r.plot()
-    assert fig._suptitle is not None and all(ax.get_title() for ax in fig.axes if ax.get_label() != "<colorbar>")
+    assert fig._suptitle is not None and all(
+        ax.get_title() for ax in fig.axes if ax.get_label() != "<colorbar>"
+    )
 
 
 def test_causal_check_zeroing_everything_gives_uniform():

@@ -47,7 +47,9 @@ def test_angle_convention_reproduces_rotated_scores():
     q, k = torch.tensor([[1.5, 0.4]]), torch.tensor([[-0.2, 0.9]])
     score = (rotate(q, torch.tensor([theta * m])) * rotate(k, torch.tensor([theta * n]))).sum()
     phi = math.atan2(0.4, 1.5) - math.atan2(0.9, -0.2)
-    assert float(score) == pytest.approx(float(q.norm() * k.norm()) * math.cos(phi + theta * (m - n)), rel=1e-6)
+    assert float(score) == pytest.approx(
+        float(q.norm() * k.norm()) * math.cos(phi + theta * (m - n)), rel=1e-6
+    )
 
 
 def test_offset_features_on_model_match_capture_and_merge(layout_model):
@@ -87,13 +89,15 @@ def test_massive_values_finds_planted_dim_and_band():
     mv = massive_values(model, toks, progress=False)
     df = mv.to_dataframe()
     q = df[df.site == "q"]
-    assert list(zip(q["layer"], q["head"], q["dim"])) == [(1, 2, 7)]
+    assert list(zip(q["layer"], q["head"], q["dim"], strict=False)) == [(1, 2, 7)]
     assert int(q["band"].iloc[0]) == 7  # NeoX: dim 7 of rotary_dim 16 is band 7
     assert mv.band_counts("q")[7] == 1 and mv.band_counts("q").sum() == 1
     _, cache = model.run_with_cache(toks)
     M = cache["blocks.1.attn.hook_rot_q"].double().square().sum((0, 1)).sqrt()
     torch.testing.assert_close(mv.M("q")[1], M)
-    halves = massive_values(model, toks[:1], progress=False).merge(massive_values(model, toks[1:], progress=False))
+    halves = massive_values(model, toks[:1], progress=False).merge(
+        massive_values(model, toks[1:], progress=False)
+    )
     torch.testing.assert_close(halves.M("q"), mv.M("q"))
 
 

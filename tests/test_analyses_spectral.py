@@ -42,8 +42,19 @@ def test_row_energy_thirds_and_entropies():
 def test_corr_from_sums_is_pearson():
     x, y = torch.randn(50, dtype=torch.float64), torch.randn(50, dtype=torch.float64)
     y = y + 0.5 * x
-    sums = torch.stack([torch.tensor(50.0, dtype=torch.float64), x.sum(), y.sum(), (x * x).sum(), (y * y).sum(), (x * y).sum()])
-    assert float(corr_from_sums(sums)) == pytest.approx(float(torch.corrcoef(torch.stack([x, y]))[0, 1]), rel=1e-9)
+    sums = torch.stack(
+        [
+            torch.tensor(50.0, dtype=torch.float64),
+            x.sum(),
+            y.sum(),
+            (x * x).sum(),
+            (y * y).sum(),
+            (x * y).sum(),
+        ]
+    )
+    assert float(corr_from_sums(sums)) == pytest.approx(
+        float(torch.corrcoef(torch.stack([x, y]))[0, 1]), rel=1e-9
+    )
 
 
 def test_spectral_analyses_shapes_and_streaming():
@@ -64,7 +75,11 @@ def test_spectral_analyses_shapes_and_streaming():
     assert (pa.alignment.abs() <= 1 + 1e-6).all()
     for r in (b, a, mlp, pa):
         fig = r.plot()
-        assert all(ax.get_title() and ax.get_xlabel() and ax.get_ylabel() for ax in fig.axes if ax.get_label() != "<colorbar>")
+        assert all(
+            ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+            for ax in fig.axes
+            if ax.get_label() != "<colorbar>"
+        )
 
 
 def test_phase_alignment_hand_checked_on_one_layer():
@@ -89,7 +104,10 @@ def test_prop_3_2_gaussian_no_decay_ones_decay():
     assert float(dec.ones[0]) == 64.0
     far = dec.ones[256:].abs().mean()
     assert far < 0.5 * dec.ones[0] and dec.ones[1:8].abs().mean() > far
-    torch.testing.assert_close(dec.ones, 2 * torch.cos(dec.r[:, None] * 10000.0 ** (-torch.arange(32, dtype=torch.float64) / 32)).sum(-1))
+    torch.testing.assert_close(
+        dec.ones,
+        2 * torch.cos(dec.r[:, None] * 10000.0 ** (-torch.arange(32, dtype=torch.float64) / 32)).sum(-1),
+    )
 
 
 def test_thm_5_3_high_frequency_band_gives_sharper_diagonal():

@@ -56,7 +56,9 @@ def test_usage_streaming_two_halves_equal_one_pass():
     model = tiny_model()
     toks = torch.randint(0, 50, (3, 20))
     whole = frequency_usage(model, [toks[:1], toks[1:]], progress=False)
-    merged = frequency_usage(model, toks[:1], progress=False).merge(frequency_usage(model, toks[1:], progress=False))
+    merged = frequency_usage(model, toks[:1], progress=False).merge(
+        frequency_usage(model, toks[1:], progress=False)
+    )
     one = frequency_usage(model, toks, progress=False)
     for r in (whole, merged):
         torch.testing.assert_close(r.q_norm, one.q_norm)

@@ -28,20 +28,35 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         p.add_argument("--window", type=int, default=512, help="tokens per window (default %(default)s)")
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
         if name == "heads":
-            p.add_argument("--threshold", type=float, default=0.5, help="positional score threshold (default %(default)s)")
-            p.add_argument("--ablate-k", type=int, default=4, help="bands zeroed in the causal check (0 = skip)")
+            p.add_argument(
+                "--threshold",
+                type=float,
+                default=0.5,
+                help="positional score threshold (default %(default)s)",
+            )
+            p.add_argument(
+                "--ablate-k", type=int, default=4, help="bands zeroed in the causal check (0 = skip)"
+            )
             p.add_argument("--causal-windows", type=int, default=2, help="windows used by the causal check")
         if name == "offsets":
-            p.add_argument("--context", type=int, default=None, help="context length L of the bound (default n_ctx)")
-            p.add_argument("--min-consistency", type=float, default=0.5)
-            p.add_argument("--spike", type=float, default=3.0, help="strength over the head's median band")
+            p.add_argument(
+                "--context", type=int, default=None, help="context length L of the bound (default n_ctx)"
+            )
+            p.add_argument("--min-consistency", type=float, default=0.9)
+            p.add_argument("--spike", type=float, default=10.0, help="strength over the head's median band")
         if name == "massive":
-            p.add_argument("--lam", type=float, default=5.0, help="lambda of the M > lambda*mean(M) criterion")
+            p.add_argument(
+                "--lam", type=float, default=5.0, help="lambda of the M > lambda*mean(M) criterion"
+            )
             p.add_argument("--n-control", type=int, default=2, help="random matched controls")
             p.add_argument("--no-ablation", action="store_true", help="skip the loss experiment")
         if name == "spectrum":
-            p.add_argument("--parts", nargs="*", default=["bands", "attention", "mlp", "phase"],
-                           choices=["bands", "attention", "mlp", "phase"])
+            p.add_argument(
+                "--parts",
+                nargs="*",
+                default=["bands", "attention", "mlp", "phase"],
+                choices=["bands", "attention", "mlp", "phase"],
+            )
         p.set_defaults(func=_run, analysis=name)
 
 
@@ -89,15 +104,24 @@ def _usage(model, tokens, args, kw, out) -> list[str]:
         "argmax_band_k": r.per_layer("k").argmax(-1).tolist(),
         "low_high_quarter_ratio": {s: r.low_high_ratio(s).tolist() for s in ("q", "k", "v")},
     }
-    print("lowest/highest-quarter norm ratio (q):", [round(x, 2) for x in summary["low_high_quarter_ratio"]["q"]])
+    print(
+        "lowest/highest-quarter norm ratio (q):",
+        [round(x, 2) for x in summary["low_high_quarter_ratio"]["q"]],
+    )
     return _save(out, "usage", r, summary)
 
 
 def _heads(model, tokens, args, kw, out) -> list[str]:
     from .heads import positional_heads
 
-    r = positional_heads(model, tokens, threshold=args.threshold, ablate_k=args.ablate_k or None,
-                         causal_windows=args.causal_windows, **kw)
+    r = positional_heads(
+        model,
+        tokens,
+        threshold=args.threshold,
+        ablate_k=args.ablate_k or None,
+        causal_windows=args.causal_windows,
+        **kw,
+    )
     found = r.found()
     for layer, h, o, s in found:
         print(f"layer {layer} head {h}: offset {o} score {s:.3f}")
@@ -120,13 +144,23 @@ def _sinks(model, tokens, args, kw, out) -> list[str]:
 def _offsets(model, tokens, args, kw, out) -> list[str]:
     from .offsets import offset_features
 
-    r = offset_features(model, tokens, context_length=args.context, min_consistency=args.min_consistency,
-                        spike=args.spike, **kw)
+    r = offset_features(
+        model,
+        tokens,
+        context_length=args.context,
+        min_consistency=args.min_consistency,
+        spike=args.spike,
+        **kw,
+    )
     t = r.table()
     t.to_csv(out / "offsets_table.csv")
     print(t.to_string())
-    summary = {"n_tokens": r.n_tokens, "context_length": r.context_length,
-               "predicted_bands": r.predicted[0].nonzero().flatten().tolist(), "table": t.reset_index().to_dict(orient="records")}
+    summary = {
+        "n_tokens": r.n_tokens,
+        "context_length": r.context_length,
+        "predicted_bands": r.predicted[0].nonzero().flatten().tolist(),
+        "table": t.reset_index().to_dict(orient="records"),
+    }
     return _save(out, "offsets", r, summary) + [str(out / "offsets_table.csv")]
 
 
@@ -135,7 +169,8 @@ def _massive(model, tokens, args, kw, out) -> list[str]:
 
     r = massive_values(model, tokens, lam=args.lam, **kw)
     summary: dict[str, Any] = {
-        "n_tokens": r.n_tokens, "lam": r.lam,
+        "n_tokens": r.n_tokens,
+        "lam": r.lam,
         "n_massive": {s: int(r.massive(s).sum()) for s in ("q", "k")},
         "band_counts": {s: r.band_counts(s).tolist() for s in ("q", "k")},
     }
@@ -153,8 +188,12 @@ def _massive(model, tokens, args, kw, out) -> list[str]:
 def _spectrum(model, tokens, args, kw, out) -> list[str]:
     from . import spectral
 
-    funcs = {"bands": spectral.band_spectra, "attention": spectral.attention_spectra,
-             "mlp": spectral.mlp_spectra, "phase": spectral.phase_alignment}
+    funcs = {
+        "bands": spectral.band_spectra,
+        "attention": spectral.attention_spectra,
+        "mlp": spectral.mlp_spectra,
+        "phase": spectral.phase_alignment,
+    }
     written: list[str] = []
     summary: dict[str, Any] = {}
     for part in args.parts:
@@ -169,5 +208,11 @@ def _spectrum(model, tokens, args, kw, out) -> list[str]:
     return written
 
 
-RUNNERS = {"usage": _usage, "heads": _heads, "sinks": _sinks, "offsets": _offsets, "massive": _massive,
-           "spectrum": _spectrum}
+RUNNERS = {
+    "usage": _usage,
+    "heads": _heads,
+    "sinks": _sinks,
+    "offsets": _offsets,
+    "massive": _massive,
+    "spectrum": _spectrum,
+}

@@ -24,8 +24,9 @@ construction), and found such heads by eye. Here:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
@@ -44,13 +45,17 @@ KIND = {0: "diagonal", 1: "previous"}
 class OffsetAttention(HookSet):
     """Streaming sums of attention on fixed offsets ``α[m, m−o]`` per layer and head (from hook_pattern)."""
 
-    def __init__(self, model: Any, layers: Sequence[int], offsets: Sequence[int] = (0, 1), start_pos: int = 1):
+    def __init__(
+        self, model: Any, layers: Sequence[int], offsets: Sequence[int] = (0, 1), start_pos: int = 1
+    ):
         super().__init__(model)
         self.layers = list(layers)
         self.offsets = list(offsets)
         self.start_pos = int(start_pos)
         dev = adapter.device(model)
-        self.sums = torch.zeros(len(self.layers), adapter.n_heads(model), len(self.offsets), dtype=torch.float64, device=dev)
+        self.sums = torch.zeros(
+            len(self.layers), adapter.n_heads(model), len(self.offsets), dtype=torch.float64, device=dev
+        )
         self.counts = torch.zeros(len(self.offsets), dtype=torch.float64)
 
     def _first(self, o: int) -> int:
@@ -190,9 +195,17 @@ class PositionalHeads:
     def plot(self):
         """Heatmaps of the scores per offset (layer × head) and per-band margins of the found heads."""
         fig, axes = figure(len(self.offsets) + 1, width=5.0, height=4.5)
-        for ax, j in zip(axes, range(len(self.offsets))):
+        for ax, j in zip(axes, range(len(self.offsets)), strict=False):
             o = self.offsets[j]
-            heatmap(ax, self.scores[:, :, j], f"mean attention on offset {o} ({KIND.get(o, '')})", "head", "layer position", vmin=0, vmax=1)
+            heatmap(
+                ax,
+                self.scores[:, :, j],
+                f"mean attention on offset {o} ({KIND.get(o, '')})",
+                "head",
+                "layer position",
+                vmin=0,
+                vmax=1,
+            )
             ax.set_yticks(range(len(self.layers)), [str(x) for x in self.layers])
         ax = axes[-1]
         for layer, h, o, s in self.found()[:6]:
@@ -208,7 +221,9 @@ class PositionalHeads:
         return fig
 
 
-def _survival_analytic(model: Any, cache: list[Tensor], layer: int, head: int, offset: int, drop: list[int], start_pos: int) -> float:
+def _survival_analytic(
+    model: Any, cache: list[Tensor], layer: int, head: int, offset: int, drop: list[int], start_pos: int
+) -> float:
     base = kept = 0.0
     for tokens in cache:
         for bs in iter_band_scores(model, tokens, layer, heads=[head], chunk_size=128):
@@ -220,7 +235,16 @@ def _survival_analytic(model: Any, cache: list[Tensor], layer: int, head: int, o
     return kept / base if base else float("nan")
 
 
-def _survival_hooks(model: Any, cache: list[Tensor], layer: int, head: int, offset: int, drop: list[int], start_pos: int, ablate_bands: Any) -> float:
+def _survival_hooks(
+    model: Any,
+    cache: list[Tensor],
+    layer: int,
+    head: int,
+    offset: int,
+    drop: list[int],
+    start_pos: int,
+    ablate_bands: Any,
+) -> float:
     vals = []
     for ablate in (False, True):
         rec = OffsetAttention(model, [layer], [offset], start_pos)
@@ -229,7 +253,9 @@ def _survival_hooks(model: Any, cache: list[Tensor], layer: int, head: int, offs
                 if ablate:
                     # only this head's pattern is read, so changing the shared kv head (GQA) is harmless
                     kv = [int(RotaryBands.from_model(model).kv_map[head])]
-                    with ablate_bands(model, drop, layers=[layer], heads=[head], target="qk", mode="zero", kv_heads=kv):
+                    with ablate_bands(
+                        model, drop, layers=[layer], heads=[head], target="qk", mode="zero", kv_heads=kv
+                    ):
                         model(tokens, stop_at_layer=layer + 1)
                 else:
                     model(tokens, stop_at_layer=layer + 1)
@@ -265,7 +291,15 @@ def causal_check(
     else:
         surv = [_survival_analytic(model, cache, layer, head, offset, d, start_pos) for d in (top, bottom)]
         used = "analytic"
-    return dict(layer=layer, head=head, offset=offset, k=k, top_k_survival=surv[0], bottom_k_survival=surv[1], method=used)
+    return dict(
+        layer=layer,
+        head=head,
+        offset=offset,
+        k=k,
+        top_k_survival=surv[0],
+        bottom_k_survival=surv[1],
+        method=used,
+    )
 
 
 def positional_heads(
@@ -299,11 +333,12 @@ def positional_heads(
     if any(o < 0 for o in offsets):
         raise ValueError(f"offsets must be >= 0, got {list(offsets)}")
     att = OffsetAttention(model, layers, offsets, start_pos)
-    L, H, B, O = len(layers), spec.n_heads, spec.n_bands, len(offsets)
+    L, H, B, n_off = len(layers), spec.n_heads, spec.n_bands, len(offsets)
     dev = adapter.device(model)
-    margin = torch.zeros(L, H, O, B, dtype=torch.float64, device=dev)
-    margin_pass = torch.zeros(L, H, O, dtype=torch.float64, device=dev)
-    n_q = torch.zeros(O, dtype=torch.float64)
+    margin = torch.zeros(L, H, n_off, B, dtype=torch.float64, device=dev)
+    margin_pass = torch.zeros(L, H, n_off, dtype=torch.float64, device=dev)
+    n_q = torch.zeros(n_off, dtype=torch.float64)
+
     def on_pair(layer: int, q: Tensor, k: Tensor, qp: Tensor, kp: Tensor) -> None:
         i = layers.index(layer)
         for j, o in enumerate(offsets):

@@ -19,7 +19,8 @@ the window size, never on the length of the text:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -119,7 +120,9 @@ def windows(model: Any, data: Any, window: int | None, progress: bool, desc: str
     from tqdm.auto import tqdm
 
     it = iter_windows(model, data, window)
-    yield from tqdm(it, desc=desc, disable=not progress, total=count_windows(model, data, window), leave=False)
+    yield from tqdm(
+        it, desc=desc, disable=not progress, total=count_windows(model, data, window), leave=False
+    )
 
 
 def prefix_mean(

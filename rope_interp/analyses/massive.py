@@ -15,8 +15,9 @@ scale-free, so the number of tokens does not change which dims are massive.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float
@@ -61,7 +62,14 @@ class MassiveValues:
     def merge(self, other: MassiveValues) -> MassiveValues:
         if other.layers != self.layers:
             raise ValueError(f"cannot merge massive values over layers {other.layers} into {self.layers}")
-        return MassiveValues(self.q_sq + other.q_sq, self.k_sq + other.k_sq, self.layers, self.band_of_dim, self.lam, self.n_tokens + other.n_tokens)
+        return MassiveValues(
+            self.q_sq + other.q_sq,
+            self.k_sq + other.k_sq,
+            self.layers,
+            self.band_of_dim,
+            self.lam,
+            self.n_tokens + other.n_tokens,
+        )
 
     def to_dataframe(self):
         """One row per massive (site, layer, head, dim): M, ratio to the layer mean, band."""
@@ -92,7 +100,7 @@ class MassiveValues:
             raise ValueError(f"layer {layer} was not analysed; analysed layers: {self.layers}")
         i = self.layers.index(layer)
         fig, axes = figure(3, width=5.0, height=4.0)
-        for ax, site in zip(axes[:2], ("q", "k")):
+        for ax, site in zip(axes[:2], ("q", "k"), strict=False):
             m = self.M(site)[i]
             heatmap(ax, m / m.mean(), f"layer {layer}: M/mean(M), post-RoPE {site}", "dim of d_head", "head")
         counts = self.band_counts("q") + self.band_counts("k")
@@ -177,7 +185,7 @@ class MeanAblateDims(HookSet):
 
     def __init__(self, model: Any, masks: dict[tuple[int, str], Tensor]):
         super().__init__(model)
-        for (layer, site), m in masks.items():
+        for (layer, site), _m in masks.items():
             if site not in SITES:
                 raise ValueError(f"site must be one of {SITES}, got {site!r}")
             adapter.layers(model, layer)
@@ -215,7 +223,9 @@ class MassiveAblation:
         fig, (ax,) = figure(1, width=6.5, height=4.0)
         df = self.to_dataframe()
         ax.bar(range(len(df)), df["loss"], color=["grey", "tab:red"] + ["tab:blue"] * len(self.control))
-        ax.set_xticks(range(len(df)), ["baseline", "massive"] + [f"control {i}" for i in range(len(self.control))])
+        ax.set_xticks(
+            range(len(df)), ["baseline", "massive"] + [f"control {i}" for i in range(len(self.control))]
+        )
         ax.set_title(f"Mean-ablating {self.n_dims} massive q/k dims vs matched controls")
         ax.set_xlabel("condition")
         ax.set_ylabel(f"mean next-token loss ({self.n_tokens} tokens)")

@@ -24,8 +24,9 @@ For SmolLM2 (base 1e5, 32 bands) and ``L = 2048`` this predicts bands ≥ 19.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float
@@ -83,8 +84,8 @@ class OffsetFeatures:
     kv_map: Tensor = field(repr=False)
     context_length: int = 2048
     n_tokens: int = 0
-    min_consistency: float = 0.5
-    spike: float = 3.0
+    min_consistency: float = 0.9
+    spike: float = 10.0
 
     # ---- derived ----------------------------------------------------------------------
     @property
@@ -123,7 +124,9 @@ class OffsetFeatures:
         """Consistent q and k (both ≥ ``min_consistency``) and strength ≥ ``spike`` × the head's median band."""
         s = self.strength
         big = s >= self.spike * s.median(-1, keepdim=True).values
-        cons = (self.q_consistency >= self.min_consistency) & (self._k(self.k_consistency) >= self.min_consistency)
+        cons = (self.q_consistency >= self.min_consistency) & (
+            self._k(self.k_consistency) >= self.min_consistency
+        )
         return big & cons
 
     @property
@@ -137,10 +140,18 @@ class OffsetFeatures:
             raise ValueError(f"cannot merge offsets over layers {other.layers} into {self.layers}")
         n = self.n_tokens + other.n_tokens
         a, b = self.n_tokens / n, other.n_tokens / n
-        mix = {k: a * getattr(self, k) + b * getattr(other, k) for k in ("q_mean", "k_mean", "q_norm", "k_norm")}
+        mix = {
+            k: a * getattr(self, k) + b * getattr(other, k) for k in ("q_mean", "k_mean", "q_norm", "k_norm")
+        }
         return OffsetFeatures(
-            **mix, layers=self.layers, freqs=self.freqs, kv_map=self.kv_map, context_length=self.context_length,
-            n_tokens=n, min_consistency=self.min_consistency, spike=self.spike,
+            **mix,
+            layers=self.layers,
+            freqs=self.freqs,
+            kv_map=self.kv_map,
+            context_length=self.context_length,
+            n_tokens=n,
+            min_consistency=self.min_consistency,
+            spike=self.spike,
         )
 
     # ---- presentation ----------------------------------------------------------------
@@ -199,11 +210,27 @@ class OffsetFeatures:
         """Norm ratio and consistency per layer × band, the bound marked; observed counts per band."""
         fig, axes = figure(3, width=5.0, height=4.2)
         first = int(self.predicted[0].nonzero()[0]) if self.predicted[0].any() else None
-        heatmap(axes[0], self.norm_ratio("q"), "q band norm / layer median", "band (0 = highest frequency)", "layer position")
+        heatmap(
+            axes[0],
+            self.norm_ratio("q"),
+            "q band norm / layer median",
+            "band (0 = highest frequency)",
+            "layer position",
+        )
         cons = (self.q_consistency.mean(1) + self.k_consistency.mean(1)) / 2
-        heatmap(axes[1], cons, "mean q/k consistency", "band (0 = highest frequency)", "layer position", vmin=0, vmax=1)
+        heatmap(
+            axes[1],
+            cons,
+            "mean q/k consistency",
+            "band (0 = highest frequency)",
+            "layer position",
+            vmin=0,
+            vmax=1,
+        )
         t = self.table()
-        axes[2].bar(t.index, t["observed_heads"], color=["tab:orange" if p else "tab:blue" for p in t["predicted"]])
+        axes[2].bar(
+            t.index, t["observed_heads"], color=["tab:orange" if p else "tab:blue" for p in t["predicted"]]
+        )
         axes[2].set_title("observed offset features (orange = predicted)")
         axes[2].set_xlabel("band (0 = highest frequency)")
         axes[2].set_ylabel("layer × head count")
@@ -223,8 +250,8 @@ def offset_features(
     context_length: int | None = None,
     start_pos: int = 1,
     window: int | None = None,
-    min_consistency: float = 0.5,
-    spike: float = 3.0,
+    min_consistency: float = 0.9,
+    spike: float = 10.0,
     progress: bool = True,
 ) -> OffsetFeatures:
     """Mean q/k vectors per band and the predicted-vs-observed offset features.

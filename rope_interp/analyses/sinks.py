@@ -20,8 +20,9 @@ largest separation ``bos_term − other_term``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -75,9 +76,15 @@ class SinkChannels:
                             "other_term": float(self.other_term[i, h, b]),
                             "bos_bound": float(self.bos_bound[i, h, b]),
                             "other_bound": float(self.other_bound[i, h, b]),
-                            "bos_ratio": float(self.bos_term[i, h, b] / self.bos_bound[i, h, b].clamp_min(1e-30)),
-                            "other_ratio": float(self.other_term[i, h, b] / self.other_bound[i, h, b].clamp_min(1e-30)),
-                            "share_of_separation": float(sep[i, h, b] / total[i, h]) if total[i, h] != 0 else float("nan"),
+                            "bos_ratio": float(
+                                self.bos_term[i, h, b] / self.bos_bound[i, h, b].clamp_min(1e-30)
+                            ),
+                            "other_ratio": float(
+                                self.other_term[i, h, b] / self.other_bound[i, h, b].clamp_min(1e-30)
+                            ),
+                            "share_of_separation": float(sep[i, h, b] / total[i, h])
+                            if total[i, h] != 0
+                            else float("nan"),
                         }
                     )
         return pd.DataFrame(rows)
@@ -149,7 +156,9 @@ def sink_channels(
     adapter.check_decomposable(model)
     dev = adapter.device(model)
     L, H, B = len(layers), spec.n_heads, spec.n_bands
-    sums = {n: torch.zeros(L, H, B, dtype=torch.float64, device=dev) for n in ("bos", "other", "bos_b", "other_b")}
+    sums = {
+        n: torch.zeros(L, H, B, dtype=torch.float64, device=dev) for n in ("bos", "other", "bos_b", "other_b")
+    }
     sep_pass = torch.zeros(L, H, dtype=torch.float64, device=dev)
     n_q = 0
 
@@ -163,7 +172,9 @@ def sink_channels(
         sums["bos"][i] += torch.einsum("bmhic,bhic->hi", q, k[:, 0]) / scale
         sums["other"][i] += torch.einsum("bmhic,bmhic->hi", q, k_mean) / scale
         sums["bos_b"][i] += torch.einsum("bmhi,bhi->hi", qn, kn[:, 0]) / scale
-        sums["other_b"][i] += torch.einsum("bmhi,bmhi->hi", qn, prefix_mean(kn, start=1)[:, start_pos:]) / scale
+        sums["other_b"][i] += (
+            torch.einsum("bmhi,bmhi->hi", qn, prefix_mean(kn, start=1)[:, start_pos:]) / scale
+        )
         sep_pass[i] += torch.einsum("bmhd,bhd->h", qp, kp[:, 0]) / scale
         sep_pass[i] -= torch.einsum("bmhd,bmhd->h", qp, kp_mean) / scale
 
@@ -174,7 +185,10 @@ def sink_channels(
         bos_sum[i] += p[:, :, start_pos:, 0].double().sum((0, 2))
         return p
 
-    pat_hooks = [(attn_hook(layer, "pattern"), lambda p, hook, i=i: on_pattern(p, hook, i)) for i, layer in enumerate(layers)]
+    pat_hooks = [
+        (attn_hook(layer, "pattern"), lambda p, hook, i=i: on_pattern(p, hook, i))
+        for i, layer in enumerate(layers)
+    ]
     n_tokens = 0
     for tokens in windows(model, data, window, progress, "sink channels"):
         if tokens.shape[1] <= start_pos:

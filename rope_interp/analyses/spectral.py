@@ -22,8 +22,9 @@ PSD bins are in radians per token ``2πf/nfft``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -41,7 +42,9 @@ def _nfft(n: int) -> int:
     return 1 << max(1, (2 * n - 1).bit_length())
 
 
-def psd(x: Float[Tensor, "... pos"], nfft: int | None = None, onesided: bool = True) -> Float[Tensor, "... freq"]:
+def psd(
+    x: Float[Tensor, "... pos"], nfft: int | None = None, onesided: bool = True
+) -> Float[Tensor, "... freq"]:
     """``|FFT|²`` of ``x`` (real or complex) along the last axis, Hann-windowed, zero padded to ``nfft``
     (default: the next power of two ≥ 2·len). One-sided (``rfft``) for real input when ``onesided``.
 
@@ -67,7 +70,16 @@ def corr_from_sums(s: Float[Tensor, "6 ..."]) -> Float[Tensor, "..."]:
 
 
 def _add_sums(acc: Tensor, x: Tensor, y: Tensor, dims: tuple[int, ...]) -> None:
-    acc += torch.stack([torch.ones_like(x).sum(dims), x.sum(dims), y.sum(dims), (x * x).sum(dims), (y * y).sum(dims), (x * y).sum(dims)])
+    acc += torch.stack(
+        [
+            torch.ones_like(x).sum(dims),
+            x.sum(dims),
+            y.sum(dims),
+            (x * x).sum(dims),
+            (y * y).sum(dims),
+            (x * y).sum(dims),
+        ]
+    )
 
 
 # ---- per-band q/k trajectories ---------------------------------------------------------------------------
@@ -97,8 +109,14 @@ class BandSpectra:
 
         pq, pk = self.peak("q"), self.peak("k")
         rows = [
-            {"layer": layer, "band": b, "theta": float(self.theta[i, b]), "peak_q": float(pq[i, b]), "peak_k": float(pk[i, b]),
-             "resolution": 2 * math.pi / self.nfft}
+            {
+                "layer": layer,
+                "band": b,
+                "theta": float(self.theta[i, b]),
+                "peak_q": float(pq[i, b]),
+                "peak_k": float(pk[i, b]),
+                "resolution": 2 * math.pi / self.nfft,
+            }
             for i, layer in enumerate(self.layers)
             for b in range(self.theta.shape[1])
         ]
@@ -108,8 +126,13 @@ class BandSpectra:
         i = 0 if layer is None else self.layers.index(layer)
         fig, (ax0, ax1) = figure(2, width=6.0, height=4.2)
         order = torch.argsort(self.omega)
-        heatmap(ax0, (self.psd_q[i][:, order] + 1e-30).log10(), f"layer {self.layers[i]}: log10 PSD of q bands",
-                "frequency bin (sorted, −π..π)", "band (0 = highest frequency)")
+        heatmap(
+            ax0,
+            (self.psd_q[i][:, order] + 1e-30).log10(),
+            f"layer {self.layers[i]}: log10 PSD of q bands",
+            "frequency bin (sorted, −π..π)",
+            "band (0 = highest frequency)",
+        )
         ax1.plot(self.theta[i].numpy(), self.peak("q")[i].numpy(), "o", label="q")
         ax1.plot(self.theta[i].numpy(), self.peak("k")[i].numpy(), "x", label="k")
         ax1.plot([0, float(self.theta.max())], [0, float(self.theta.max())], "k--", lw=1, label="peak = θ_i")
@@ -122,8 +145,13 @@ class BandSpectra:
 
 
 def band_spectra(
-    model: Any, data: Any, *, layers: int | Sequence[int] | None = None, window: int | None = None,
-    nfft: int | None = None, progress: bool = True,
+    model: Any,
+    data: Any,
+    *,
+    layers: int | Sequence[int] | None = None,
+    window: int | None = None,
+    nfft: int | None = None,
+    progress: bool = True,
 ) -> BandSpectra:
     """PSD over positions of each band's complex trajectory ``x0 + i x1`` (post-RoPE q and k).
 
@@ -155,7 +183,9 @@ def band_spectra(
             model(tokens, stop_at_layer=max(layers) + 1)
         state["n"] += 1
     stack = lambda s: torch.stack([acc[s, i] for i in range(len(layers))]).cpu().float() / state["n"]  # noqa: E731
-    return BandSpectra(stack("q"), stack("k"), spec.freqs[layers].float(), layers, int(state["nfft"]), state["n"])
+    return BandSpectra(
+        stack("q"), stack("k"), spec.freqs[layers].float(), layers, int(state["nfft"]), state["n"]
+    )
 
 
 # ---- attention rows --------------------------------------------------------------------------------------
@@ -180,9 +210,16 @@ class AttentionSpectra:
         import pandas as pd
 
         rows = [
-            {"layer": layer, "head": h, "low": float(self.energy[i, h, 0]), "mid": float(self.energy[i, h, 1]),
-             "high": float(self.energy[i, h, 2]), "H_p": float(self.h_pos[i, h]), "H_s": float(self.h_spec[i, h]),
-             "rho_rows": float(self.rho[i, h])}
+            {
+                "layer": layer,
+                "head": h,
+                "low": float(self.energy[i, h, 0]),
+                "mid": float(self.energy[i, h, 1]),
+                "high": float(self.energy[i, h, 2]),
+                "H_p": float(self.h_pos[i, h]),
+                "H_s": float(self.h_spec[i, h]),
+                "rho_rows": float(self.rho[i, h]),
+            }
             for i, layer in enumerate(self.layers)
             for h in range(self.energy.shape[1])
         ]
@@ -229,8 +266,14 @@ def row_spectrum_stats(rows: Float[Tensor, "... k_pos"]) -> tuple[Tensor, Tensor
 
 
 def attention_spectra(
-    model: Any, data: Any, *, layers: int | Sequence[int] | None = None, window: int | None = None,
-    min_row: int = 32, row_stride: int = 8, progress: bool = True,
+    model: Any,
+    data: Any,
+    *,
+    layers: int | Sequence[int] | None = None,
+    window: int | None = None,
+    min_row: int = 32,
+    row_stride: int = 8,
+    progress: bool = True,
 ) -> AttentionSpectra:
     """Energy split and entropies of attention-row spectra for every ``row_stride``-th query ``>= min_row``.
 
@@ -252,15 +295,27 @@ def attention_spectra(
             _add_sums(sums[:, i], hp, hs, (0,))
         return pat
 
-    hooks = [(attn_hook(layer, "pattern"), lambda p, hook, i=i: on_pattern(p, hook, i)) for i, layer in enumerate(layers)]
+    hooks = [
+        (attn_hook(layer, "pattern"), lambda p, hook, i=i: on_pattern(p, hook, i))
+        for i, layer in enumerate(layers)
+    ]
     for tokens in windows(model, data, window, progress, "attention spectra"):
         with torch.no_grad(), model.hooks(fwd_hooks=hooks):
             model(tokens, stop_at_layer=max(layers) + 1)
     n = sums[0, 0, 0].item() if len(layers) else 0
     if n == 0:
-        raise ValueError(f"no query row at position >= min_row={min_row}: use longer windows or a smaller min_row")
+        raise ValueError(
+            f"no query row at position >= min_row={min_row}: use longer windows or a smaller min_row"
+        )
     s = sums.cpu()
-    return AttentionSpectra((energy.cpu() / n).float(), (s[1] / n).float(), (s[2] / n).float(), corr_from_sums(s).float(), layers, int(n))
+    return AttentionSpectra(
+        (energy.cpu() / n).float(),
+        (s[1] / n).float(),
+        (s[2] / n).float(),
+        corr_from_sums(s).float(),
+        layers,
+        int(n),
+    )
 
 
 # ---- MLP activations ------------------------------------------------------------------------------------
@@ -297,8 +352,18 @@ class MLPSpectra:
                         lo, hi = max(0, j - half_width), min(F, j + half_width + 1)
                         ref = torch.cat([p[lo : max(lo, j - 2)], p[min(hi, j + 3) : hi]])
                         ratio = float(p[j] / ref.median().clamp_min(1e-30)) if ref.numel() else float("nan")
-                        rows.append({"layer": layer, "site": site, "band": b, "theta": th, "harmonic": k,
-                                     "omega": k * th, "power_ratio": ratio, "peak": ratio > peak_ratio})
+                        rows.append(
+                            {
+                                "layer": layer,
+                                "site": site,
+                                "band": b,
+                                "theta": th,
+                                "harmonic": k,
+                                "omega": k * th,
+                                "power_ratio": ratio,
+                                "peak": ratio > peak_ratio,
+                            }
+                        )
         return pd.DataFrame(rows)
 
     def to_dataframe(self):
@@ -321,8 +386,14 @@ class MLPSpectra:
 
 
 def mlp_spectra(
-    model: Any, data: Any, *, layers: int | Sequence[int] | None = None, window: int | None = None,
-    nfft: int | None = None, harmonics: int = 3, progress: bool = True,
+    model: Any,
+    data: Any,
+    *,
+    layers: int | Sequence[int] | None = None,
+    window: int | None = None,
+    nfft: int | None = None,
+    harmonics: int = 3,
+    progress: bool = True,
 ) -> MLPSpectra:
     """Mean PSD over neurons of MLP pre/post activations (each neuron's mean over positions removed).
 
@@ -346,8 +417,11 @@ def mlp_spectra(
         acc[key] = acc[key] + p if key in acc else p
         return x
 
-    hooks = [(get_act_name(site, layer), lambda x, hook, k=(i, s): fn(x, hook, k))
-             for i, layer in enumerate(layers) for s, site in enumerate(("pre", "post"))]
+    hooks = [
+        (get_act_name(site, layer), lambda x, hook, k=(i, s): fn(x, hook, k))
+        for i, layer in enumerate(layers)
+        for s, site in enumerate(("pre", "post"))
+    ]
     for tokens in windows(model, data, window, progress, "mlp spectra"):
         n = tokens.shape[1]
         state["nfft"] = state["nfft"] or _nfft(n)
@@ -358,7 +432,14 @@ def mlp_spectra(
             model(tokens, stop_at_layer=max(layers) + 1)
         state["n"] += 1
     out = torch.stack([torch.stack([acc[i, s] for s in range(2)]) for i in range(len(layers))]).cpu().float()
-    return MLPSpectra(out / state["n"], spec.freqs[layers].float(), layers, int(state["nfft"]), harmonics, window_len=state["len"])
+    return MLPSpectra(
+        out / state["n"],
+        spec.freqs[layers].float(),
+        layers,
+        int(state["nfft"]),
+        harmonics,
+        window_len=state["len"],
+    )
 
 
 # ---- phase alignment -------------------------------------------------------------------------------------
@@ -378,23 +459,51 @@ class PhaseAlignment:
 
         L, H, B = self.alignment.shape
         idx = torch.cartesian_prod(torch.arange(L), torch.arange(H), torch.arange(B))
-        return pd.DataFrame({
-            "layer": [self.layers[i] for i in idx[:, 0].tolist()], "head": idx[:, 1].tolist(), "band": idx[:, 2].tolist(),
-            "alignment": self.alignment.flatten().tolist(), "corr_entropy": self.corr_entropy.flatten().tolist(),
-            "corr_max_weight": self.corr_max.flatten().tolist(),
-        })
+        return pd.DataFrame(
+            {
+                "layer": [self.layers[i] for i in idx[:, 0].tolist()],
+                "head": idx[:, 1].tolist(),
+                "band": idx[:, 2].tolist(),
+                "alignment": self.alignment.flatten().tolist(),
+                "corr_entropy": self.corr_entropy.flatten().tolist(),
+                "corr_max_weight": self.corr_max.flatten().tolist(),
+            }
+        )
 
     def plot(self):
         fig, axes = figure(2, width=5.5, height=4.2)
-        heatmap(axes[0], self.corr_entropy.mean(1), "corr(alignment, entropy), head mean", "band (0 = highest frequency)", "layer position", cmap="coolwarm", vmin=-1, vmax=1)
-        heatmap(axes[1], self.corr_max.mean(1), "corr(alignment, max weight), head mean", "band (0 = highest frequency)", "layer position", cmap="coolwarm", vmin=-1, vmax=1)
+        heatmap(
+            axes[0],
+            self.corr_entropy.mean(1),
+            "corr(alignment, entropy), head mean",
+            "band (0 = highest frequency)",
+            "layer position",
+            cmap="coolwarm",
+            vmin=-1,
+            vmax=1,
+        )
+        heatmap(
+            axes[1],
+            self.corr_max.mean(1),
+            "corr(alignment, max weight), head mean",
+            "band (0 = highest frequency)",
+            "layer position",
+            cmap="coolwarm",
+            vmin=-1,
+            vmax=1,
+        )
         fig.tight_layout()
         return fig
 
 
 def phase_alignment(
-    model: Any, data: Any, *, layers: int | Sequence[int] | None = None, window: int | None = None,
-    start_pos: int = 1, progress: bool = True,
+    model: Any,
+    data: Any,
+    *,
+    layers: int | Sequence[int] | None = None,
+    window: int | None = None,
+    start_pos: int = 1,
+    progress: bool = True,
 ) -> PhaseAlignment:
     """Per band ``mean_n cos(angle(q_i(m)) − angle(k_i(n)))`` over causal keys, vs attention sharpness.
 
@@ -431,7 +540,8 @@ def phase_alignment(
         return pat
 
     hooks = qk_pair_hooks(model, layers, on_pair) + [
-        (attn_hook(layer, "pattern"), lambda p, hook, layer=layer: on_pattern(p, hook, layer)) for layer in layers
+        (attn_hook(layer, "pattern"), lambda p, hook, layer=layer: on_pattern(p, hook, layer))
+        for layer in layers
     ]
     for tokens in windows(model, data, window, progress, "phase alignment"):
         with torch.no_grad(), model.hooks(fwd_hooks=hooks):
@@ -440,4 +550,6 @@ def phase_alignment(
     n = int(se[0, 0, 0, 0])
     if n == 0:
         raise ValueError(f"no query at position >= start_pos={start_pos}")
-    return PhaseAlignment((se[1] / n).float(), corr_from_sums(se).float(), corr_from_sums(sm).float(), layers, n)
+    return PhaseAlignment(
+        (se[1] / n).float(), corr_from_sums(se).float(), corr_from_sums(sm).float(), layers, n
+    )

@@ -13,8 +13,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +53,12 @@ class RotaryDecay:
         r = self.r.numpy()
         ax.plot(r, self.ones.numpy(), label="q = k = all ones")
         ax.plot(r, self.gaussian_mean.numpy(), label="q, k ~ N(0, I): sample mean")
-        ax.fill_between(r, (self.gaussian_mean - 3 * self.gaussian_sem).numpy(), (self.gaussian_mean + 3 * self.gaussian_sem).numpy(), alpha=0.3)
+        ax.fill_between(
+            r,
+            (self.gaussian_mean - 3 * self.gaussian_sem).numpy(),
+            (self.gaussian_mean + 3 * self.gaussian_sem).numpy(),
+            alpha=0.3,
+        )
         ax.set_title("Prop. 3.2: no decay for Gaussian q, k; decay for all-ones")
         ax.set_xlabel("relative distance r (tokens)")
         ax.set_ylabel("qᵀ R^r k")
@@ -99,7 +104,13 @@ class DiagonalSharpness:
     def to_dataframe(self):
         import pandas as pd
 
-        return pd.DataFrame({"band": range(len(self.theta)), "theta": self.theta.tolist(), "diag_mass": self.diag_mass.tolist()})
+        return pd.DataFrame(
+            {
+                "band": range(len(self.theta)),
+                "theta": self.theta.tolist(),
+                "diag_mass": self.diag_mass.tolist(),
+            }
+        )
 
     def plot(self):
         fig, (ax,) = figure(1, width=6.0, height=4.0)
@@ -174,7 +185,9 @@ def nonlinearity_harmonics(
     (1.0, True)
     """
     if (harmonics + 1) * cycles > length // 2:
-        raise ValueError(f"{harmonics} harmonics of {cycles} cycles do not fit below Nyquist for length {length}")
+        raise ValueError(
+            f"{harmonics} harmonics of {cycles} cycles do not fit below Nyquist for length {length}"
+        )
     f = ACTIVATIONS[fn] if isinstance(fn, str) else fn
     theta = 2 * math.pi * cycles / length
     m = torch.arange(length, dtype=torch.float64)
@@ -183,4 +196,6 @@ def nonlinearity_harmonics(
     p = torch.fft.rfft(y).abs().square()
     total = p.sum().clamp_min(1e-300)
     share = torch.stack([p[k * cycles] for k in range(1, harmonics + 1)]) / total
-    return NonlinearityHarmonics(share, p, theta, fn if isinstance(fn, str) else getattr(fn, "__name__", "fn"))
+    return NonlinearityHarmonics(
+        share, p, theta, fn if isinstance(fn, str) else getattr(fn, "__name__", "fn")
+    )

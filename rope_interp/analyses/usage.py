@@ -10,8 +10,9 @@ and last layers. The values should show no such pattern.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -106,7 +107,7 @@ class FrequencyUsage:
         """Heatmaps of mean norm: per layer averaged over heads (``layer=None``) or per head of one layer."""
         fig, axes = figure(3, width=5.0, height=4.0)
         if layer is None:
-            for ax, site in zip(axes, SITES):
+            for ax, site in zip(axes, SITES, strict=False):
                 heatmap(
                     ax,
                     self.per_layer(site),
@@ -119,8 +120,14 @@ class FrequencyUsage:
             if layer not in self.layers:
                 raise ValueError(f"layer {layer} was not analysed; analysed layers: {self.layers}")
             i = self.layers.index(layer)
-            for ax, site in zip(axes, SITES):
-                heatmap(ax, self._site(site)[i], f"layer {layer}: mean ‖{site}_i‖", "band (0 = highest frequency)", "head")
+            for ax, site in zip(axes, SITES, strict=False):
+                heatmap(
+                    ax,
+                    self._site(site)[i],
+                    f"layer {layer}: mean ‖{site}_i‖",
+                    "band (0 = highest frequency)",
+                    "head",
+                )
             fig.suptitle(f"Frequency usage per head, layer {layer}")
         fig.tight_layout()
         return fig
