@@ -1,34 +1,81 @@
-"""rope_interp: see and change what a rotary TransformerLens model does with each RoPE band."""
+"""rope_interp: see and change what a rotary TransformerLens model does with each RoPE band.
 
+Layers of the package: ``bands`` (pure band maths) → ``spec`` (a model's layout) →
+``capture`` / ``decompose`` (read) and ``interventions`` / ``patching`` / ``sweeps``
+(change) → ``analyses`` (the papers) → ``vis`` / ``report`` / ``cli`` (see).
+"""
+
+from . import data
 from .bands import band_dims, band_norms, band_view, from_bands, pass_view, rotate
 from .capture import BandActivation, BandCapture, BandStats, band_hooks
 from .decompose import BandScores, band_score_terms, band_scores, iter_band_scores
 from .errors import ContextLengthError, LayerError, ModelNotAvailableError, NotRotaryError, RopeInterpError
 from .hooks import attn_hook
+from .interventions import BandIntervention, ablate_bands, prope
 from .models import load_model
+from .patching import (
+    MaskedBands,
+    PatternDistance,
+    SweepResult,
+    kl_metric,
+    logit_diff,
+    loss_metric,
+    patch_layer_band,
+    patch_layer_band_pos,
+    patch_layer_head_band,
+    patch_sweep,
+)
 from .spec import RotaryBands
+from .sweeps import (
+    ablated_patterns,
+    ablation_sweep,
+    attribution_sweep,
+    direct_effect_sweep,
+    exact_sweep,
+    naive_sweep,
+)
 
 __all__ = [
     "BandActivation",
     "BandCapture",
+    "BandIntervention",
     "BandScores",
     "BandStats",
     "ContextLengthError",
     "LayerError",
+    "MaskedBands",
     "ModelNotAvailableError",
     "NotRotaryError",
+    "PatternDistance",
     "RopeInterpError",
     "RotaryBands",
+    "SweepResult",
+    "ablate_bands",
+    "ablated_patterns",
+    "ablation_sweep",
     "attn_hook",
+    "attribution_sweep",
     "band_dims",
     "band_hooks",
     "band_norms",
     "band_score_terms",
     "band_scores",
     "band_view",
+    "data",
+    "direct_effect_sweep",
+    "exact_sweep",
     "from_bands",
     "iter_band_scores",
+    "kl_metric",
     "load_model",
+    "logit_diff",
+    "loss_metric",
+    "naive_sweep",
     "pass_view",
+    "patch_layer_band",
+    "patch_layer_band_pos",
+    "patch_layer_head_band",
+    "patch_sweep",
+    "prope",
     "rotate",
 ]

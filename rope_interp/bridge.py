@@ -190,9 +190,18 @@ def boot(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> Any:
-    """``TransformerBridge.boot_transformers`` on an in-memory HF model, offline (no hub call)."""
+    """``TransformerBridge.boot_transformers`` on an in-memory HF model, offline (no hub call).
+
+    TransformerLens uses a given ``hf_model`` as it is, so the model is moved to ``device``
+    and its floating parameters cast to ``dtype`` here; buffers keep their dtype (HF keeps
+    the rotary ``inv_freq`` in float32, as ``from_pretrained`` would).
+    """
     from transformer_lens.model_bridge import TransformerBridge
 
+    hf_model.to(device)
+    for param in hf_model.parameters():
+        if param.is_floating_point():
+            param.data = param.data.to(dtype)
     hf_model.config.architectures = [type(hf_model).__name__]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(deprecated|compatibility mode).*")

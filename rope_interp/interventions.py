@@ -64,7 +64,13 @@ Mode = Literal["zero", "mean", "no_rotation", "shift", "scale_freq"]
 Target = Literal["q", "k", "qk"]
 MODES: tuple[str, ...] = get_args(Mode)
 TARGETS: tuple[str, ...] = get_args(Target)
-_PARAMS = {"zero": (), "mean": ("reference",), "no_rotation": (), "shift": ("phase", "delta"), "scale_freq": ("factor",)}
+_PARAMS = {
+    "zero": (),
+    "mean": ("reference",),
+    "no_rotation": (),
+    "shift": ("phase", "delta"),
+    "scale_freq": ("factor",),
+}
 
 
 # ---- pure functions on [..., pos, head, band, 2] --------------------------------------------------------
@@ -75,7 +81,9 @@ def _rotate_cs(bands: Tensor, angle: Tensor) -> Tensor:
     return torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1)
 
 
-def position_angles(freqs: Float[Tensor, " band"], positions: Float[Tensor, " pos"]) -> Float[Tensor, "pos 1 band"]:
+def position_angles(
+    freqs: Float[Tensor, " band"], positions: Float[Tensor, " pos"]
+) -> Float[Tensor, "pos 1 band"]:
     """``theta_i * m`` shaped to broadcast against ``[..., pos, head, band]``.
 
     >>> position_angles(torch.tensor([1.0, 0.5]), torch.arange(3.0))[:, 0].tolist()
@@ -108,7 +116,9 @@ def mean_bands(
 
 
 def unrotate_bands(
-    bands: Float[Tensor, "... pos head band 2"], freqs: Float[Tensor, " band"], positions: Float[Tensor, " pos"]
+    bands: Float[Tensor, "... pos head band 2"],
+    freqs: Float[Tensor, " band"],
+    positions: Float[Tensor, " pos"],
 ) -> Float[Tensor, "... pos head band 2"]:
     """Undo RoPE: ``rotate(x, -theta_i * m)`` (post-rotation band -> ``amplitude * pre``).
 
@@ -243,7 +253,9 @@ class BandIntervention(HookSet):
             self._alpha = {L: (c - 1.0) * f for L, f in freqs.items()}
         elif self.mode == "shift":
             if ("phase" in params) == ("delta" in params):
-                raise RopeInterpError("mode 'shift' needs exactly one of phase= (radians) or delta= (positions)")
+                raise RopeInterpError(
+                    "mode 'shift' needs exactly one of phase= (radians) or delta= (positions)"
+                )
             if "phase" in params:
                 ph = torch.as_tensor(params["phase"], dtype=adt).to(dev)
                 if ph.ndim > 1 or (ph.ndim == 1 and ph.shape[0] != len(self.bands)):
@@ -267,7 +279,9 @@ class BandIntervention(HookSet):
             if isinstance(ref, BandStats):
                 site = "rot_" + side
                 if site not in ref.sites:
-                    raise RopeInterpError(f"the BandStats reference did not track site {site!r} (it has {ref.sites})")
+                    raise RopeInterpError(
+                        f"the BandStats reference did not track site {site!r} (it has {ref.sites})"
+                    )
                 missing = [L for L in self.layers if L not in ref.layers]
                 if missing:
                     raise RopeInterpError(f"the BandStats reference has no statistics for layers {missing}")
@@ -276,7 +290,9 @@ class BandIntervention(HookSet):
             else:
                 t = ref[side] if isinstance(ref, dict) else ref
                 if not isinstance(t, Tensor):
-                    raise RopeInterpError("reference must be a tensor, a dict {'q': ..., 'k': ...} or a BandStats")
+                    raise RopeInterpError(
+                        "reference must be a tensor, a dict {'q': ..., 'k': ...} or a BandStats"
+                    )
                 want = (spec.n_layers, n_h, spec.n_bands, 2)
                 if tuple(t.shape) != want:
                     raise RopeInterpError(

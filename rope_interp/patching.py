@@ -143,7 +143,9 @@ class PatternDistance(HookSet):
     def batched(self, logits: Tensor, n: int) -> Tensor:
         """One value per condition when ``n`` conditions are stacked along the batch."""
         if self._pattern is None:
-            raise RopeInterpError(f"PatternDistance: layer {self.layer}'s pattern was not recorded in this run")
+            raise RopeInterpError(
+                f"PatternDistance: layer {self.layer}'s pattern was not recorded in this run"
+            )
         p = self._pattern.unflatten(0, (n, -1))
         tv = 0.5 * (p - self.ref.to(p)).abs().sum(-1)
         return tv.flatten(1).mean(1)
@@ -220,7 +222,9 @@ class SweepResult:
         im = ax.imshow(z.numpy(), aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
         ax.set_xlabel(dims[1])
         ax.set_ylabel(dims[0])
-        ax.set_title(title or f"{self.method} sweep: {'effect' if effect else 'value'} per {' × '.join(self.dims)}")
+        ax.set_title(
+            title or f"{self.method} sweep: {'effect' if effect else 'value'} per {' × '.join(self.dims)}"
+        )
         fig.colorbar(im, ax=ax, label="metric change" if effect else "metric")
         fig.tight_layout()
         return fig
@@ -252,16 +256,22 @@ class Grid:
 
         coords = {"layer": adapter.layers(model, layers)}
         if "head" in dims:
-            coords["head"] = list(range(n_head_axis)) if heads is None else check_index(
-                "head" if target == "q" else "kv head", list(heads), n_head_axis
+            coords["head"] = (
+                list(range(n_head_axis))
+                if heads is None
+                else check_index("head" if target == "q" else "kv head", list(heads), n_head_axis)
             )
         elif heads is not None:
             raise RopeInterpError("heads= selects the head axis: add 'head' to per (or leave heads=None)")
         if "band" in dims or bands is not None:
-            coords["band"] = list(range(spec.n_bands)) if bands is None else check_index("band", list(bands), spec.n_bands)
+            coords["band"] = (
+                list(range(spec.n_bands)) if bands is None else check_index("band", list(bands), spec.n_bands)
+            )
         if "pos" in dims:
-            coords["pos"] = list(range(n_pos)) if positions is None else check_index(
-                "position", list(positions), n_pos, "the input"
+            coords["pos"] = (
+                list(range(n_pos))
+                if positions is None
+                else check_index("position", list(positions), n_pos, "the input")
             )
         elif positions is not None:
             raise RopeInterpError("positions= selects the pos axis: add 'pos' to per")
@@ -274,7 +284,11 @@ class Grid:
     def cells(self) -> list[dict[str, int]]:
         """Every condition within one layer, as ``{axis: index}`` (in row-major order)."""
         inner = [d for d in self.dims if d != "layer"]
-        grids = torch.cartesian_prod(*[torch.tensor(self.coords[d]) for d in inner]) if inner else torch.zeros(1, 0)
+        grids = (
+            torch.cartesian_prod(*[torch.tensor(self.coords[d]) for d in inner])
+            if inner
+            else torch.zeros(1, 0)
+        )
         grids = grids.reshape(-1, len(inner)).long()
         return [dict(zip(inner, row.tolist(), strict=True)) for row in grids]
 
@@ -291,7 +305,11 @@ class Grid:
             p = torch.tensor([c["pos"]]) if "pos" in c else all_pos
             if "head" in c:
                 h = c["head"]
-                qh = [h] if self.target == "q" else [x for x in range(spec.n_heads) if int(spec.kv_map[x]) == h]
+                qh = (
+                    [h]
+                    if self.target == "q"
+                    else [x for x in range(spec.n_heads) if int(spec.kv_map[x]) == h]
+                )
                 qh, kh = torch.tensor(qh), torch.tensor([h])
             else:
                 qh, kh = torch.arange(spec.n_heads), torch.arange(spec.n_kv_heads)
@@ -348,7 +366,9 @@ class MaskedBands(HookSet):
         else:
             src = self.source[side]
             if src.shape != x.shape[1:]:
-                raise RopeInterpError(f"source {side} has shape {tuple(src.shape)}, run has {tuple(x.shape[1:])}")
+                raise RopeInterpError(
+                    f"source {side} has shape {tuple(src.shape)}, run has {tuple(x.shape[1:])}"
+                )
             v.copy_(torch.where(m, band_view(src, rd, adj).to(v.dtype), v))
             if self.passthrough and rd < act.shape[-1]:
                 keep = mask.any(-1)[:, None, ..., None]
@@ -360,7 +380,9 @@ class MaskedBands(HookSet):
         hooks: FwdHooks = []
         for side in ("q", "k"):
             if self.masks[side] is not None:
-                hooks.append((attn_hook(self.layer, "rot_" + side), lambda a, hook, s=side: self._apply(a, s)))
+                hooks.append(
+                    (attn_hook(self.layer, "rot_" + side), lambda a, hook, s=side: self._apply(a, s))
+                )
         return hooks
 
 
@@ -428,12 +450,26 @@ def patch_sweep(
     from . import sweeps
 
     clean, corrupted = check_pair(model, clean, corrupted)
-    tiers = {"exact": sweeps.exact_sweep, "naive": sweeps.naive_sweep, "attribution": sweeps.attribution_sweep}
+    tiers = {
+        "exact": sweeps.exact_sweep,
+        "naive": sweeps.naive_sweep,
+        "attribution": sweeps.attribution_sweep,
+    }
     if method not in tiers:
         raise RopeInterpError(f"unknown method {method!r}; expected one of {tuple(tiers)}")
     return tiers[method](
-        model, corrupted, metric, per, source=clean, layers=layers, heads=heads, bands=bands,
-        positions=positions, target=target, progress=progress, **kwargs,
+        model,
+        corrupted,
+        metric,
+        per,
+        source=clean,
+        layers=layers,
+        heads=heads,
+        bands=bands,
+        positions=positions,
+        target=target,
+        progress=progress,
+        **kwargs,
     )
 
 
@@ -456,4 +492,3 @@ def patch_layer_head_band(model, clean, corrupted, metric, **kwargs) -> SweepRes
 def patch_layer_band_pos(model, clean, corrupted, metric, **kwargs) -> SweepResult:
     """``values [layer, band, pos]``: one band at one position of every head."""
     return patch_sweep(model, clean, corrupted, metric, ("layer", "band", "pos"), **kwargs)
-

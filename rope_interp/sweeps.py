@@ -212,12 +212,16 @@ def attribution_sweep(
         return act
 
     hooks = [
-        (attn_hook(L, "rot_" + s), lambda a, hook, L=L, s=s: keep(a, L, s)) for L in grid.coords["layer"] for s in sides
+        (attn_hook(L, "rot_" + s), lambda a, hook, L=L, s=s: keep(a, L, s))
+        for L in grid.coords["layer"]
+        for s in sides
     ]
     with torch.enable_grad(), model.hooks(fwd_hooks=hooks + _metric_hooks(metric)):
         value = metric_values(metric, model(tokens), 1)[0]
         keys = list(acts)
-        grads = dict(zip(keys, torch.autograd.grad(value, [acts[k] for k in keys], allow_unused=True), strict=True))
+        grads = dict(
+            zip(keys, torch.autograd.grad(value, [acts[k] for k in keys], allow_unused=True), strict=True)
+        )
     rd, adj = spec.rotary_dim, spec.adjacent_pairs
     rows = []
     bar = _progress(len(grid.coords["layer"]), "attribution", progress)
@@ -228,7 +232,9 @@ def attribution_sweep(
             if g is None:
                 g = torch.zeros_like(a)
             delta = -a if src is None else src[L][s] - a
-            contrib[s] = (band_view(g, rd, adj) * band_view(delta, rd, adj)).sum(-1).sum(0).float()  # [pos, head, B]
+            contrib[s] = (
+                (band_view(g, rd, adj) * band_view(delta, rd, adj)).sum(-1).sum(0).float()
+            )  # [pos, head, B]
         rows.append(_aggregate(grid, contrib, spec))
         bar.update(1)
     bar.close()
@@ -275,7 +281,10 @@ def _softcap(s: Tensor, softcap: float | None) -> Tensor:
 
 
 def _drop_each_pattern(
-    terms: Float[Tensor, "batch head band q k"], remainder: Tensor, softcap: float | None, window: int | None = None
+    terms: Float[Tensor, "batch head band q k"],
+    remainder: Tensor,
+    softcap: float | None,
+    window: int | None = None,
 ) -> Float[Tensor, "batch head band q k"]:
     """Softmax patterns with each band's term removed in turn (pure maths)."""
     s = (terms.sum(2) + remainder)[:, :, None] - terms
@@ -284,10 +293,7 @@ def _drop_each_pattern(
 
 def _window(model: Any, layer: int) -> int | None:
     """The local-attention window of ``layer`` (None for global attention)."""
-    # TODO(lead): move to adapter (adapter.attn_window); decompose.BandScores ignores local windows too
-    if getattr(adapter.attn(model, layer), "attn_type", "global") == "local":
-        return int(adapter.config(model).window_size)
-    return None
+    return adapter.local_window(model, layer)
 
 
 def _layer_terms(model, cap: BandCapture, spec: RotaryBands, L: int) -> tuple[Tensor, Tensor]:
@@ -297,7 +303,12 @@ def _layer_terms(model, cap: BandCapture, spec: RotaryBands, L: int) -> tuple[Te
 
 
 def ablated_patterns(
-    model: Any, tokens: Any, layer: int, *, heads: Sequence[int] | None = None, bands: Sequence[int] | None = None
+    model: Any,
+    tokens: Any,
+    layer: int,
+    *,
+    heads: Sequence[int] | None = None,
+    bands: Sequence[int] | None = None,
 ) -> Float[Tensor, "batch head band q_pos k_pos"]:
     """Pattern of every head of ``layer`` with each band removed, all bands at once (one forward up to ``layer``).
 

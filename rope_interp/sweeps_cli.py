@@ -25,10 +25,16 @@ def _selection_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=int, nargs="*", default=None, help="layers to sweep (default: all)")
     p.add_argument("--bands", type=int, nargs="*", default=None, help="bands to sweep (default: all)")
     p.add_argument("--target", choices=["q", "k", "qk"], default="qk", help="change queries, keys or both")
-    p.add_argument("--per", choices=sorted(PER), default="layer-band", help="grid of conditions (default: %(default)s)")
-    p.add_argument("--method", choices=["exact", "naive", "attribution"], default="exact",
-                   help="exact: prefix reuse + batching; naive: one forward per condition; "
-                        "attribution: gradient estimate (default: %(default)s)")
+    p.add_argument(
+        "--per", choices=sorted(PER), default="layer-band", help="grid of conditions (default: %(default)s)"
+    )
+    p.add_argument(
+        "--method",
+        choices=["exact", "naive", "attribution"],
+        default="exact",
+        help="exact: prefix reuse + batching; naive: one forward per condition; "
+        "attribution: gradient estimate (default: %(default)s)",
+    )
     p.add_argument("--batch-size", type=int, default=None, help="conditions per forward for --method exact")
     p.add_argument("--top", type=int, default=10, help="print this many strongest conditions")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -44,18 +50,22 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     ([0, 3], ('layer', 'head', 'band'), 'exact')
     """
     p = sub.add_parser(
-        "sweep", parents=parents, help="zero-ablate each band of each layer; loss change on a text",
+        "sweep",
+        parents=parents,
+        help="zero-ablate each band of each layer; loss change on a text",
         description="Zero-ablate one RoPE band at a time (per layer, optionally per head / position) and "
-                    "measure the change of next-token loss on the text. Writes sweep.csv and sweep.png.",
+        "measure the change of next-token loss on the text. Writes sweep.csv and sweep.png.",
     )
     _selection_options(p)
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser(
-        "patch", parents=parents, help="patch bands from a clean prompt into a corrupted one",
+        "patch",
+        parents=parents,
+        help="patch bands from a clean prompt into a corrupted one",
         description="Band activation patching: copy each band of hook_rot_q/rot_k from the clean run into the "
-                    "corrupted run and measure logit(answer) - logit(wrong) at the last position. "
-                    "The prompts must have the same number of tokens. Writes patch.csv and patch.png.",
+        "corrupted run and measure logit(answer) - logit(wrong) at the last position. "
+        "The prompts must have the same number of tokens. Writes patch.csv and patch.png.",
     )
     p.add_argument("--clean", required=True, help="clean prompt")
     p.add_argument("--corrupted", required=True, help="corrupted prompt (same token count)")
@@ -66,7 +76,9 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def _sweep_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    kw: dict[str, Any] = dict(layers=args.layers, bands=args.bands, target=args.target, progress=not args.no_progress)
+    kw: dict[str, Any] = dict(
+        layers=args.layers, bands=args.bands, target=args.target, progress=not args.no_progress
+    )
     if args.method == "exact" and args.batch_size is not None:
         kw["batch_size"] = args.batch_size
     return kw
@@ -96,8 +108,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     model = load_from_args(args)
     tokens = tokens_from_args(model, args)
-    result = ablation_sweep(model, tokens, loss_metric(tokens), PER[args.per], method=args.method, **_sweep_kwargs(args))
-    _write(result, args, "sweep", f"loss change when one band is zeroed ({args.target}, {tokens.shape[1]} tokens)")
+    result = ablation_sweep(
+        model, tokens, loss_metric(tokens), PER[args.per], method=args.method, **_sweep_kwargs(args)
+    )
+    _write(
+        result,
+        args,
+        "sweep",
+        f"loss change when one band is zeroed ({args.target}, {tokens.shape[1]} tokens)",
+    )
     return 0
 
 
@@ -108,7 +127,19 @@ def _cmd_patch(args: argparse.Namespace) -> int:
     model = load_from_args(args)
     answer, wrong = model.to_single_token(args.answer), model.to_single_token(args.wrong)
     clean, corrupted = model.to_tokens(args.clean), model.to_tokens(args.corrupted)
-    result = patch_sweep(model, clean, corrupted, logit_diff(answer, wrong), PER[args.per], method=args.method,
-                         **_sweep_kwargs(args))
-    _write(result, args, "patch", f"logit diff {args.answer!r}-{args.wrong!r} after patching one band clean→corrupted")
+    result = patch_sweep(
+        model,
+        clean,
+        corrupted,
+        logit_diff(answer, wrong),
+        PER[args.per],
+        method=args.method,
+        **_sweep_kwargs(args),
+    )
+    _write(
+        result,
+        args,
+        "patch",
+        f"logit diff {args.answer!r}-{args.wrong!r} after patching one band clean→corrupted",
+    )
     return 0

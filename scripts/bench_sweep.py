@@ -50,7 +50,9 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="3 layers × 6 bands for both sweeps (< 1 minute)")
-    ap.add_argument("--full-patch", action="store_true", help="patching sweep on the full grid too (default: subset)")
+    ap.add_argument(
+        "--full-patch", action="store_true", help="patching sweep on the full grid too (default: subset)"
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     ap.add_argument("--batch-size", type=int, default=None, help="conditions per forward for exact/B")
@@ -75,8 +77,10 @@ def main() -> None:
     full = list(range(spec.n_layers)), list(range(spec.n_bands))
     zero_grid = subset if args.quick else full
     patch_grid = full if args.full_patch else subset
-    print(f"model {args.model} on {args.device} ({torch.get_num_threads()} threads); loaded in "
-          f"{time.perf_counter() - t0:.1f} s; prompt {clean.shape[1]} tokens")
+    print(
+        f"model {args.model} on {args.device} ({torch.get_num_threads()} threads); loaded in "
+        f"{time.perf_counter() - t0:.1f} s; prompt {clean.shape[1]} tokens"
+    )
 
     with torch.no_grad():
         model(clean)
@@ -92,11 +96,17 @@ def main() -> None:
         ex1, t_ex1 = timed(lambda: exact_sweep(model, run_tokens, metric, batch_size=1, **kw), sync=sync)
         exb, t_exb = timed(lambda: exact_sweep(model, run_tokens, metric, batch_size=bs, **kw), sync=sync)
         attr, t_attr = timed(lambda: attribution_sweep(model, run_tokens, metric, **kw), repeat=2, sync=sync)
-        print(f"== {name}: {len(layers)} layers × {len(bands)} bands = {n_cond} conditions; "
-              f"base metric {naive.base:.4f}, largest |effect| {naive.effect.abs().max():.4f}")
+        print(
+            f"== {name}: {len(layers)} layers × {len(bands)} bands = {n_cond} conditions; "
+            f"base metric {naive.base:.4f}, largest |effect| {naive.effect.abs().max():.4f}"
+        )
         print(f"{'tier':<22}{'seconds':>10}{'per cond (ms)':>15}{'speed-up vs naive':>20}")
-        for label, t in (("naive", t_naive), ("exact, 1 per forward", t_ex1), (f"exact, {bs} per forward", t_exb),
-                         ("attribution", t_attr)):
+        for label, t in (
+            ("naive", t_naive),
+            ("exact, 1 per forward", t_ex1),
+            (f"exact, {bs} per forward", t_exb),
+            ("attribution", t_attr),
+        ):
             print(f"{label:<22}{t:>10.2f}{t / n_cond * 1e3:>15.2f}{t_naive / t:>19.1f}×")
         err1 = (ex1.values - naive.values).abs().max().item()
         errb = (exb.values - naive.values).abs().max().item()
@@ -111,8 +121,10 @@ def main() -> None:
     L = spec.n_layers // 2
     with torch.no_grad():
         pats, t_de = timed(lambda: ablated_patterns(model, clean, L), repeat=5, sync=sync)
-    print(f"== analytic direct effect, all {spec.n_bands} bands × {spec.n_heads} heads of layer {L}: "
-          f"{t_de * 1e3:.1f} ms = {t_de / t_fwd:.2f}× one plain forward (pattern tensor {tuple(pats.shape)})")
+    print(
+        f"== analytic direct effect, all {spec.n_bands} bands × {spec.n_heads} heads of layer {L}: "
+        f"{t_de * 1e3:.1f} ms = {t_de / t_fwd:.2f}× one plain forward (pattern tensor {tuple(pats.shape)})"
+    )
     print(f"total benchmark time {time.perf_counter() - t0:.1f} s")
 
 

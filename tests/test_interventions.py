@@ -68,8 +68,11 @@ def test_no_rotation_on_all_bands_is_unrotated_qk(layout_model):
         amp = spec.amplitude[L].float()[:, None]
         q, k = cache[attn_hook(L, "q")], cache[attn_hook(L, "k")]
         terms, rest = band_score_terms(
-            band_view(q, rd, adj) * amp, band_view(k, rd, adj) * amp, float(spec.attn_scale[L]),
-            pass_view(q, rd), pass_view(k, rd),
+            band_view(q, rd, adj) * amp,
+            band_view(k, rd, adj) * amp,
+            float(spec.attn_scale[L]),
+            pass_view(q, rd),
+            pass_view(k, rd),
         )
         want = terms.sum(2) + rest
         got = cache[attn_hook(L, "attn_scores")]
@@ -101,7 +104,8 @@ def test_scale_freq_zero_equals_no_rotation_and_prope(layout_model):
         assert not torch.allclose(scaled, base, atol=1e-4)
         torch.testing.assert_close(prope(layout_model, 1.0).run(TOKENS), base, atol=0, rtol=0)
         torch.testing.assert_close(
-            prope(layout_model, 0.0).run(TOKENS), ablate_bands(layout_model, None, mode="no_rotation").run(TOKENS)
+            prope(layout_model, 0.0).run(TOKENS),
+            ablate_bands(layout_model, None, mode="no_rotation").run(TOKENS),
         )
 
 
@@ -115,7 +119,13 @@ def test_scale_freq_matches_rotating_pre_rotation_values_at_c_theta():
     m = torch.arange(TOKENS.shape[1], dtype=torch.float64)
     ang = (c * m[:, None] * spec.freqs[L][None, :])[None, :, None, :]
     pre = band_view(cache[attn_hook(L, "q")], spec.rotary_dim, spec.adjacent_pairs).double()
-    want = torch.stack([pre[..., 0] * ang.cos() - pre[..., 1] * ang.sin(), pre[..., 0] * ang.sin() + pre[..., 1] * ang.cos()], -1)
+    want = torch.stack(
+        [
+            pre[..., 0] * ang.cos() - pre[..., 1] * ang.sin(),
+            pre[..., 0] * ang.sin() + pre[..., 1] * ang.cos(),
+        ],
+        -1,
+    )
     got = band_view(cache[attn_hook(L, "rot_q")], spec.rotary_dim, spec.adjacent_pairs).double()
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
@@ -131,7 +141,9 @@ def test_mean_mode_replaces_by_positional_mean_or_reference():
         with ablate_bands(model, bands, layers=L, target="k", mode="mean"):
             _, cache = model.run_with_cache(TOKENS, names_filter=[site])
     v0, v1 = band_view(clean[site], 16, False), band_view(cache[site], 16, False)
-    torch.testing.assert_close(v1[:, :, :, bands], v0[:, :, :, bands].mean(1, keepdim=True).expand_as(v1[:, :, :, bands]))
+    torch.testing.assert_close(
+        v1[:, :, :, bands], v0[:, :, :, bands].mean(1, keepdim=True).expand_as(v1[:, :, :, bands])
+    )
     others = [i for i in range(8) if i not in bands]
     assert torch.equal(v1[:, :, :, others], v0[:, :, :, others])
     stats = BandStats(model, sites=["rot_q", "rot_k"]).update(TOKENS)
@@ -140,8 +152,10 @@ def test_mean_mode_replaces_by_positional_mean_or_reference():
     torch.testing.assert_close(band_view(ref_cache[site], 16, False)[:, :, :, bands], v1[:, :, :, bands])
 
 
-@pytest.mark.parametrize("mode,params", [("zero", {}), ("shift", {"delta": 2}), ("no_rotation", {}),
-                                         ("scale_freq", {"factor": 0.5})])
+@pytest.mark.parametrize(
+    "mode,params",
+    [("zero", {}), ("shift", {"delta": 2}), ("no_rotation", {}), ("scale_freq", {"factor": 0.5})],
+)
 def test_kv_cache_generation_matches_full_forward(mode, params):
     model = tiny_layout_model("gqa")
     n = TOKENS.shape[1]
@@ -150,14 +164,32 @@ def test_kv_cache_generation_matches_full_forward(mode, params):
     with torch.no_grad(), ablate_bands(model, [0, 3, 7], mode=mode, **params):
         full = model(TOKENS)
         cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
-        steps = [model(TOKENS[:, :5], past_kv_cache=cache, attention_mask=torch.ones(1, 5, dtype=torch.long))[:, -1]]
+        steps = [
+            model(TOKENS[:, :5], past_kv_cache=cache, attention_mask=torch.ones(1, 5, dtype=torch.long))[
+                :, -1
+            ]
+        ]
         for t in range(5, n):
-            steps.append(model(TOKENS[:, t : t + 1], past_kv_cache=cache, attention_mask=torch.ones(1, 1, dtype=torch.long))[:, -1])
+            steps.append(
+                model(
+                    TOKENS[:, t : t + 1],
+                    past_kv_cache=cache,
+                    attention_mask=torch.ones(1, 1, dtype=torch.long),
+                )[:, -1]
+            )
     torch.testing.assert_close(torch.stack(steps, 1), full[:, 4:], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("mode,params", [("zero", {}), ("mean", {}), ("shift", {"phase": 0.3}),
-                                         ("no_rotation", {}), ("scale_freq", {"factor": 2.0})])
+@pytest.mark.parametrize(
+    "mode,params",
+    [
+        ("zero", {}),
+        ("mean", {}),
+        ("shift", {"phase": 0.3}),
+        ("no_rotation", {}),
+        ("scale_freq", {"factor": 2.0}),
+    ],
+)
 def test_exception_inside_context_leaves_model_clean(layout_model, mode, params):
     with torch.no_grad():
         before = layout_model(TOKENS)
@@ -176,7 +208,9 @@ def test_exception_inside_context_leaves_model_clean(layout_model, mode, params)
 
 def test_run_with_hooks_list_equals_context():
     model = tiny_layout_model("gptj")
-    hs = ablate_bands(model, [1], mode="scale_freq", factor=3.0) + ablate_bands(model, [2], target="k", mode="zero")
+    hs = ablate_bands(model, [1], mode="scale_freq", factor=3.0) + ablate_bands(
+        model, [2], target="k", mode="zero"
+    )
     with torch.no_grad():
         a = model.run_with_hooks(TOKENS, fwd_hooks=hs.fwd_hooks())
         b = hs.run(TOKENS)

@@ -70,7 +70,9 @@ def test_metrics():
     model = tiny_layout_model("neox")
     with torch.no_grad():
         logits = model(CLEAN)
-    assert loss_metric(CLEAN)(logits).item() == pytest.approx(model(CLEAN, return_type="loss").item(), rel=1e-5)
+    assert loss_metric(CLEAN)(logits).item() == pytest.approx(
+        model(CLEAN, return_type="loss").item(), rel=1e-5
+    )
     assert kl_metric(logits, pos=None)(logits).abs().item() < 1e-6
     assert kl_metric(logits)(logits + torch.randn_like(logits)).item() > 0
     ld = logit_diff(torch.tensor([1]), torch.tensor([2]), pos=3)(logits)
@@ -91,8 +93,9 @@ def test_metrics():
 
 def test_per_position_sweep_and_result_views():
     model = tiny_layout_model("gqa")
-    r = patch_layer_band_pos(model, CLEAN, CORRUPT, logit_diff(7, 8), layers=[0], bands=[0, 3], positions=[2, 4, 9],
-                             progress=False)
+    r = patch_layer_band_pos(
+        model, CLEAN, CORRUPT, logit_diff(7, 8), layers=[0], bands=[0, 3], positions=[2, 4, 9], progress=False
+    )
     assert r.values.shape == (1, 2, 3)
     assert r.coords == {"layer": [0], "band": [0, 3], "pos": [2, 4, 9]}
     # position 2 is identical in clean and corrupted, and nothing at or before it differs: no effect there

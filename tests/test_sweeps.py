@@ -83,8 +83,10 @@ def test_attribution_is_the_derivative_of_scaling_the_band():
             return act
 
         q_heads = [h for h in range(spec.n_heads) if int(spec.kv_map[h]) == g]
-        hooks = [(attn_hook(L, "rot_q"), lambda a, hook: scale(a, hook, q_heads)),
-                 (attn_hook(L, "rot_k"), lambda a, hook: scale(a, hook, [g]))]
+        hooks = [
+            (attn_hook(L, "rot_q"), lambda a, hook: scale(a, hook, q_heads)),
+            (attn_hook(L, "rot_k"), lambda a, hook: scale(a, hook, [g])),
+        ]
         with torch.no_grad():
             return metric(model.run_with_hooks(CLEAN, fwd_hooks=hooks)).item()
 
@@ -103,7 +105,9 @@ def test_ablated_patterns_match_hooked_runs(layout_model):
     assert pats.shape == (1, spec.n_heads, spec.n_bands, 10, 10)
     for b in (0, spec.n_bands - 1):
         for target in ("q", "k"):
-            hooked = pattern_at(layout_model, L, CLEAN, ablate_bands(layout_model, [b], layers=L, target=target))
+            hooked = pattern_at(
+                layout_model, L, CLEAN, ablate_bands(layout_model, [b], layers=L, target=target)
+            )
             torch.testing.assert_close(pats[:, :, b], hooked, atol=1e-5, rtol=1e-5)
 
 
@@ -139,7 +143,7 @@ def test_ablation_sweep_dispatch_and_errors():
 # ---- the embedded model ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def short_tokens(smol, english_tokens):
-    return english_tokens[:, :20]
+    return english_tokens[:, :12]
 
 
 @pytest.mark.slow
@@ -169,19 +173,64 @@ def test_cli_sweep_and_patch_write_csv_and_png(smol, tmp_path, monkeypatch, caps
     from rope_interp import cli
 
     monkeypatch.setattr(cli, "load_from_args", lambda args: smol)
-    rc = cli.main(["sweep", "--layers", "29", "--bands", "0", "31", "--max-tokens", "12", "--no-progress",
-                   "--out", str(tmp_path / "s")])
+    rc = cli.main(
+        [
+            "sweep",
+            "--layers",
+            "29",
+            "--bands",
+            "0",
+            "31",
+            "--max-tokens",
+            "12",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "s"),
+        ]
+    )
     assert rc == 0
     df = pd.read_csv(tmp_path / "s" / "sweep.csv")
     assert list(df.layer) == [29, 29] and list(df.band) == [0, 31]
     assert (tmp_path / "s" / "sweep.png").stat().st_size > 1000
-    rc = cli.main(["patch", "--clean", "The capital of France is", "--corrupted", "The capital of Italy is",
-                   "--answer", " Paris", "--wrong", " Rome", "--layers", "28", "--bands", "3", "--method", "attribution",
-                   "--out", str(tmp_path / "p"), "--no-progress"])
+    rc = cli.main(
+        [
+            "patch",
+            "--clean",
+            "The capital of France is",
+            "--corrupted",
+            "The capital of Italy is",
+            "--answer",
+            " Paris",
+            "--wrong",
+            " Rome",
+            "--layers",
+            "28",
+            "--bands",
+            "3",
+            "--method",
+            "attribution",
+            "--out",
+            str(tmp_path / "p"),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     assert len(pd.read_csv(tmp_path / "p" / "patch.csv")) == 1
-    rc = cli.main(["patch", "--clean", "The capital of France is", "--corrupted", "The capital of the UK is",
-                   "--answer", " Paris", "--wrong", " London", "--out", str(tmp_path / "q")])
+    rc = cli.main(
+        [
+            "patch",
+            "--clean",
+            "The capital of France is",
+            "--corrupted",
+            "The capital of the UK is",
+            "--answer",
+            " Paris",
+            "--wrong",
+            " London",
+            "--out",
+            str(tmp_path / "q"),
+        ]
+    )
     assert rc == 1 and "differ in shape" in capsys.readouterr().err
 
 
@@ -191,7 +240,7 @@ def test_smol_attribution_ranks_like_exact(smol):
 
     clean = smol.to_tokens("The capital of France is")
     metric = logit_diff(smol.to_single_token(" Paris"), smol.to_single_token(" Rome"))
-    kw = dict(layers=[2, 27], progress=False)
+    kw = dict(layers=[27], progress=False)
     exact = exact_sweep(smol, clean, metric, batch_size=32, **kw)
     attr = attribution_sweep(smol, clean, metric, **kw)
     rho = spearmanr(attr.effect.flatten().numpy(), exact.effect.flatten().numpy()).statistic
