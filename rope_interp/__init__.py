@@ -5,12 +5,12 @@ Layers of the package: ``bands`` (pure band maths) → ``spec`` (a model's layou
 (change) → ``analyses`` (the papers) → ``vis`` / ``report`` / ``cli`` (see).
 """
 
-from . import data
+from . import analyses, data
 from .bands import band_dims, band_norms, band_view, from_bands, pass_view, rotate
 from .capture import BandActivation, BandCapture, BandStats, band_hooks
 from .decompose import BandScores, band_score_terms, band_scores, iter_band_scores
 from .errors import ContextLengthError, LayerError, ModelNotAvailableError, NotRotaryError, RopeInterpError
-from .hooks import attn_hook
+from .hooks import attn_hook, mlp_hook
 from .interventions import BandIntervention, ablate_bands, prope
 from .models import load_model
 from .patching import (
@@ -55,12 +55,14 @@ __all__ = [
     "ablation_sweep",
     "attn_hook",
     "attribution_sweep",
+    "mlp_hook",
     "band_dims",
     "band_hooks",
     "band_norms",
     "band_score_terms",
     "band_scores",
     "band_view",
+    "analyses",
     "data",
     "direct_effect_sweep",
     "exact_sweep",

@@ -244,15 +244,16 @@ class BandStats(HookSet):
         return w
 
     def _accumulate(self, a: BandActivation) -> None:
-        x = a.bands.detach().to(torch.float64)  # [b, p, h, B, 2]
-        w = self._weights(x.shape[0], x.shape[1], x.device)  # [b, p]
+        x = a.bands.detach().to(torch.float64).flatten(0, 1)  # [tokens, h, B, 2]
+        w = self._weights(a.bands.shape[0], a.bands.shape[1], x.device).flatten()  # [tokens]
         m = self.moments[a.site]
         i = self._layer_pos[a.layer]
+        xw = x * w[:, None, None, None]
         norms = band_norms(x)
-        m.sum_norm[i] += torch.einsum("bp,bphn->hn", w, norms)
-        m.sum_sq_norm[i] += torch.einsum("bp,bphn->hn", w, norms * norms)
-        m.sum_vec[i] += torch.einsum("bp,bphnc->hnc", w, x)
-        m.sum_outer[i] += torch.einsum("bp,bphnc,bphnd->hncd", w, x, x)
+        m.sum_norm[i] += torch.einsum("t,thn->hn", w, norms)
+        m.sum_sq_norm[i] += torch.einsum("t,thn->hn", w, norms * norms)
+        m.sum_vec[i] += xw.sum(0)
+        m.sum_outer[i] += torch.einsum("thnc,thnd->hncd", xw, x)
         if a.layer == self.layers[0] and a.site == self.sites[0]:
             self._count += w.sum()
 

@@ -34,6 +34,20 @@ def attn_hook(layer: int, site: Site) -> str:
     return f"blocks.{int(layer)}.attn.hook_{site}"
 
 
+MLPSite = Literal["pre", "post"]
+
+
+def mlp_hook(layer: int, site: MLPSite) -> str:
+    """Name of the MLP hook ``hook_pre`` (before the activation function) or ``hook_post`` in block ``layer``.
+
+    >>> mlp_hook(2, "post")
+    'blocks.2.mlp.hook_post'
+    """
+    if site not in ("pre", "post"):
+        raise ValueError(f"unknown MLP hook site {site!r}; expected 'pre' or 'post'")
+    return f"blocks.{int(layer)}.mlp.hook_{site}"
+
+
 def parse_attn_hook(name: str) -> tuple[int, str]:
     """Inverse of :func:`attn_hook`: ``(layer, site)`` of a hook name."""
     match = _PATTERN.match(name)

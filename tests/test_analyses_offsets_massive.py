@@ -113,7 +113,8 @@ def test_mean_ablation_and_matched_control():
     x = cache["blocks.1.attn.hook_rot_q"][:, :, 2, 7]
     torch.testing.assert_close(x, x.mean(1, keepdim=True).expand_as(x))
     ab = massive_ablation(model, toks, mv, n_control=2, progress=False)
-    base = float(model(toks, return_type="loss"))
+    with torch.no_grad():
+        base = float(model(toks, return_type="loss"))
     assert ab.baseline == pytest.approx(base, rel=1e-5)
     assert ab.n_dims == 1 and len(ab.control) == 2 and ab.massive != ab.baseline
     assert len(ab.to_dataframe()) == 4

@@ -31,7 +31,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .. import adapter
-from ..hooks import attn_hook
+from ..hooks import attn_hook, mlp_hook
 from ..spec import RotaryBands
 from .inputs import figure, heatmap, layer_list, prefix_mean, qk_pair_hooks, windows
 
@@ -403,8 +403,6 @@ def mlp_spectra(
     >>> tuple(s.psd.shape)
     (2, 2, 33)
     """
-    from transformer_lens.utils import get_act_name
-
     layers = layer_list(model, layers)
     spec = RotaryBands.from_model(model)
     acc: dict[tuple[int, int], Tensor] = {}
@@ -418,7 +416,7 @@ def mlp_spectra(
         return x
 
     hooks = [
-        (get_act_name(site, layer), lambda x, hook, k=(i, s): fn(x, hook, k))
+        (mlp_hook(layer, site), lambda x, hook, k=(i, s): fn(x, hook, k))
         for i, layer in enumerate(layers)
         for s, site in enumerate(("pre", "post"))
     ]
