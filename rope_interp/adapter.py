@@ -23,7 +23,9 @@ def config(model: Any) -> Any:
     """The model's ``HookedTransformerConfig`` (or bridge config)."""
     cfg = getattr(model, "cfg", None)
     if cfg is None:
-        raise TypeError(f"expected a TransformerLens HookedTransformer or TransformerBridge, got {type(model).__name__} (no .cfg)")
+        raise TypeError(
+            f"expected a TransformerLens HookedTransformer or TransformerBridge, got {type(model).__name__} (no .cfg)"
+        )
     return cfg
 
 

@@ -21,8 +21,8 @@ KV cache: the bridge caches keys *after* rotation (``hook_rot_k`` sees only the 
 keys of a decoding step), HookedTransformer *before* (``hook_rot_k`` sees all keys).
 
 >>> bridge = tiny_bridge("llama")
->>> is_bridge(bridge), rotary_dim(bridge), attn_scale(bridge, 0)
-(True, 8, 2.8284271247461903)
+>>> is_bridge(bridge), rotary_dim(bridge), round(attn_scale(bridge, 0) ** 2, 6)
+(True, 8, 8.0)
 """
 
 from __future__ import annotations
@@ -78,7 +78,14 @@ def fires_rot_hooks(model: Any, layer: int = 0) -> bool:
 
 
 def check_rot_hooks(model: Any) -> None:
-    """Raise :class:`BridgeRotaryHooksError` unless every layer fires the rot hooks."""
+    """Raise :class:`BridgeRotaryHooksError` unless every layer fires the rot hooks.
+
+    >>> check_rot_hooks(tiny_bridge("llama"))  # fires: nothing to say
+    >>> check_rot_hooks(tiny_bridge("gptj"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    rope_interp.bridge.BridgeRotaryHooksError: this TransformerBridge (GPTJForCausalLM, ...) never fires ...
+    """
     silent = [i for i in range(len(model.blocks)) if not fires_rot_hooks(model, i)]
     if silent:
         arch = getattr(model.cfg, "architecture", None) or type(hf_attention(model, silent[0])).__name__
@@ -99,10 +106,14 @@ def _rotary_module(model: Any, layer: int) -> tuple[Any, dict[str, Any]]:
     if mod is None:
         mod = getattr(model, "rotary_emb", None)
     if mod is None:
-        found = [m for _, m in model.original_model.named_modules() if type(m).__name__.endswith("RotaryEmbedding")]
+        found = [
+            m for _, m in model.original_model.named_modules() if type(m).__name__.endswith("RotaryEmbedding")
+        ]
         mod = found[0] if found else None
     if mod is None:
-        raise BridgeRotaryHooksError(f"found no rotary embedding module for block {layer} of this bridge; {WORKAROUND}")
+        raise BridgeRotaryHooksError(
+            f"found no rotary embedding module for block {layer} of this bridge; {WORKAROUND}"
+        )
     mod = getattr(mod, "original_component", None) or mod  # the HF module, so no bridge hook fires
     kwargs: dict[str, Any] = {}
     if "layer_type" in inspect.signature(mod.forward).parameters:
@@ -152,12 +163,18 @@ def rotary_dim(model: Any) -> int:
     return int(_layout(model, cos).shape[-1])
 
 
-def rotary_tables(model: Any, layer: int, n_pos: int) -> tuple[Float[Tensor, "pos rotary_dim"], Float[Tensor, "pos rotary_dim"]]:
+def rotary_tables(
+    model: Any, layer: int, n_pos: int
+) -> tuple[Float[Tensor, "pos rotary_dim"], Float[Tensor, "pos rotary_dim"]]:
     """(sin, cos), float64 ``[n_pos, rotary_dim]`` on the CPU, as block ``layer`` applies them.
 
     Computed by the HF rotary module itself (HF computes the angles in float32 and
     we ask for a float64 result, so they are not rounded to a half-precision
     model's dtype). Includes HF's ``attention_scaling`` (the YaRN amplitude).
+
+    >>> sin, cos = rotary_tables(tiny_bridge("phi"), 0, 3)  # partial rotary: 4 of 8 dims
+    >>> tuple(sin.shape), sin.dtype
+    ((3, 4), torch.float64)
     """
     cos, sin = _hf_tables(model, layer, n_pos, torch.float64)
     return _layout(model, sin).double().cpu(), _layout(model, cos).double().cpu()
@@ -240,12 +257,20 @@ _TINY = {
 }
 
 
-def tiny_bridge(arch: str = "llama", *, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides: Any) -> Any:
+def tiny_bridge(
+    arch: str = "llama", *, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides: Any
+) -> Any:
     """A small random HF model of architecture ``arch`` booted as a ``TransformerBridge`` (CPU, offline).
 
     ``arch``: one of ``llama``, ``qwen2``, ``gemma2`` (soft-cap, sliding window), ``phi``
     (partial rotary), and ``neox``, ``gptj``, ``codegen`` (whose bridges do not fire the
     rot hooks). 2 layers, 4 heads, ``d_head`` 8; ``overrides`` go to the HF config.
+
+    >>> from rope_interp.decompose import band_scores
+    >>> model = tiny_bridge("gemma2")
+    >>> bs = band_scores(model, torch.tensor([[1, 5, 6, 7, 8, 9]]), layer=0)
+    >>> tuple(bs.per_band.shape), bs.softcap, bs.window
+    ((1, 4, 4, 6, 6), 50.0, 4)
     """
     import transformers
     from transformers import AutoModelForCausalLM

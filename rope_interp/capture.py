@@ -206,7 +206,7 @@ class BandStats(HookSet):
     >>> from rope_interp.testing import tiny_model
     >>> model = tiny_model()
     >>> stats = BandStats(model, sites=["rot_q", "rot_k"])
-    >>> stats.update(torch.randint(0, 50, (2, 16)))
+    >>> _ = stats.update(torch.randint(0, 50, (2, 16)))
     >>> stats.mean_norm("rot_k").shape    # [layer, kv_head, band]
     torch.Size([2, 2, 8])
     >>> stats.n_tokens

@@ -87,7 +87,9 @@ def load_model(
     a GGUF file are cached too, so later loads take a few seconds).
     """
     if bridge:
-        return _load_bridge(name, torch.device(device or "cpu"), _dtype(dtype), cache, **from_pretrained_kwargs)
+        return _load_bridge(
+            name, torch.device(device or "cpu"), _dtype(dtype), cache, **from_pretrained_kwargs
+        )
     dtype = _dtype(dtype)
     device = torch.device(device or "cpu")
     key = name.lower()

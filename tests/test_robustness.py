@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rope_interp import adapter
-from rope_interp.bands import band_view, rotate
+from rope_interp.bands import rotate
 from rope_interp.bridge import tiny_bridge
 from rope_interp.capture import BandCapture, BandStats
 from rope_interp.decompose import band_scores, iter_band_scores
@@ -44,9 +44,10 @@ def smol_bf16():
 def test_bf16_decomposition_error_is_bounded(smol, smol_bf16, english_tokens):
     """A bf16 model decomposed with float32 accumulation, against the float32 model.
 
-    Measured on SmolLM2 (64 tokens, layer 4): the arithmetic of the decomposition adds
-    ~1e-7 relative error (vs float64 accumulation of the same bf16 q/k); the model's own
-    bf16 rounding of q and k moves the terms by ~1% of the largest term.
+    Measured on SmolLM2 (64 tokens): the arithmetic of the decomposition adds ~3e-8 of the
+    largest term (float32 vs float64 accumulation of the same bf16 q/k); the bf16 model's
+    own drift moves the terms by ~2% of the largest term at layer 4 (10-17% at layer 15);
+    the terms add up to the model's own bf16 scores to ~0.2% (its bf16 rounding).
     """
     toks, layer = english_tokens[:, :64], 4
     ref = band_scores(smol, toks, layer)  # float32 model
@@ -58,12 +59,10 @@ def test_bf16_decomposition_error_is_bounded(smol, smol_bf16, english_tokens):
     model_err = (half.per_band - ref.per_band).abs().max().item() / scale
     assert arithmetic < 1e-6
     assert model_err < 0.05
-    # float32 accumulation is never worse than the bf16 model's own scores against the reference
+    # the terms still add up to the bf16 model's own scores (computed in bf16)
     own = _scores(smol_bf16, toks, layer).float()
     mask = ref.causal_mask()
-    ours = (half.scores() - ref.scores())[..., mask].abs().max()
-    theirs = (own - ref.scores())[..., mask].abs().max()
-    assert ours <= theirs + 1e-6
+    assert (half.scores() - own)[..., mask].abs().max() < 0.02 * own[..., mask].abs().max()
 
 
 @pytest.mark.slow
@@ -162,8 +161,100 @@ def peak_rss_of_long_decomposition(n_tokens: int, layer: int = 3, chunk_size: in
 
 
 @pytest.mark.slow
-def test_long_decomposition_memory(smol):
+def test_long_decomposition_memory():
     """Chunked decomposition of 1,536 tokens stays far below 8 GiB (4,096 tokens: see the README)."""
     res = peak_rss_of_long_decomposition(1536, layer=2, chunk_size=256)
     assert res["finite"] and res["tokens"] == 1536
     assert res["peak_rss_gib"] < 8.0
+
+
+# ---- hook hygiene -------------------------------------------------------------------------------------------
+def _context_managers(model, toks):
+    """Every HookSet rope_interp offers, built for ``model`` (name, factory)."""
+    from rope_interp.analyses.heads import OffsetAttention
+    from rope_interp.analyses.massive import MeanAblateDims
+    from rope_interp.interventions import ablate_bands, prope
+    from rope_interp.patching import MaskedBands, PatternDistance
+
+    rb = RotaryBands.from_model(model)
+    q_mask = torch.zeros(1, 1, rb.n_heads, rb.n_bands, dtype=torch.bool)
+    q_mask[..., 0] = True
+    dims = torch.zeros(rb.n_heads, rb.d_head, dtype=torch.bool)
+    dims[:, 1] = True
+    yield "BandCapture", lambda: BandCapture(model, sites=["q", "k", "rot_q", "rot_k", "v"])
+    yield "BandStats", lambda: BandStats(model, sites=["rot_q", "rot_k", "v"])
+    for mode, params in [
+        ("zero", {}),
+        ("mean", {}),
+        ("no_rotation", {}),
+        ("shift", {"delta": 2}),
+        ("scale_freq", {"factor": 2.0}),
+    ]:
+        yield (
+            f"ablate_bands-{mode}",
+            lambda mode=mode, params=params: ablate_bands(model, [0, 1], mode=mode, **params),
+        )
+    yield "prope", lambda: prope(model, 0.5)
+    yield (
+        "composed",
+        lambda: ablate_bands(model, [0], layers=0) + BandCapture(model) + BandStats(model, layers=[1]),
+    )
+    yield "MaskedBands", lambda: MaskedBands(model, 1, q_mask, None)
+    yield "PatternDistance", lambda: PatternDistance(model, 1, PatternDistance.reference(model, toks, 1))
+    yield "MeanAblateDims", lambda: MeanAblateDims(model, {(0, "rot_q"): dims})
+    yield "OffsetAttention", lambda: OffsetAttention(model, [0, 1])
+
+
+def _live_hooks(model) -> int:
+    return sum(len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in model.hook_dict.values())
+
+
+class _Boom(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("make", [tiny_model, tiny_bridge], ids=["hooked", "bridge"])
+def test_every_context_manager_cleans_up_on_error(make):
+    model = make()
+    toks = torch.randint(3, 50, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(toks)
+    level = model.context_level
+    names = []
+    for name, build in _context_managers(model, toks):
+        names.append(name)
+        cm = build()
+        with pytest.raises(_Boom), torch.no_grad():
+            with cm:
+                assert _live_hooks(model) > 0, name
+                model(toks)
+                raise _Boom(name)
+        assert _live_hooks(model) == 0, name
+        assert model.context_level == level, name
+        with torch.no_grad():
+            assert torch.equal(model(toks), before), name
+        # the same object is reusable after the error, and as a plain fwd_hooks list
+        with torch.no_grad():
+            model.run_with_hooks(toks, fwd_hooks=cm.fwd_hooks())
+        assert _live_hooks(model) == 0, name
+    assert len(names) == 13
+
+
+@pytest.mark.parametrize("make", [tiny_model, tiny_bridge], ids=["hooked", "bridge"])
+def test_functions_clean_up_when_the_forward_fails(make):
+    """Functions that hook internally leave nothing behind when the model raises mid-forward."""
+    model = make()
+    toks = torch.randint(3, 50, (1, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(toks)
+    bad = toks.clone()
+    bad[0, 3] = 10**6  # out of the vocabulary: the embedding raises inside the forward
+    with pytest.raises((IndexError, RuntimeError)):
+        band_scores(model, bad, 1)
+    with pytest.raises((IndexError, RuntimeError)):
+        BandStats(model).update(bad)
+    with pytest.raises((IndexError, RuntimeError)):
+        list(iter_band_scores(model, bad, 0, chunk_size=4))
+    assert _live_hooks(model) == 0
+    with torch.no_grad():
+        assert torch.equal(model(toks), before)
