@@ -7,6 +7,7 @@ Layers of the package: ``bands`` (pure band maths) → ``spec`` (a model's layou
 
 from . import analyses, data
 from .bands import band_dims, band_norms, band_view, from_bands, pass_view, rotate
+from .bridge import BridgeRotaryHooksError
 from .capture import BandActivation, BandCapture, BandStats, band_hooks
 from .decompose import BandScores, band_score_terms, band_scores, iter_band_scores
 from .errors import ContextLengthError, LayerError, ModelNotAvailableError, NotRotaryError, RopeInterpError
@@ -41,6 +42,7 @@ __all__ = [
     "BandIntervention",
     "BandScores",
     "BandStats",
+    "BridgeRotaryHooksError",
     "ContextLengthError",
     "LayerError",
     "MaskedBands",

