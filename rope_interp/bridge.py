@@ -180,6 +180,25 @@ def rotary_tables(
     return _layout(model, sin).double().cpu(), _layout(model, cos).double().cpu()
 
 
+def table_angles(
+    cos: Float[Tensor, "*batch pos width"],
+    sin: Float[Tensor, "*batch pos width"],
+    n_bands: int,
+    dtype: torch.dtype,
+) -> Float[Tensor, "*batch pos n_bands"]:
+    """Each band's angle ``theta_i * m`` (wrapped to ``(-pi, pi]``) from the tables ``hook_cos``/``hook_sin`` carry.
+
+    Those are the HF tables before the bridge lays them out, and their column ``i`` is band
+    ``i`` in every pairing the bridge applies (half-duplicated Llama/NeoX halves, GPT-OSS
+    half-width tables, GLM adjacent pairs, partial rotary). The amplitude (YaRN) cancels.
+
+    >>> cos, sin = _hf_tables(tiny_bridge("llama"), 0, 3, torch.float64)
+    >>> table_angles(cos, sin, 4, torch.float64)[:, :2].round(decimals=6).tolist()
+    [[0.0, 0.0], [1.0, 0.1], [2.0, 0.2]]
+    """
+    return torch.atan2(sin[..., :n_bands].to(dtype), cos[..., :n_bands].to(dtype))
+
+
 def attn_scale(model: Any, layer: int) -> float:
     """Divisor of ``q·k``: the bridge computes ``q·k * hf_attn.scaling`` (default ``d_head**-0.5``)."""
     attn = hf_attention(model, layer)

@@ -34,6 +34,22 @@ def attn_hook(layer: int, site: Site) -> str:
     return f"blocks.{int(layer)}.attn.hook_{site}"
 
 
+TableSite = Literal["cos", "sin"]
+
+
+def rotary_table_hook(layer: int, table: TableSite) -> str:
+    """Name of a bridge attention's ``hook_cos``/``hook_sin``: the rotary tables at the true positions.
+
+    Only a ``TransformerBridge`` has them; they fire just before ``hook_rot_q``/``hook_rot_k``.
+
+    >>> rotary_table_hook(0, "cos")
+    'blocks.0.attn.hook_cos'
+    """
+    if table not in ("cos", "sin"):
+        raise ValueError(f"unknown rotary table {table!r}; expected 'cos' or 'sin'")
+    return f"blocks.{int(layer)}.attn.hook_{table}"
+
+
 MLPSite = Literal["pre", "post"]
 
 

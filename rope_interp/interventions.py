@@ -4,7 +4,8 @@ Two layers, as everywhere in rope_interp:
 
 * pure functions on a band view ``[..., pos, head, band, 2]`` (:func:`zero_bands`,
   :func:`mean_bands`, :func:`unrotate_bands`, :func:`shift_bands`,
-  :func:`scale_freq_bands`) that know nothing about TransformerLens;
+  :func:`scale_freq_bands`) that know nothing about TransformerLens, and
+  :func:`positions_from_angles` (integer positions from wrapped rotary angles);
 * :class:`BandIntervention`, a :class:`~rope_interp.hooking.HookSet` that applies one of
   them at ``hook_rot_q`` / ``hook_rot_k`` of chosen layers, heads and bands. The public
   entry points are :func:`ablate_bands` and :func:`prope`.
@@ -21,12 +22,19 @@ Where the modes act (all after rotation, at ``hook_rot_q`` / ``hook_rot_k``):
   (``theta_i * delta``): as if the token sat ``delta`` positions later.
 * ``scale_freq`` — the band turns at ``factor * theta_i``: an extra ``(factor - 1) theta_i m``.
 
-Positions and the KV cache: keys are always rotated at positions ``0 .. n_k - 1``
-(HookedTransformer caches keys *before* rotation and re-rotates all of them every
+Positions and the KV cache. HookedTransformer: keys are always rotated at positions
+``0 .. n_k - 1`` (it caches keys *before* rotation and re-rotates all of them every
 step). Queries sit at ``n_k - n_q .. n_k - 1``; the offset ``n_k - n_q`` is known only
 when ``hook_rot_k`` fires, so the position-dependent query modes (``no_rotation``,
 ``scale_freq``) are written into the query tensor in place at ``hook_rot_k`` of the same
-layer, right before TransformerLens computes the scores. Consequences: generation with
+layer, right before TransformerLens computes the scores. TransformerBridge: it fires
+``hook_rot_k`` *before* its cache update, on the new keys only (cached keys keep the
+intervention they got when computed), so the offset is not in the shapes; instead the
+layer's ``hook_cos``/``hook_sin`` (the rotary tables at the true positions, fired just
+before) are read and :func:`positions_from_angles` turns their angles back into integer
+positions, per batch row, on the device. That is exact for positions below the longest
+wavelength of the layer's rotating bands (checked against ``n_ctx`` when the
+intervention is built). Consequences: generation with
 the cache gives the same tokens as without it for every mode except ``mean`` over
 positions on queries (with the cache a step sees only its new query, whose mean is
 itself — pass a ``reference`` for cache-consistent mean ablation; on keys the mean is
@@ -34,7 +42,8 @@ over all keys so far, as without the cache). A hook of yours at ``hook_rot_q`` t
 reads q sees it before those two modes; one that *replaces* the tensor would hide
 them. Mean over positions is non-causal: earlier positions see a mean that includes
 later tokens. Left-padded batches (an ``attention_mask`` with leading zeros) shift
-positions per row and are not supported by the position-dependent modes.
+positions per row and are not supported by the position-dependent modes on
+HookedTransformer (on a bridge they use whatever positions its tables carry).
 
 Heads under grouped-query attention: ``heads`` are query heads. Keys are shared by a
 group of query heads, so for ``target`` ``"k"``/``"qk"`` the key heads are
@@ -54,10 +63,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from . import adapter
+from . import bridge as _bridge
 from .bands import band_view
 from .errors import RopeInterpError, check_index
 from .hooking import FwdHooks, HookSet
-from .hooks import attn_hook
+from .hooks import attn_hook, rotary_table_hook
 from .spec import RotaryBands
 
 Mode = Literal["zero", "mean", "no_rotation", "shift", "scale_freq"]
@@ -71,6 +81,8 @@ _PARAMS = {
     "shift": ("phase", "delta"),
     "scale_freq": ("factor",),
 }
+ANGLE_TOL = 0.05
+"""Angle error (radians) that :func:`positions_from_angles` tolerates; bf16 tables have ~0.004."""
 
 
 # ---- pure functions on [..., pos, head, band, 2] --------------------------------------------------------
@@ -82,14 +94,59 @@ def _rotate_cs(bands: Tensor, angle: Tensor) -> Tensor:
 
 
 def position_angles(
-    freqs: Float[Tensor, " band"], positions: Float[Tensor, " pos"]
-) -> Float[Tensor, "pos 1 band"]:
-    """``theta_i * m`` shaped to broadcast against ``[..., pos, head, band]``.
+    freqs: Float[Tensor, " band"], positions: Float[Tensor, "*batch pos"]
+) -> Float[Tensor, "*batch pos 1 band"]:
+    """``theta_i * m`` shaped to broadcast against ``[..., pos, head, band]`` (positions per row if 2-D).
 
     >>> position_angles(torch.tensor([1.0, 0.5]), torch.arange(3.0))[:, 0].tolist()
     [[0.0, 0.0], [1.0, 0.5], [2.0, 1.0]]
     """
-    return (positions[:, None] * freqs[None, :])[:, None, :]
+    return (positions[..., None] * freqs)[..., None, :]
+
+
+def _unwrap_chain(freqs: Sequence[float], tol: float) -> list[tuple[int, float]]:
+    """Bands to unwrap through, slowest first: each next band is the fastest one whose turns
+    the current position estimate (error ``tol / f``) still pins to the right cycle."""
+    order = sorted((f, i) for i, f in enumerate(freqs) if f > 0)
+    if not order:
+        raise RopeInterpError("no band rotates, so positions cannot be read from the rotary angles")
+    chain = [order[0]]
+    for k, (f, i) in enumerate(order[1:], 1):
+        last = k == len(order) - 1
+        if last or order[k + 1][0] * tol > chain[-1][0]:  # the next band would be too fast to unwrap
+            if f > chain[-1][0]:
+                chain.append((f, i))
+    return [(i, f) for f, i in chain]
+
+
+def _unwrap(angles: Tensor, chain: list[tuple[int, float]]) -> Tensor:
+    two_pi = 2 * math.pi
+    i, f = chain[0]
+    pos = torch.remainder(angles[..., i], two_pi) / f  # 0 <= theta_min * m < 2 pi
+    for i, f in chain[1:]:
+        phi = angles[..., i]
+        pos = (phi + two_pi * torch.round((f * pos - phi) / two_pi)) / f
+    return torch.round(pos)
+
+
+def positions_from_angles(
+    angles: Float[Tensor, "*batch pos band"], freqs: Float[Tensor, " band"], tol: float = ANGLE_TOL
+) -> Float[Tensor, "*batch pos"]:
+    """Integer positions ``m`` from wrapped angles ``theta_i * m`` (mod ``2 pi``) of every band.
+
+    Unwraps from the slowest band (assumed within its first turn) up to the fastest, each
+    step fixing the turn count of a faster band; exact for ``0 <= m < 2 pi / min(theta)``
+    and angle errors below ``tol`` radians (bf16 tables: ~0.004). Bands with
+    ``theta <= 0`` are ignored. ``freqs`` is read on the host once; the rest stays on
+    ``angles``' device.
+
+    >>> f = torch.tensor([1.0, 0.1, 0.01, 0.001], dtype=torch.float64)
+    >>> m = torch.tensor([0.0, 7.0, 1234.0, 6000.0], dtype=torch.float64)
+    >>> ang = torch.atan2(torch.sin(m[:, None] * f), torch.cos(m[:, None] * f))
+    >>> positions_from_angles(ang, f).tolist()
+    [0.0, 7.0, 1234.0, 6000.0]
+    """
+    return _unwrap(angles, _unwrap_chain(freqs.tolist(), tol))
 
 
 def zero_bands(bands: Float[Tensor, "... band 2"]) -> Float[Tensor, "... band 2"]:
@@ -210,6 +267,12 @@ class BandIntervention(HookSet):
         }
         self._pending: dict[int, Tensor] = {}
         self._init_params(params)
+        # bridge: positions read from hook_cos/hook_sin (see the module docstring)
+        self._from_tables = self._alpha is not None and adapter.is_bridge(model)
+        self._positions: dict[int, Tensor] = {}
+        self._cos: dict[int, Tensor] = {}
+        if self._from_tables:
+            self._init_unwrap()
 
     # ---- setup -------------------------------------------------------------------------------------------
     def _resolve_heads(self, heads, kv_heads) -> tuple[list[int] | None, list[int] | None]:
@@ -270,6 +333,18 @@ class BandIntervention(HookSet):
         elif self.mode == "mean" and params.get("reference") is not None:
             self._init_reference(params["reference"])
 
+    def _init_unwrap(self) -> None:
+        spec = self.spec
+        self._chain = {L: _unwrap_chain(spec.freqs[L].tolist(), ANGLE_TOL) for L in self.layers}
+        for L, chain in self._chain.items():
+            reach = 2 * math.pi / chain[0][1]
+            if reach < spec.n_ctx:
+                raise RopeInterpError(
+                    f"mode {self.mode!r} on a TransformerBridge reads positions from layer {L}'s rotary tables, "
+                    f"which repeat every {reach:.0f} tokens (< n_ctx={spec.n_ctx}); load the model as a "
+                    "HookedTransformer for this intervention"
+                )
+
     def _init_reference(self, ref: Any) -> None:
         from .capture import BandStats
 
@@ -313,7 +388,7 @@ class BandIntervention(HookSet):
     # ---- application ----------------------------------------------------------------------------------------
     @property
     def _q_deferred(self) -> bool:
-        return self._alpha is not None
+        return self._alpha is not None and not self._from_tables
 
     def _select(self, v: Tensor, side: str) -> Tensor:
         h = self._head_idx[side]
@@ -328,27 +403,50 @@ class BandIntervention(HookSet):
         else:
             v[:, :, h[:, None], self._band_idx[None, :]] = new
 
-    def _transform(self, x: Tensor, layer: int, side: str, start: int) -> Tensor:
+    def _transform(self, x: Tensor, layer: int, side: str, pos: Tensor | None) -> Tensor:
         if self.mode == "zero":
             return zero_bands(x)
         if self.mode == "mean":
             return mean_bands(x, self._reference.get((layer, side)))
         if self._phase is not None:
             return _rotate_cs(x, self._phase[layer])
-        assert self._alpha is not None
-        adt = self._alpha[layer].dtype
-        pos = torch.arange(start, start + x.shape[1], device=x.device, dtype=adt)
+        assert self._alpha is not None and pos is not None
         return _rotate_cs(x, position_angles(self._alpha[layer], pos))
 
-    def _apply(self, act: Tensor, layer: int, side: str, start: int) -> None:
+    def _apply(self, act: Tensor, layer: int, side: str, start: int = 0, pos: Tensor | None = None) -> None:
+        """``pos``: positions ``[pos]`` or ``[batch, pos]``; default ``start .. start + n - 1``."""
+        if pos is None and self._alpha is not None:
+            pos = torch.arange(start, start + act.shape[1], device=act.device, dtype=self._alpha[layer].dtype)
         v = band_view(act, self.spec.rotary_dim, self.spec.adjacent_pairs)
-        self._write(v, side, self._transform(self._select(v, side), layer, side, start))
+        self._write(v, side, self._transform(self._select(v, side), layer, side, pos))
+
+    def _table_positions(self, layer: int, last: bool) -> Tensor:
+        pos = self._positions.pop(layer, None) if last else self._positions.get(layer)
+        if pos is None:
+            raise RopeInterpError(
+                f"hook_cos/hook_sin of layer {layer} did not fire before its rot hooks in this forward, so mode "
+                f"{self.mode!r} cannot find the positions on this bridge; load the model as a HookedTransformer"
+            )
+        return pos
+
+    def _hook_cos(self, act: Tensor, hook: Any, layer: int) -> Tensor:
+        self._cos[layer] = act
+        return act
+
+    def _hook_sin(self, act: Tensor, hook: Any, layer: int) -> Tensor:
+        cos = self._cos.pop(layer)
+        assert self._alpha is not None
+        ang = _bridge.table_angles(cos, act, self.spec.n_bands, self._alpha[layer].dtype)
+        self._positions[layer] = _unwrap(ang, self._chain[layer])  # [batch or 1, pos], on the device
+        return act
 
     def _hook_q(self, act: Tensor, hook: Any, layer: int) -> Tensor:
         if self._q_deferred:
             self._pending[layer] = act  # written at hook_rot_k, once the cache offset is known
+        elif self._from_tables:
+            self._apply(act, layer, "q", pos=self._table_positions(layer, last="k" not in self.target))
         else:
-            self._apply(act, layer, "q", 0)
+            self._apply(act, layer, "q")
         return act
 
     def _hook_k(self, act: Tensor, hook: Any, layer: int) -> Tensor:
@@ -356,7 +454,8 @@ class BandIntervention(HookSet):
         if q is not None:
             self._apply(q, layer, "q", act.shape[1] - q.shape[1])
         if "k" in self.target:
-            self._apply(act, layer, "k", 0)
+            pos = self._table_positions(layer, last=True) if self._from_tables else None
+            self._apply(act, layer, "k", pos=pos)
         return act
 
     def fwd_hooks(self) -> FwdHooks:
@@ -364,6 +463,9 @@ class BandIntervention(HookSet):
             return []
         hooks: FwdHooks = []
         for L in self.layers:
+            if self._from_tables:
+                hooks.append((rotary_table_hook(L, "cos"), lambda a, hook, L=L: self._hook_cos(a, hook, L)))
+                hooks.append((rotary_table_hook(L, "sin"), lambda a, hook, L=L: self._hook_sin(a, hook, L)))
             if "q" in self.target:
                 hooks.append((attn_hook(L, "rot_q"), lambda a, hook, L=L: self._hook_q(a, hook, L)))
             if "k" in self.target or ("q" in self.target and self._q_deferred):
@@ -372,6 +474,8 @@ class BandIntervention(HookSet):
 
     def __exit__(self, *exc: Any) -> None:
         self._pending.clear()
+        self._positions.clear()
+        self._cos.clear()
         super().__exit__(*exc)
 
     def __repr__(self) -> str:

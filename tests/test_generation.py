@@ -2,7 +2,8 @@
 
 HookedTransformer caches keys *before* rotation and re-rotates every key at each step
 (``hook_rot_k`` sees all keys); the bridge caches keys *after* rotation (``hook_rot_k``
-sees only the new key, and the cached ones keep the intervention they got when computed).
+sees only the new key, and the cached ones keep the intervention they got when computed),
+so the position-dependent modes read the true positions from ``hook_cos``/``hook_sin``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 
 from rope_interp.bridge import tiny_bridge
 from rope_interp.capture import BandStats
-from rope_interp.interventions import ablate_bands
+from rope_interp.interventions import ablate_bands, positions_from_angles, prope
 from rope_interp.testing import tiny_model
 
 N_NEW = 20
@@ -24,8 +25,8 @@ COMMON = [
     ("shift", {"delta": 5}),
     ("mean", {"reference": "stats"}),
 ]
-# position-dependent modes: consistent where hook_rot_k sees every key (HookedTransformer)
-POSITIONAL = [("no_rotation", {}), ("scale_freq", {"factor": 0.5})]
+# position-dependent modes: positions from the cache offset (HookedTransformer) or hook_cos/hook_sin (bridge)
+POSITIONAL = [("no_rotation", {}), ("scale_freq", {"factor": 0.5}), ("prope", {"p": 0.25})]
 
 
 def _generate(model, tokens, cache: bool, intervention=None):
@@ -40,6 +41,8 @@ def _generate(model, tokens, cache: bool, intervention=None):
 
 
 def _ablation(model, tokens, mode, params, **sel):
+    if mode == "prope":
+        return prope(model, **params, **sel)
     if params.get("reference") == "stats":
         params = {"reference": BandStats(model, sites=["rot_q", "rot_k"]).update(tokens)}
     return ablate_bands(model, sel.pop("bands", None), mode=mode, **sel, **params)
@@ -83,11 +86,26 @@ def test_tiny_cache_consistent(tiny_pair, kind, mode, params):
     _check(models[kind], toks, mode, params)
 
 
+@pytest.mark.parametrize("kind", ["hooked", "bridge"])
 @pytest.mark.parametrize("mode,params", POSITIONAL, ids=[m for m, _ in POSITIONAL])
-def test_tiny_hooked_positional_modes_cache_consistent(tiny_pair, mode, params):
+def test_tiny_positional_modes_cache_consistent(tiny_pair, kind, mode, params):
     models, toks = tiny_pair
-    cached = _check(models["hooked"], toks, mode, params)
-    assert not torch.equal(_generate(models["hooked"], toks, True), cached)  # it changes the continuation
+    cached = _check(models[kind], toks, mode, params)
+    assert not torch.equal(_generate(models[kind], toks, True), cached)  # it changes the continuation
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_positions_from_angles_exact_on_rounded_tables(seed):
+    """Integer positions come back exactly from bf16-rounded (cos, sin) tables, up to the longest wavelength."""
+    g = torch.Generator().manual_seed(seed)
+    n_bands = int(torch.randint(4, 65, (), generator=g))
+    base = float(10 ** (3 + 4 * torch.rand((), generator=g)))
+    scale = float(torch.randint(1, 9, (), generator=g))  # linear position scaling
+    freqs = base ** -(torch.arange(n_bands, dtype=torch.float64) / n_bands) / scale
+    pos = torch.randint(0, int(min(2 * torch.pi / freqs[-1], 2**20)), (3, 50), generator=g).double()
+    angle = (pos[..., None] * freqs.float()).float()  # as HF computes it: float32
+    cos, sin = angle.cos().bfloat16().double(), angle.sin().bfloat16().double()
+    assert torch.equal(positions_from_angles(torch.atan2(sin, cos), freqs), pos)
 
 
 @pytest.mark.slow
