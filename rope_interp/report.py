@@ -2,7 +2,9 @@
 
 ``rope-interp report --out DIR`` (embedded SmolLM2-135M and the bundled corpus by
 default) writes ``DIR/report.html`` plus the raw tables as CSV and a JSON summary.
-Sections: the band table; frequency usage (Barbero et al.); positional heads with
+By default it reads the first 2,048 tokens (``--max-tokens`` for more) so that it
+finishes in minutes on a 2-core CPU; spectra default to the first, middle and last
+layers. Sections: the band table; frequency usage (Barbero et al.); positional heads with
 their band attribution and ablation check; sink channels; rotary offset features
 against the bound (Jonasson; the bound is our derivation); massive values and
 their mean-ablation (Jin et al.); spectra and phase alignment (Ruscio et al.); and
@@ -30,8 +32,9 @@ class ReportConfig:
     """What the report analyses. ``quick`` trims tokens and layers for a fast smoke run."""
 
     window: int = 512
-    max_tokens: int | None = None
+    max_tokens: int | None = 2048
     layers: list[int] | None = None
+    spectra_layers: list[int] | None = None
     view_tokens: int = 96
     n_view_bands: int = 8
     sections: tuple[str, ...] = SECTIONS
@@ -81,54 +84,87 @@ def build_report(model: Any, tokens: torch.Tensor, out: Path, cfg: ReportConfig,
         df = spec.to_dataframe(0, context_length=n_tok)
         df.to_csv(out / "bands.csv")
         sections.append(("Rotary bands", _p(spec.describe())))
-        sections.append((None, df.style.format(precision=4)))
+        sections.append((None, df.style.format("{:.4g}")))
 
     def usage() -> None:
         res = A.frequency_usage(model, tokens, **kw)
         table("usage", res)
         ratio = res.low_high_ratio("q")
         summary["usage_low_high_ratio_q"] = [round(float(r), 3) for r in ratio]
-        sections.append(("Frequency usage (Barbero et al.)", _p(
-            "Mean band norm of queries, keys and (control) values per layer and band, averaged over heads. "
-            "Values are not rotated by RoPE: a band pattern in q/k that v lacks is RoPE's doing.")))
+        sections.append(
+            (
+                "Frequency usage (Barbero et al.)",
+                _p(
+                    "Mean band norm of queries, keys and (control) values per layer and band, averaged over heads. "
+                    "Values are not rotated by RoPE: a band pattern in q/k that v lacks is RoPE's doing."
+                ),
+            )
+        )
         sections.append((None, _close(res.plot())))
 
     def heads() -> None:
-        res = A.positional_heads(model, tokens, **kw)
+        res = A.positional_heads(model, tokens, causal_windows=1, **kw)
         df = table("positional_heads", res)
         summary["positional_heads"] = [list(map(float, f)) for f in res.found()][:20]
-        sections.append(("Positional heads", _p(
-            "Diagonal (offset 0) and previous-token (offset 1) heads: mean attention on that offset, the share "
-            "of the score margin built by the highest- vs lowest-frequency bands (exact decomposition), and how "
-            "much of the pattern survives zeroing the top-k highest vs bottom-k lowest bands in that head.")))
+        sections.append(
+            (
+                "Positional heads",
+                _p(
+                    "Diagonal (offset 0) and previous-token (offset 1) heads: mean attention on that offset, the share "
+                    "of the score margin built by the highest- vs lowest-frequency bands (exact decomposition), and how "
+                    "much of the pattern survives zeroing the top-k highest vs bottom-k lowest bands in that head."
+                ),
+            )
+        )
         sections.append((None, _close(res.plot())))
-        sections.append((None, df.head(30)))
+        sections.append((None, df.sort_values("score", ascending=False).head(15)))
 
     def sinks() -> None:
         res = A.sink_channels(model, tokens, **kw)
         df = table("sinks", res)
-        sections.append(("Sink / semantic channels", _p(
-            "Per head, the low-frequency bands whose score term separates the first (BOS) key from the others; "
-            "observed terms against the Cauchy-Schwarz bound |q_i||k_i|/scale.")))
+        sections.append(
+            (
+                "Sink / semantic channels",
+                _p(
+                    "Per head, the low-frequency bands whose score term separates the first (BOS) key from the others; "
+                    "observed terms against the Cauchy-Schwarz bound |q_i||k_i|/scale."
+                ),
+            )
+        )
         sections.append((None, _close(res.plot())))
-        sections.append((None, df.head(20)))
+        sep = (df.bos_term - df.other_term).abs()
+        sections.append((None, df.assign(separation=sep).sort_values("separation", ascending=False).head(15)))
 
     def offsets() -> None:
-        res = A.offset_features(model, tokens, **kw)
-        df = table("offsets", res)
-        sections.append(("Rotary offset features (Jonasson)", _p(
-            "Bands where q and k have large, consistent mean vectors. Our derivation: band i keeps one sign of "
-            "its contribution for every causal offset only if theta_i (L-1) < pi, and then only for q-k angles "
-            "inside an interval of width pi - theta_i (L-1). Predicted bands are compared with observed ones.")))
+        L = min(2048, spec.n_ctx)
+        res = A.offset_features(model, tokens, context_length=L, **kw)
+        table("offsets", res)
+        sections.append(
+            (
+                "Rotary offset features (Jonasson)",
+                _p(
+                    "Bands where q and k have large, consistent mean vectors. Our derivation: band i keeps one sign of "
+                    "its contribution for every causal offset only if theta_i (L-1) < pi, and then only for q-k angles "
+                    f"inside an interval of width pi - theta_i (L-1). Predicted bands (here L = {L}) are compared with the "
+                    "observed ones, per band over all analysed layers and heads."
+                ),
+            )
+        )
         sections.append((None, _close(res.plot())))
-        sections.append((None, df.head(30)))
+        sections.append((None, res.table()))
 
     def massive() -> None:
         found = A.massive_values(model, tokens, **kw)
         table("massive", found)
-        sections.append(("Massive values (Jin et al.)", _p(
-            "M[h, d] = L2 norm over the sequence of post-RoPE q/k; massive if M > 5 mean(M). Then the loss with "
-            "those dims mean-ablated against matched controls of as many non-massive dims.")))
+        sections.append(
+            (
+                "Massive values (Jin et al.)",
+                _p(
+                    "M[h, d] = L2 norm over the sequence of post-RoPE q/k; massive if M > 5 mean(M). Then the loss with "
+                    "those dims mean-ablated against matched controls of as many non-massive dims."
+                ),
+            )
+        )
         sections.append((None, _close(found.plot())))
         abl = A.massive_ablation(model, tokens, found, window=cfg.window, progress=cfg.progress)
         table("massive_ablation", abl)
@@ -136,13 +172,25 @@ def build_report(model: Any, tokens: torch.Tensor, out: Path, cfg: ReportConfig,
         sections.append((None, abl.to_dataframe()))
 
     def spectra() -> None:
-        sections.append(("Spectra (Ruscio et al.)", _p(
-            "Power spectra over positions of band trajectories, attention rows (energy in the low/mid/high "
-            "thirds of Nyquist; positional vs spectral entropy) and MLP activations (harmonics at integer "
-            "multiples of band frequencies); phase alignment of q and k per band against attention sharpness.")))
-        for name, fn in (("band_spectra", A.band_spectra), ("attention_spectra", A.attention_spectra),
-                         ("mlp_spectra", A.mlp_spectra), ("phase_alignment", A.phase_alignment)):
-            res = fn(model, tokens, **kw)
+        sections.append(
+            (
+                "Spectra (Ruscio et al.)",
+                _p(
+                    "Power spectra over positions of band trajectories, attention rows (energy in the low/mid/high "
+                    "thirds of Nyquist; positional vs spectral entropy) and MLP activations (harmonics at integer "
+                    "multiples of band frequencies); phase alignment of q and k per band against attention sharpness."
+                ),
+            )
+        )
+        n = spec.n_layers
+        spectra_kw = dict(kw, layers=cfg.spectra_layers or cfg.layers or sorted({0, n // 2, n - 1}))
+        for name, fn in (
+            ("band_spectra", A.band_spectra),
+            ("attention_spectra", A.attention_spectra),
+            ("mlp_spectra", A.mlp_spectra),
+            ("phase_alignment", A.phase_alignment),
+        ):
+            res = fn(model, tokens, **spectra_kw)
             if hasattr(res, "to_dataframe"):
                 table(name, res)
             sections.append((None, _close(res.plot())))
@@ -152,19 +200,32 @@ def build_report(model: Any, tokens: torch.Tensor, out: Path, cfg: ReportConfig,
         top, bottom = list(range(nb)), list(range(spec.n_bands - nb, spec.n_bands))
         layer = _view_layer(summary, spec.n_layers, cfg.layers)
         view_tokens = tokens[:, : cfg.view_tokens]
-        sections.append(("Interactive attention: top-band vs bottom-band ablation", _p(
-            f"Layer {layer}: clean attention, the pattern with the {nb} highest-frequency bands (left) or the "
-            f"{nb} lowest (right) removed from this layer's scores, and the full model under a q/k zero-ablation "
-            "of those bands in every layer; blue = more attention than clean, red = less.")))
+        sections.append(
+            (
+                "Interactive attention: top-band vs bottom-band ablation",
+                _p(
+                    f"Layer {layer}: clean attention, the pattern with the {nb} highest-frequency bands (left) or the "
+                    f"{nb} lowest (right) removed from this layer's scores, and the full model under a q/k zero-ablation "
+                    "of those bands in every layer; blue = more attention than clean, red = less."
+                ),
+            )
+        )
         for label, bset in (("highest", top), ("lowest", bottom)):
             hooks = ablate_bands(model, bset, target="qk", mode="zero")
-            v = ablation_view(model, view_tokens, layer, bset, hooks=hooks,
-                              hooks_label=f"all layers, {label} bands zeroed")
+            v = ablation_view(
+                model, view_tokens, layer, bset, hooks=hooks, hooks_label=f"all layers, {label} bands zeroed"
+            )
             sections.append((f"Layer {layer}, {nb} {label}-frequency bands removed", v))
 
     steps: dict[str, Callable[[], None]] = dict(
-        bands=bands, usage=usage, heads=heads, sinks=sinks, offsets=offsets, massive=massive,
-        spectra=spectra, views=views,
+        bands=bands,
+        usage=usage,
+        heads=heads,
+        sinks=sinks,
+        offsets=offsets,
+        massive=massive,
+        spectra=spectra,
+        views=views,
     )
     bar = tqdm([s for s in SECTIONS if s in cfg.sections], desc="report", disable=not cfg.progress)
     for name in bar:
@@ -195,14 +256,25 @@ def _view_layer(summary: dict, n_layers: int, layers: list[int] | None) -> int:
 # ---- CLI ---------------------------------------------------------------------------------------------
 def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "report", parents=parents, help="the full HTML report (the main job)",
+        "report",
+        parents=parents,
+        help="the full HTML report (the main job)",
         description="Run every analysis and write one offline HTML report (embedded SmolLM2 + bundled corpus "
         "by default). Example: rope-interp report --out report/",
     )
     p.add_argument("--layers", type=int, nargs="*", default=None, help="layers to analyse (default: all)")
     p.add_argument("--window", type=int, default=512, help="tokens per analysis window (default %(default)s)")
-    p.add_argument("--sections", nargs="*", default=list(SECTIONS), choices=SECTIONS, help="sections to include")
+    p.add_argument(
+        "--sections", nargs="*", default=list(SECTIONS), choices=SECTIONS, help="sections to include"
+    )
     p.add_argument("--quick", action="store_true", help="a fast smoke run: 256 tokens, 4 layers")
+    p.add_argument(
+        "--spectra-layers",
+        type=int,
+        nargs="*",
+        default=None,
+        help="layers for the spectral section (default: first, middle, last)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=_cmd_report)
 
@@ -212,8 +284,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     model = load_from_args(args)
     tokens = tokens_from_args(model, args)
-    cfg = ReportConfig(window=args.window, layers=args.layers, sections=tuple(args.sections),
-                       progress=not args.no_progress, quick=args.quick)
+    cfg = ReportConfig(
+        window=args.window,
+        layers=args.layers,
+        sections=tuple(args.sections),
+        progress=not args.no_progress,
+        quick=args.quick,
+        spectra_layers=args.spectra_layers,
+    )
+    if args.max_tokens:
+        cfg.max_tokens = args.max_tokens
     if args.quick:
         cfg.max_tokens = args.max_tokens or 256
         cfg.window = min(cfg.window, 256)
