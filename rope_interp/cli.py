@@ -152,9 +152,10 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         share = bs.mean_abs().mean(0)
         share = share / share.sum()
         top = torch.argsort(share, descending=True)[:5].tolist()
-        lo, hi = share[: spec.n_bands // 4].sum().item(), share[-(spec.n_bands // 4) :].sum().item()
+        q = spec.n_bands // 4
+        high_freq, low_freq = share[:q].sum().item(), share[-q:].sum().item()
         print(
-            f"layer {layer:3d}: top bands {top}  highest-quarter share {lo:.2f}  lowest-quarter share {hi:.2f}"
+            f"layer {layer:3d}: top bands {top}  highest-quarter share {high_freq:.2f}  lowest-quarter share {low_freq:.2f}"
         )
         result[layer] = share.tolist()
     if args.out:
