@@ -13,7 +13,9 @@ SCRIPTS = Path(__file__).parent.parent / "scripts"
 
 def _run(args, cwd):
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 
@@ -29,7 +31,9 @@ def test_prope_sweep(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script,stem", [("ablation_sweep.py", "ablation"), ("patching_sweep.py", "patching")])
+@pytest.mark.parametrize(
+    "script,stem", [("ablation_sweep.py", "ablation"), ("patching_sweep.py", "patching")]
+)
 def test_sweep_scripts(tmp_path, script, stem):
     _run([str(SCRIPTS / script), "--quick", "--out", str(tmp_path)], tmp_path)
     csv = (tmp_path / f"{stem}.csv").read_text().splitlines()
