@@ -160,9 +160,9 @@ class BandScores:
 def _selection(model: Any, layer: int, heads, bands) -> tuple[RotaryBands, int, list[int], list[int]]:
     adapter.check_decomposable(model)
     spec = RotaryBands.from_model(model)
-    layer = adapter.layers(model, layer)[0] if not isinstance(layer, (list, tuple)) else None
-    if layer is None:
+    if isinstance(layer, (list, tuple)):
         raise TypeError("band_scores takes a single layer (an int)")
+    layer = adapter.layers(model, layer)[0]
     heads = adapter.heads(model, heads)
     bands = list(range(spec.n_bands)) if bands is None else check_index("band", list(bands), spec.n_bands)
     return spec, layer, heads, bands

@@ -191,6 +191,12 @@ def load_hf_from_gguf(path: Path, dtype: torch.dtype = torch.float32):
 
     hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    # The weights are dequantized: drop the quantizer state so converters and save_pretrained
+    # treat it as the plain float model it is (TL refuses "gguf"-quantized checkpoints otherwise).
+    del hf.config.quantization_config
+    hf.hf_quantizer = None
+    hf.is_quantized = False
+    hf.config.architectures = [type(hf).__name__]
     return hf.eval(), tok
 
 
@@ -221,9 +227,6 @@ def _load_gguf(path: Path, device: torch.device, dtype: torch.dtype, cache: bool
         raise ModelNotAvailableError(
             f"GGUF model type {arch!r} is not supported (Llama-architecture models are)"
         )
-    hf.config.quantization_config = None
-    del hf.config.quantization_config
-    hf.config.architectures = [type(hf).__name__]
     with tempfile.TemporaryDirectory() as tmp:
         hf.config.save_pretrained(tmp)
         model = _hooked_from_hf(hf, tok, Path(tmp), device, dtype)
@@ -296,11 +299,6 @@ def _hf_from_gguf_cached(path: Path, label: str, cache: bool):
         except Exception as err:  # a stale or partial cache: rebuild it
             log.warning("ignoring unreadable rope_interp cache %s (%s)", target, err)
     hf, tok = load_hf_from_gguf(path, dtype=torch.float32)
-    hf.config.quantization_config = None
-    del hf.config.quantization_config
-    hf.hf_quantizer = None  # the weights are dequantized: a plain float32 model from here on
-    hf.is_quantized = False
-    hf.config.architectures = [type(hf).__name__]
     if cache:
         try:
             tmp = target.with_name("hf.tmp")

@@ -18,7 +18,7 @@ import html
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,6 @@ class ReportConfig:
     sections: tuple[str, ...] = SECTIONS
     progress: bool = True
     quick: bool = False
-    summary: dict = field(default_factory=dict)
 
 
 def _p(text: str) -> str:

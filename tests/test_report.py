@@ -44,7 +44,8 @@ def test_quick_report_has_every_section_and_labelled_figures(tmp_path, monkeypat
         axes = [ax for ax in fig.axes if ax.has_data() and not _is_colorbar(ax)]
         assert axes
         for ax in axes:
-            title = ax.get_title() or fig._suptitle.get_text() if fig._suptitle else ax.get_title()
+            suptitle = fig._suptitle.get_text() if fig._suptitle else ""
+            title = ax.get_title() or suptitle
             assert title, f"untitled axes in {fig}"
             assert ax.get_xlabel() and ax.get_ylabel(), f"unlabelled axes {title!r}"
     summary = (tmp_path / "summary.json").read_text()
