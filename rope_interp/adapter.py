@@ -93,18 +93,14 @@ def layers(model: Any, layers: int | Sequence[int] | None) -> list[int]:
     n = n_layers(model)
     if layers is None:
         return list(range(n))
-    if isinstance(layers, int) or (isinstance(layers, Tensor) and layers.ndim == 0):
-        layers = [int(layers)]
-    return check_index("layer", list(layers), n)
+    return check_index("layer", layers, n)
 
 
 def heads(model: Any, heads: int | Sequence[int] | None) -> list[int]:
     n = n_heads(model)
     if heads is None:
         return list(range(n))
-    if isinstance(heads, int):
-        heads = [heads]
-    return check_index("head", list(heads), n)
+    return check_index("head", heads, n)
 
 
 def attn(model: Any, layer: int) -> Any:

@@ -116,8 +116,8 @@ class BandCapture(HookSet):
         self.spec = RotaryBands.from_model(model)
         self.layers = adapter.layers(model, layers)
         self.sites = _check_sites(sites)
-        self.heads = None if heads is None else check_index("head", list(heads), self.spec.n_heads)
-        self.bands_sel = None if bands is None else check_index("band", list(bands), self.spec.n_bands)
+        self.heads = None if heads is None else check_index("head", heads, self.spec.n_heads)
+        self.bands_sel = None if bands is None else check_index("band", bands, self.spec.n_bands)
         self.keep_passthrough = keep_passthrough
         self.store_device = None if store_device is None else torch.device(store_device)
         self._bands: dict[tuple[int, str], Tensor] = {}

@@ -164,7 +164,7 @@ def _selection(model: Any, layer: int, heads, bands) -> tuple[RotaryBands, int, 
         raise TypeError("band_scores takes a single layer (an int)")
     layer = adapter.layers(model, layer)[0]
     heads = adapter.heads(model, heads)
-    bands = list(range(spec.n_bands)) if bands is None else check_index("band", list(bands), spec.n_bands)
+    bands = list(range(spec.n_bands)) if bands is None else check_index("band", bands, spec.n_bands)
     return spec, layer, heads, bands
 
 

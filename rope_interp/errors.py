@@ -27,20 +27,28 @@ class ModelNotAvailableError(RopeInterpError, ImportError):
     """A model that cannot be loaded here (a package or file is missing)."""
 
 
-def check_index(kind: str, values: list[int], size: int, what: str = "the model") -> list[int]:
-    """Validate integer indices (negatives count from the end) and return them normalised.
+class ParameterError(RopeInterpError):
+    """A parameter with a wrong type or value (NaN / inf, a non-integer count, a negative size)."""
+
+
+class TokenError(RopeInterpError):
+    """Token ids that are not valid input for the model (outside its vocabulary, empty, wrong dtype)."""
+
+
+class PaddingError(RopeInterpError):
+    """A padded batch where padding would be counted as real tokens."""
+
+
+class UselessInterventionError(RopeInterpError):
+    """An intervention that provably changes nothing (e.g. the same shift on q and k)."""
+
+
+def check_index(kind: str, values, size: int, what: str = "the model") -> list[int]:
+    """Validate indices (see :func:`rope_interp.validate.indices`) and return them normalised.
 
     >>> check_index("layer", [0, -1], 4)
     [0, 3]
     """
-    out = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, int):
-            try:
-                v = int(v)  # numpy / torch integer scalars
-            except (TypeError, ValueError):
-                raise LayerError(f"{kind} index must be an integer, got {v!r}") from None
-        if not -size <= v < size:
-            raise LayerError(f"{kind} {v} is out of range: {what} has {size} {kind}s (valid: 0..{size - 1})")
-        out.append(v % size)
-    return out
+    from .validate import indices
+
+    return indices(kind, values, size, what)

@@ -253,11 +253,7 @@ class BandIntervention(HookSet):
         self.spec = spec = RotaryBands.from_model(model)
         self.mode, self.target = mode, target
         self.layers = adapter.layers(model, layers)
-        if bands is None:
-            bands = list(range(spec.n_bands))
-        elif isinstance(bands, int):
-            bands = [bands]
-        self.bands = check_index("band", list(bands), spec.n_bands)
+        self.bands = list(range(spec.n_bands)) if bands is None else check_index("band", bands, spec.n_bands)
         self.q_heads, self.k_heads = self._resolve_heads(heads, kv_heads)
         self._dev = dev = adapter.device(model)
         self._band_idx = torch.tensor(self.bands, dtype=torch.long, device=dev)
@@ -279,7 +275,6 @@ class BandIntervention(HookSet):
         spec = self.spec
         q = None if heads is None else adapter.heads(self.model, heads)
         if kv_heads is not None:
-            kv_heads = [kv_heads] if isinstance(kv_heads, int) else list(kv_heads)
             k = check_index("kv head", kv_heads, spec.n_kv_heads)
             if "k" not in self.target:
                 raise RopeInterpError(f"kv_heads only applies to keys, but target={self.target!r}")

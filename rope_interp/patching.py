@@ -67,7 +67,7 @@ def logit_diff(answer: int | Tensor, wrong: int | Tensor, pos: int = -1) -> Metr
 def loss_metric(tokens: Tensor) -> Metric:
     """Metric: mean next-token cross-entropy of ``tokens`` ``[batch, pos]``.
 
-    >>> loss_metric(torch.tensor([[0, 1]]))(torch.zeros(1, 2, 4)).item() == torch.log(torch.tensor(4.0)).item()
+    >>> abs(loss_metric(torch.tensor([[0, 1]]))(torch.zeros(1, 2, 4)).item() - 1.3862944) < 1e-6
     True
     """
 
@@ -259,19 +259,19 @@ class Grid:
             coords["head"] = (
                 list(range(n_head_axis))
                 if heads is None
-                else check_index("head" if target == "q" else "kv head", list(heads), n_head_axis)
+                else check_index("head" if target == "q" else "kv head", heads, n_head_axis)
             )
         elif heads is not None:
             raise RopeInterpError("heads= selects the head axis: add 'head' to per (or leave heads=None)")
         if "band" in dims or bands is not None:
             coords["band"] = (
-                list(range(spec.n_bands)) if bands is None else check_index("band", list(bands), spec.n_bands)
+                list(range(spec.n_bands)) if bands is None else check_index("band", bands, spec.n_bands)
             )
         if "pos" in dims:
             coords["pos"] = (
                 list(range(n_pos))
                 if positions is None
-                else check_index("position", list(positions), n_pos, "the input")
+                else check_index("position", positions, n_pos, "the input")
             )
         elif positions is not None:
             raise RopeInterpError("positions= selects the pos axis: add 'pos' to per")
@@ -478,8 +478,8 @@ def patch_layer_band(model, clean, corrupted, metric, **kwargs) -> SweepResult:
 
     >>> from rope_interp.testing import tiny_model
     >>> m = tiny_model(); t = torch.tensor([[1, 2, 3]])
-    >>> patch_layer_band(m, t, t, logit_diff(1, 2), progress=False).effect.abs().max().item()
-    0.0
+    >>> patch_layer_band(m, t, t, logit_diff(1, 2), progress=False).effect.abs().max().item() < 1e-5
+    True
     """
     return patch_sweep(model, clean, corrupted, metric, ("layer", "band"), **kwargs)
 

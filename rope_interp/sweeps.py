@@ -328,7 +328,7 @@ def ablated_patterns(
         model(tokens, stop_at_layer=L + 1)
     terms, rest = _layer_terms(model, cap, spec, L)
     heads = adapter.heads(model, heads)
-    bands = list(range(spec.n_bands)) if bands is None else check_index("band", list(bands), spec.n_bands)
+    bands = list(range(spec.n_bands)) if bands is None else check_index("band", bands, spec.n_bands)
     terms, rest = terms[:, heads], rest[:, heads]
     others = [i for i in range(spec.n_bands) if i not in set(bands)]
     if others:
@@ -364,7 +364,7 @@ def direct_effect_sweep(
     adapter.check_decomposable(model)
     tokens = adapter.to_tokens(model, tokens)
     layers, heads = adapter.layers(model, layers), adapter.heads(model, heads)
-    bands = list(range(spec.n_bands)) if bands is None else check_index("band", list(bands), spec.n_bands)
+    bands = list(range(spec.n_bands)) if bands is None else check_index("band", bands, spec.n_bands)
     cap = BandCapture(model, layers=layers, keep_passthrough=True)
     with torch.no_grad(), cap:
         model(tokens, stop_at_layer=max(layers) + 1)

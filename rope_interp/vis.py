@@ -179,7 +179,7 @@ def attention_diff(
                 f"Showing the {max_heads} of {n_heads} heads whose pattern changed most "
                 f"(mean |{others[0][0]} − clean|): {', '.join(labels[h] for h in heads)}."
             )
-    heads = check_index("head", list(heads), n_heads, "the patterns")
+    heads = check_index("head", heads, n_heads, "the patterns")
     toks, panels = tokens[window], []
     scales = [max(float(d[heads].abs().max()), 1e-12) for d in diffs]
     for h in heads:
@@ -421,7 +421,7 @@ def ablation_view(
     """
     toks, notices = _crop_tokens(model, tokens, max_tokens)  # causal: patterns of a prefix are exact
     bs = band_scores(model, toks, layer, heads=heads)
-    drop = check_index("band", list(bands), len(bs.bands))  # all bands selected: position == band
+    drop = check_index("band", bands, len(bs.bands))  # all bands selected: position == band
     clean = bs.pattern()
     others = [(f"bands {_ranges(drop)} removed", bs.pattern(drop=drop))]
     if hooks is not None:

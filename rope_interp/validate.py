@@ -1,0 +1,171 @@
+"""One validation layer for every public entry point.
+
+Every user-facing function checks its inputs here and raises a
+:class:`~rope_interp.errors.RopeInterpError` subclass whose message says what was wrong
+and how to fix it. Nothing is coerced in a way that could change its meaning: a float,
+a bool or a string is never read as an index, duplicates are refused where they would
+break an identity, and floats must be finite.
+
+>>> indices("band", [0, -1], 4)
+[0, 3]
+>>> indices("band", range(2), 4)
+[0, 1]
+>>> indices("band", [1.5], 4)
+Traceback (most recent call last):
+...
+rope_interp.errors.LayerError: band index must be an integer (int or integer tensor), got 1.5 (float)
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .errors import LayerError, ParameterError, RopeInterpError, TokenError
+
+
+def _as_int(kind: str, v: Any) -> int:
+    """One index: ``int``, a numpy integer or a 0-d integer tensor; anything else is refused."""
+    if isinstance(v, Tensor):
+        if v.ndim != 0 or v.dtype.is_floating_point or v.dtype.is_complex or v.dtype == torch.bool:
+            raise LayerError(
+                f"{kind} index must be an integer, got a tensor of dtype {v.dtype} and shape {tuple(v.shape)}"
+            )
+        return int(v.item())
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        hint = ""
+        if isinstance(v, str):
+            hint = f"; pass [{v}] or a list of ints, not a string"
+        raise LayerError(
+            f"{kind} index must be an integer (int or integer tensor), got {v!r} ({type(v).__name__}){hint}"
+        )
+    return int(v)
+
+
+def indices(
+    kind: str,
+    values: Any,
+    size: int,
+    what: str = "the model",
+    *,
+    allow_empty: bool = True,
+    duplicates: bool = False,
+) -> list[int]:
+    """Validate one index or a collection of indices; return them as a list of ints in ``0..size-1``.
+
+    ``values``: an int, a sequence / range / set of ints, or an integer tensor or array
+    (0-d or 1-d). Negative indices count from the end. Bools, floats, strings and
+    duplicates (unless ``duplicates=True``) raise :class:`~rope_interp.errors.LayerError`.
+
+    >>> indices("layer", 2, 4)
+    [2]
+    >>> indices("head", torch.tensor([0, 1]), 4)
+    [0, 1]
+    >>> indices("band", [1, 1], 4)
+    Traceback (most recent call last):
+    ...
+    rope_interp.errors.LayerError: band indices must not repeat: [1, 1] lists band 1 more than once
+    """
+    if isinstance(values, (str, bytes)):
+        raise LayerError(
+            f"{kind} indices must be integers, got the string {values!r}; pass a list of ints such as [1, 2]"
+        )
+    if isinstance(values, Tensor) or (hasattr(values, "ndim") and hasattr(values, "dtype")):
+        t = torch.as_tensor(values)
+        if t.ndim > 1:
+            raise LayerError(f"{kind} indices must be a 1-d collection, got shape {tuple(t.shape)}")
+        items: list[Any] = [t] if t.ndim == 0 else list(t.unbind(0))
+    elif isinstance(values, Iterable):
+        items = list(values)
+    else:
+        items = [values]
+    out = []
+    for v in items:
+        i = _as_int(kind, v)
+        if not -size <= i < size:
+            raise LayerError(f"{kind} {i} is out of range: {what} has {size} {kind}s (valid: 0..{size - 1})")
+        out.append(i % size)
+    if not out and not allow_empty:
+        raise LayerError(f"no {kind}s selected: pass at least one {kind} index")
+    if not duplicates and len(set(out)) != len(out):
+        rep = sorted({i for i in out if out.count(i) > 1})
+        raise LayerError(
+            f"{kind} indices must not repeat: {items if len(items) < 20 else out} lists {kind} "
+            f"{', '.join(map(str, rep))} more than once"
+        )
+    return out
+
+
+def finite(name: str, value: Any) -> Any:
+    """Refuse NaN / inf in a float parameter or tensor (returns ``value`` unchanged).
+
+    >>> finite("delta", 3.0)
+    3.0
+    >>> finite("delta", float("nan"))
+    Traceback (most recent call last):
+    ...
+    rope_interp.errors.ParameterError: delta must be a finite number, got nan
+    """
+    if isinstance(value, Tensor):
+        if value.is_floating_point() or value.is_complex():
+            if value.device.type == "meta":
+                return value
+            if not bool(torch.isfinite(value).all()):
+                n = int((~torch.isfinite(value)).sum())
+                raise ParameterError(
+                    f"{name} must be finite: {n} of its {value.numel()} entries are NaN or inf"
+                )
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ParameterError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(float(value)):
+        raise ParameterError(f"{name} must be a finite number, got {value!r}")
+    return value
+
+
+def positive_int(name: str, value: Any, *, allow_none: bool = False, minimum: int = 1) -> int | None:
+    """An integer ``>= minimum`` (bools and floats refused).
+
+    >>> positive_int("window", 512)
+    512
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ParameterError(
+            f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})"
+        )
+    if value < minimum:
+        raise ParameterError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def token_ids(tokens: Tensor, d_vocab: int, what: str = "tokens") -> Tensor:
+    """Refuse token ids outside ``0..d_vocab-1`` (negative ids would silently index from the end).
+
+    >>> token_ids(torch.tensor([[1, 2]]), 10).shape
+    torch.Size([1, 2])
+    """
+    if not isinstance(tokens, Tensor):
+        raise TokenError(f"{what} must be a tensor of token ids, got {type(tokens).__name__}")
+    if tokens.dtype.is_floating_point or tokens.dtype == torch.bool or tokens.dtype.is_complex:
+        raise TokenError(f"{what} must be an integer tensor of token ids, got dtype {tokens.dtype}")
+    if tokens.numel() == 0:
+        raise TokenError(f"{what} is empty (shape {tuple(tokens.shape)}): pass at least one token")
+    if tokens.device.type != "meta":
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= d_vocab:
+            bad = lo if lo < 0 else hi
+            raise TokenError(
+                f"{what} holds token id {bad}, outside the model's vocabulary 0..{d_vocab - 1}; "
+                "tokenize with the model's own tokenizer (model.to_tokens)"
+            )
+    return tokens
+
+
+__all__ = ["RopeInterpError", "finite", "indices", "positive_int", "token_ids"]
