@@ -86,6 +86,9 @@ def check_rot_hooks(model: Any) -> None:
     ...
     rope_interp.bridge.BridgeRotaryHooksError: this TransformerBridge (GPTJForCausalLM, ...) never fires ...
     """
+    from .compat import warn_known_breaks
+
+    warn_known_breaks(bridge=True)
     silent = [i for i in range(len(model.blocks)) if not fires_rot_hooks(model, i)]
     if silent:
         arch = getattr(model.cfg, "architecture", None) or type(hf_attention(model, silent[0])).__name__
