@@ -126,6 +126,16 @@ def load_model(
     return HookedTransformer.from_pretrained(name, device=device, dtype=dtype, **kwargs)
 
 
+def _quiet_to(model: Any, device: torch.device) -> Any:
+    """``model.to(device).eval()`` without TransformerLens' "Moving model to device" print."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = model.to(device)
+    return model.eval()
+
+
 def has_hooked_transformer() -> bool:
     """True when the installed TransformerLens provides ``HookedTransformer`` (3.x)."""
     try:
@@ -253,7 +263,7 @@ def _hooked_from_hf(hf_model: Any, tokenizer: Any, device: torch.device, dtype: 
         fold_value_biases=False,
         refactor_factored_attn_matrices=False,
     )
-    return model.to(device).eval()
+    return _quiet_to(model, device)
 
 
 def load_hf_from_gguf(path: Path, dtype: torch.dtype = torch.float32):
@@ -290,7 +300,7 @@ def _load_gguf(path: Path, device: torch.device, dtype: torch.dtype, cache: bool
             tok = AutoTokenizer.from_pretrained(str(target / "tokenizer"))
             model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
             model.load_state_dict(blob["state_dict"])
-            return model.to(device).eval()
+            return _quiet_to(model, device)
         except Exception as err:  # a stale or partial cache: rebuild it
             log.warning("ignoring unreadable rope_interp cache %s (%s)", weights, err)
 
