@@ -119,7 +119,7 @@ def tiny_hf_dir(path: Any, *, n_layers: int = 2, n_ctx: int = 128, seed: int = 0
     >>> d = tiny_hf_dir(tempfile.mkdtemp() + "/tiny")
     >>> model = load_model(str(d))
     >>> model.to_tokens("the capital of france is paris").tolist()
-    [[1, 4, 24, 5, 25, 10, 26]]
+    [[1, 4, 30, 6, 31, 10, 32]]
     """
     from pathlib import Path
 
