@@ -65,7 +65,8 @@ def tiny_model(
 ):
     """A small random rotary ``HookedTransformer`` (float32, CPU, eval mode).
 
-    ``cfg_kwargs`` go straight to ``HookedTransformerConfig`` (e.g. scaling options).
+    ``cfg_kwargs`` go straight to ``HookedTransformerConfig`` (e.g. scaling options;
+    ``positional_embedding_type="standard"`` builds a non-rotary model, for error tests).
     """
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -80,7 +81,7 @@ def tiny_model(
         d_vocab=d_vocab,
         act_fn="silu",
         normalization_type="RMS",
-        positional_embedding_type="rotary",
+        positional_embedding_type=cfg_kwargs.pop("positional_embedding_type", "rotary"),
         rotary_dim=rotary_dim if rotary_dim is not None else d_head,
         rotary_adjacent_pairs=(layout == "gptj"),
         seed=seed,
