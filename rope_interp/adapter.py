@@ -17,15 +17,16 @@ from torch import Tensor
 
 from . import bridge as _bridge
 from . import validate as _validate
-from .errors import ContextLengthError, NotRotaryError, PaddingError, TokenError, check_index
+from .errors import ContextLengthError, NotAModelError, NotRotaryError, PaddingError, TokenError, check_index
 
 
 def config(model: Any) -> Any:
     """The model's ``HookedTransformerConfig`` (or bridge config)."""
     cfg = getattr(model, "cfg", None)
     if cfg is None:
-        raise TypeError(
-            f"expected a TransformerLens HookedTransformer or TransformerBridge, got {type(model).__name__} (no .cfg)"
+        raise NotAModelError(
+            f"expected a TransformerLens HookedTransformer or TransformerBridge, got {type(model).__name__} (no .cfg); "
+            "load one with rope_interp.load_model(...)"
         )
     return cfg
 

@@ -78,6 +78,10 @@ def band_hooks(
     [(0, 'rot_q', (1, 3, 4, 8, 2)), (0, 'rot_k', (1, 3, 2, 8, 2))]
     """
     rd, adjacent = adapter.rotary_dim(model), adapter.adjacent_pairs(model)  # also checks it is rotary
+    if not callable(callback):
+        raise ParameterError(
+            f"callback must be a function of one BandActivation, got {type(callback).__name__}"
+        )
     hooks: FwdHooks = []
     for layer in adapter.layers(model, layers):
         for site in _check_sites(sites):

@@ -11,6 +11,10 @@ class RopeInterpError(ValueError):
     """Base class of every error rope_interp raises for bad input."""
 
 
+class NotAModelError(RopeInterpError, TypeError):
+    """Something that is not a TransformerLens model where a model was expected."""
+
+
 class NotRotaryError(RopeInterpError):
     """The model does not use rotary positional embeddings."""
 

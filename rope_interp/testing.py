@@ -108,10 +108,19 @@ TINY_WORDS = (
 ).split()
 
 
-def tiny_hf_dir(path: Any, *, n_layers: int = 2, n_ctx: int = 128, seed: int = 0, model_type: str = "llama"):
+def tiny_hf_dir(
+    path: Any,
+    *,
+    n_layers: int = 2,
+    d_model: int = 32,
+    n_ctx: int = 128,
+    seed: int = 0,
+    model_type: str = "llama",
+):
     """Save a tiny random HuggingFace model with a word-level tokenizer to ``path``; return the path.
 
-    Offline (the tokenizer is built here from :data:`TINY_WORDS`; other words map to ``<unk>``),
+    Offline (the tokenizer is built here from :data:`TINY_WORDS`, lower-cased; other words and
+    punctuation map to ``<unk>``); 4 heads (2 kv heads) of ``d_model / 4`` dims,
     so ``load_model(str(path))`` and the CLI's ``--model`` can be tested end to end.
     ``model_type="gpt2"`` saves a non-rotary GPT-2 instead.
 
@@ -124,7 +133,7 @@ def tiny_hf_dir(path: Any, *, n_layers: int = 2, n_ctx: int = 128, seed: int = 0
     """
     from pathlib import Path
 
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import (
         GPT2Config,
         GPT2LMHeadModel,
@@ -137,6 +146,7 @@ def tiny_hf_dir(path: Any, *, n_layers: int = 2, n_ctx: int = 128, seed: int = 0
     specials = ["<pad>", "<s>", "</s>", "<unk>"]
     vocab = {w: i for i, w in enumerate(specials + list(TINY_WORDS))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
@@ -150,8 +160,8 @@ def tiny_hf_dir(path: Any, *, n_layers: int = 2, n_ctx: int = 128, seed: int = 0
         hf = GPT2LMHeadModel(cfg)
     else:
         cfg = LlamaConfig(
-            hidden_size=32,
-            intermediate_size=64,
+            hidden_size=d_model,
+            intermediate_size=2 * d_model,
             num_hidden_layers=n_layers,
             num_attention_heads=4,
             num_key_value_heads=2,
