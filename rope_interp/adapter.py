@@ -16,15 +16,17 @@ import torch
 from torch import Tensor
 
 from . import bridge as _bridge
-from .errors import ContextLengthError, NotRotaryError, check_index
+from . import validate as _validate
+from .errors import ContextLengthError, NotAModelError, NotRotaryError, PaddingError, TokenError, check_index
 
 
 def config(model: Any) -> Any:
     """The model's ``HookedTransformerConfig`` (or bridge config)."""
     cfg = getattr(model, "cfg", None)
     if cfg is None:
-        raise TypeError(
-            f"expected a TransformerLens HookedTransformer or TransformerBridge, got {type(model).__name__} (no .cfg)"
+        raise NotAModelError(
+            f"expected a TransformerLens HookedTransformer or TransformerBridge, got {type(model).__name__} (no .cfg); "
+            "load one with rope_interp.load_model(...)"
         )
     return cfg
 
@@ -166,34 +168,97 @@ def rotary_buffers(model: Any, layer: int) -> tuple[Tensor, Tensor]:
     return mod.rotary_sin, mod.rotary_cos
 
 
-def to_tokens(model: Any, tokens: Any) -> Tensor:
-    """Accept a string, list of strings, or LongTensor [pos] / [batch, pos]; return [batch, pos].
+def _is_text(tokens: Any) -> bool:
+    return isinstance(tokens, str) or (
+        isinstance(tokens, (list, tuple)) and len(tokens) > 0 and all(isinstance(t, str) for t in tokens)
+    )
 
-    Raises :class:`ContextLengthError` for sequences longer than the model's context.
+
+def tokens_and_mask(model: Any, tokens: Any, what: str = "tokens") -> tuple[Tensor, Tensor | None]:
+    """Like :func:`to_tokens`, but a batch of strings of different lengths is padded (as
+    ``model.to_tokens`` pads it) and returned with its mask; ``(tokens, None)`` when nothing was padded.
+
+    The mask is bool ``[batch, pos]``, True on real tokens. It is computed from each string's own
+    length (not from the pad id, which is often also a real token such as EOS), on the side the
+    tokenizer pads (``tokenizer.padding_side``).
+
+    >>> from rope_interp.testing import tiny_model
+    >>> toks, mask = tokens_and_mask(tiny_model(), torch.tensor([[1, 2, 3]]))
+    >>> toks.shape, mask
+    (torch.Size([1, 3]), None)
     """
-    if isinstance(tokens, str) or (
-        isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], str)
-    ):
+    mask = None
+    if _is_text(tokens):
         if getattr(model, "tokenizer", None) is None:
-            raise ValueError("model has no tokenizer: pass token ids instead of text")
-        tokens = model.to_tokens(tokens)
+            raise TokenError("model has no tokenizer: pass token ids instead of text")
+        texts = [tokens] if isinstance(tokens, str) else list(tokens)
+        ids = model.to_tokens(texts)
+        if len(texts) > 1:
+            lengths = [int(model.to_tokens(t).shape[1]) for t in texts]
+            n = ids.shape[1]
+            if min(lengths) != n:
+                pos = torch.arange(n)[None, :]
+                lens = torch.tensor(lengths)[:, None]
+                if getattr(model.tokenizer, "padding_side", "right") == "left":
+                    mask = pos >= n - lens
+                else:
+                    mask = pos < lens
+        tokens = ids
+    elif isinstance(tokens, (list, tuple)) and any(isinstance(t, str) for t in tokens):
+        raise TokenError(
+            f"{what}: a list mixing strings and other values; pass only strings or only token ids"
+        )
     if not isinstance(tokens, Tensor):
-        tokens = torch.as_tensor(tokens)
-    if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
-        raise TypeError(f"tokens must be integer ids, got dtype {tokens.dtype}")
+        try:
+            tokens = torch.as_tensor(tokens)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TokenError(
+                f"{what} must be a string, a list of strings or integer token ids [batch, pos], "
+                f"got {type(tokens).__name__} ({err})"
+            ) from None
     if tokens.ndim == 1:
         tokens = tokens[None]
     if tokens.ndim != 2:
-        raise ValueError(f"tokens must be [batch, pos] or [pos], got shape {tuple(tokens.shape)}")
-    if tokens.shape[1] == 0:
-        raise ValueError("tokens are empty (0 positions)")
+        raise TokenError(f"{what} must be [batch, pos] or [pos], got shape {tuple(tokens.shape)}")
+    if tokens.shape[1] == 0 or tokens.shape[0] == 0:
+        raise TokenError(f"{what} are empty (shape {tuple(tokens.shape)}): pass at least one token")
+    _validate.token_ids(tokens, int(config(model).d_vocab), what)
     n_ctx = int(config(model).n_ctx)
     if tokens.shape[1] > n_ctx:
         raise ContextLengthError(
             f"{tokens.shape[1]} tokens exceed the model's context of n_ctx={n_ctx}; "
             "truncate the input or split it into windows"
         )
-    return tokens.to(device(model))
+    dev = device(model)
+    return tokens.to(dev), None if mask is None else mask.to(dev)
+
+
+def to_tokens(model: Any, tokens: Any, what: str = "tokens") -> Tensor:
+    """Accept a string, list of strings, or integer ids [pos] / [batch, pos]; return [batch, pos].
+
+    Raises :class:`~rope_interp.errors.TokenError` for ids outside the vocabulary, non-integer
+    or empty input, :class:`ContextLengthError` for sequences longer than the model's context, and
+    :class:`~rope_interp.errors.PaddingError` for a batch of strings of different lengths (its
+    padding would be counted as real tokens; entry points that honour a mask, such as
+    :meth:`~rope_interp.capture.BandStats.update`, use :func:`tokens_and_mask` instead).
+
+    >>> from rope_interp.testing import tiny_model
+    >>> to_tokens(tiny_model(), [1, 2, 3]).shape
+    torch.Size([1, 3])
+    >>> to_tokens(tiny_model(), [-1, 2])
+    Traceback (most recent call last):
+    ...
+    rope_interp.errors.TokenError: tokens holds token id -1, outside the model's vocabulary 0..49; tokenize with the model's own tokenizer (model.to_tokens)
+    """
+    toks, mask = tokens_and_mask(model, tokens, what)
+    if mask is not None:
+        lengths = mask.sum(1).tolist()
+        raise PaddingError(
+            f"{what}: these {len(lengths)} strings have different lengths ({lengths} tokens), so the batch "
+            "would be padded and the padding counted as real tokens; pass one string at a time, "
+            "or strings of equal token length"
+        )
+    return toks
 
 
 def device(model: Any) -> torch.device:

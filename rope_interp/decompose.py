@@ -25,8 +25,9 @@ from torch import Tensor
 
 from . import adapter
 from .capture import BandCapture
-from .errors import check_index
+from .errors import LayerError, check_index
 from .spec import RotaryBands
+from .validate import positive_int
 
 
 def band_score_terms(
@@ -160,8 +161,10 @@ class BandScores:
 def _selection(model: Any, layer: int, heads, bands) -> tuple[RotaryBands, int, list[int], list[int]]:
     adapter.check_decomposable(model)
     spec = RotaryBands.from_model(model)
-    if isinstance(layer, (list, tuple)):
-        raise TypeError("band_scores takes a single layer (an int)")
+    if not isinstance(layer, int) and getattr(layer, "ndim", 1) != 0:
+        raise LayerError(
+            f"band_scores takes a single layer (an int), got {layer!r}; loop over layers for several"
+        )
     layer = adapter.layers(model, layer)[0]
     heads = adapter.heads(model, heads)
     bands = list(range(spec.n_bands)) if bands is None else check_index("band", bands, spec.n_bands)
@@ -300,8 +303,7 @@ def iter_band_scores(
     >>> [(c.q_start, tuple(c.per_band.shape[-2:])) for c in chunks]
     [(0, (4, 4)), (4, (4, 8)), (8, (2, 10))]
     """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    positive_int("chunk_size", chunk_size)
     spec, layer, heads, bands = _selection(model, layer, heads, bands)
     tokens = adapter.to_tokens(model, tokens)
     n = tokens.shape[1]

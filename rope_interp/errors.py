@@ -11,12 +11,31 @@ class RopeInterpError(ValueError):
     """Base class of every error rope_interp raises for bad input."""
 
 
+class NotAModelError(RopeInterpError, TypeError):
+    """Something that is not a TransformerLens model where a model was expected."""
+
+
 class NotRotaryError(RopeInterpError):
     """The model does not use rotary positional embeddings."""
 
 
 class LayerError(RopeInterpError, IndexError):
     """A layer, head or band index that the model does not have."""
+
+
+class SiteError(RopeInterpError, KeyError):
+    """A hook site that is unknown, or that a capture / statistics object did not record."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class MergeError(RopeInterpError):
+    """Two statistics objects whose layouts differ (layers, sites, heads, bands, model...)."""
+
+
+class HookStateError(RopeInterpError, RuntimeError):
+    """Hook contexts used in a way that would remove or apply the wrong hooks (non-LIFO exit, threads)."""
 
 
 class ContextLengthError(RopeInterpError):

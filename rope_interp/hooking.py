@@ -7,16 +7,74 @@ A ``HookSet`` is usable two ways, as TransformerLens users expect:
   forward raises; hooks the user added before are left alone;
 * as a plain list, ``model.run_with_hooks(tokens, fwd_hooks=hs.fwd_hooks())``.
 
-HookSets compose with ``+``.
+Composition. ``a + b`` is a :class:`ComposedHooks`: ``a`` acts first, then ``b``, on
+every activation both touch. That holds also for the query-side modes that
+:mod:`rope_interp.interventions` applies late, at ``hook_rot_k`` (``no_rotation``,
+``scale_freq``): within a composition, the ``hook_rot_q`` work of every part is run
+at ``hook_rot_k`` of the same layer, part by part (part 1's q then k work, then part
+2's...), on the same query tensor, before the scores are computed. Nesting contexts
+(``with a: with b:``) registers ``a``'s hooks first too, but does not reorder the late
+query modes: compose with ``+`` when the order matters.
+
+Context exits must be in reverse order of entry (LIFO, as ``with`` blocks are):
+TransformerLens removes hooks by nesting level, so exiting an outer context first would
+remove the inner one's hooks. rope_interp checks this and raises
+:class:`~rope_interp.errors.HookStateError` instead.
+
+Threads. TransformerLens hooks are global state of the model: a hook added in one thread
+fires in every thread's forward passes. Do not run hooked forwards of one model from
+several threads; use one model per thread. Entering a rope_interp context on a model that
+holds a context entered by another thread raises :class:`~rope_interp.errors.HookStateError`.
+
+>>> import torch
+>>> from rope_interp.testing import tiny_model
+>>> from rope_interp import ablate_bands
+>>> model = tiny_model()
+>>> a, b = ablate_bands(model, [0], mode="zero"), ablate_bands(model, [1], mode="zero")
+>>> outer, inner = a.__enter__(), b.__enter__()
+>>> a.__exit__(None, None, None)
+Traceback (most recent call last):
+...
+rope_interp.errors.HookStateError: hook contexts must be exited in reverse order of entry (LIFO): this HookSet was entered before another context on the same model that is still open; exit that one first (nested `with` blocks do this)
+>>> b.__exit__(None, None, None); a.__exit__(None, None, None)
+>>> sum(len(hp.fwd_hooks) for hp in model.hook_dict.values())
+0
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+
+from .errors import HookStateError, RopeInterpError
 
 HookFn = Callable[..., Any]
 FwdHooks = list[tuple[str, HookFn]]
+
+
+@dataclass(eq=False)
+class _Entry:
+    cm: Any
+    thread: int
+    owner: Any
+
+
+_LOCK = threading.Lock()
+_ACTIVE: weakref.WeakKeyDictionary[Any, list[_Entry]] = weakref.WeakKeyDictionary()
+
+
+def active_contexts(model: Any) -> int:
+    """How many rope_interp hook contexts are open on ``model`` (in any thread).
+
+    >>> from rope_interp.testing import tiny_model
+    >>> active_contexts(tiny_model())
+    0
+    """
+    with _LOCK:
+        return len(_ACTIVE.get(model, ()))
 
 
 class HookSet:
@@ -26,24 +84,49 @@ class HookSet:
 
     def __init__(self, model: Any):
         self.model = model
-        self._contexts: list[Any] = []
+        self._contexts: list[_Entry] = []
 
     def fwd_hooks(self) -> FwdHooks:
         raise NotImplementedError
 
     def __enter__(self) -> HookSet:
-        cm = self.model.hooks(fwd_hooks=self.fwd_hooks())
-        cm.__enter__()
-        self._contexts.append(cm)
+        tid = threading.get_ident()
+        with _LOCK:
+            stack = _ACTIVE.setdefault(self.model, [])
+            other = [e for e in stack if e.thread != tid]
+            if other:
+                raise HookStateError(
+                    "this model already holds rope_interp hooks entered by another thread; hooks are global "
+                    "state of the model and would fire in both threads' forward passes: use one model per thread"
+                )
+            cm = self.model.hooks(fwd_hooks=self.fwd_hooks())
+            cm.__enter__()
+            entry = _Entry(cm, tid, self)
+            stack.append(entry)
+        self._contexts.append(entry)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        cm = self._contexts.pop()
-        cm.__exit__(*exc)
+        if not self._contexts:
+            raise HookStateError("__exit__ without a matching __enter__ on this HookSet")
+        entry = self._contexts[-1]
+        with _LOCK:
+            stack = _ACTIVE.get(self.model, [])
+            if not stack or stack[-1] is not entry:
+                raise HookStateError(
+                    "hook contexts must be exited in reverse order of entry (LIFO): this HookSet was entered "
+                    "before another context on the same model that is still open; exit that one first "
+                    "(nested `with` blocks do this)"
+                )
+            stack.pop()
+            self._contexts.pop()
+        entry.cm.__exit__(*exc)
 
     def __add__(self, other: HookSet) -> HookSet:
+        if not isinstance(other, HookSet):
+            return NotImplemented
         if other.model is not self.model:
-            raise ValueError("cannot compose hook sets built for different models")
+            raise RopeInterpError("cannot compose hook sets built for different models")
         return ComposedHooks(self.model, [self, other])
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
@@ -52,14 +135,108 @@ class HookSet:
             return self.model(*args, **kwargs)
 
 
+def _call(fn: HookFn, act: Any, hook: Any) -> Any:
+    """Run one hook function; an in-place result is kept, a returned tensor replaces ``act``."""
+    out = fn(act, hook=hook)
+    return act if out is None else out
+
+
 class ComposedHooks(HookSet):
-    """Several hook sets applied together, in order (earlier ones run first at a shared hook point)."""
+    """Several hook sets applied together, in order: earlier parts act first (see the module docstring).
+
+    >>> import torch
+    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp import ablate_bands
+    >>> model = tiny_model()
+    >>> toks = torch.tensor([[1, 2, 3, 4, 5]])
+    >>> un, mean = ablate_bands(model, [6, 7], mode="no_rotation"), ablate_bands(model, [6, 7], mode="mean")
+    >>> both = (un + mean).run(toks)           # un-rotate, then replace by the mean
+    >>> torch.allclose(both, (mean + un).run(toks))
+    False
+    """
 
     def __init__(self, model: Any, parts: list[HookSet]):
         super().__init__(model)
         self.parts: list[HookSet] = []
         for p in parts:
             self.parts.extend(p.parts if isinstance(p, ComposedHooks) else [p])
+        self._stash: dict[str, tuple[Any, Any]] = {}
+        self._k_first: set[str] = set()
 
     def fwd_hooks(self) -> FwdHooks:
-        return [h for p in self.parts for h in p.fwd_hooks()]
+        per_part = [p.fwd_hooks() for p in self.parts]
+        # layers whose rot_q / rot_k are hooked by two or more parts, with some rot_q work
+        touch: dict[str, set[int]] = {}
+        has_q: set[str] = set()
+        for i, hooks in enumerate(per_part):
+            for name, _ in hooks:
+                if isinstance(name, str) and name.endswith((".hook_rot_q", ".hook_rot_k")):
+                    prefix = name.rsplit(".", 1)[0]
+                    touch.setdefault(prefix, set()).add(i)
+                    if name.endswith("_q"):
+                        has_q.add(prefix)
+        grouped = {p for p, parts in touch.items() if len(parts) > 1 and p in has_q}
+        out: FwdHooks = []
+        done: set[str] = set()
+        for hooks in per_part:
+            for name, fn in hooks:
+                prefix = name.rsplit(".", 1)[0] if isinstance(name, str) else None
+                if prefix in grouped and name.endswith((".hook_rot_q", ".hook_rot_k")):
+                    if prefix not in done:
+                        done.add(prefix)
+                        out.append((f"{prefix}.hook_rot_q", self._q_hook(prefix, per_part)))
+                        out.append((f"{prefix}.hook_rot_k", self._k_hook(prefix, per_part)))
+                    continue
+                out.append((name, fn))
+        return out
+
+    @staticmethod
+    def _part_fns(hooks: FwdHooks, name: str) -> list[HookFn]:
+        return [fn for n, fn in hooks if n == name]
+
+    def _run_q(
+        self, prefix: str, per_part: list[FwdHooks], q: Any, hook: Any, k: Any = None, khook: Any = None
+    ):
+        """Each part's q work then k work, part by part, on the same tensors (q in place)."""
+        for hooks in per_part:
+            for fn in self._part_fns(hooks, f"{prefix}.hook_rot_q"):
+                new = _call(fn, q, hook)
+                if new is not q:
+                    q.copy_(new)
+            if k is not None:
+                for fn in self._part_fns(hooks, f"{prefix}.hook_rot_k"):
+                    k = _call(fn, k, khook)
+        return k
+
+    def _q_hook(self, prefix: str, per_part: list[FwdHooks]) -> HookFn:
+        def hook(q: Any, hook: Any) -> Any:
+            if prefix in self._k_first:  # a model that fires hook_rot_k first: run q work now, in order
+                self._k_first.discard(prefix)
+                self._run_q(prefix, per_part, q, hook)
+            else:
+                self._stash[prefix] = (q, hook)
+            return q
+
+        return hook
+
+    def _k_hook(self, prefix: str, per_part: list[FwdHooks]) -> HookFn:
+        def hook(k: Any, hook: Any) -> Any:
+            stashed = self._stash.pop(prefix, None)
+            if stashed is None:
+                self._k_first.add(prefix)
+                for hooks in per_part:
+                    for fn in self._part_fns(hooks, f"{prefix}.hook_rot_k"):
+                        k = _call(fn, k, hook)
+                return k
+            q, qhook = stashed
+            return self._run_q(prefix, per_part, q, qhook, k, hook)
+
+        return hook
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            super().__exit__(*exc)
+        finally:
+            if not self._contexts:
+                self._stash.clear()
+                self._k_first.clear()

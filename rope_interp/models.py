@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .errors import ModelNotAvailableError
+from .errors import ModelNotAvailableError, NotRotaryError
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,16 @@ def load_model(
     return HookedTransformer.from_pretrained(name, device=device, dtype=dtype, **kwargs)
 
 
+def _quiet_to(model: Any, device: torch.device) -> Any:
+    """``model.to(device).eval()`` without TransformerLens' "Moving model to device" print."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = model.to(device)
+    return model.eval()
+
+
 def has_hooked_transformer() -> bool:
     """True when the installed TransformerLens provides ``HookedTransformer`` (3.x)."""
     try:
@@ -160,15 +170,88 @@ def _file_key(path: Path) -> str:
     return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
 
-def _hooked_from_hf(
-    hf_model: Any, tokenizer: Any, config_dir: Path, device: torch.device, dtype: torch.dtype
-):
-    """Build a HookedTransformer from an in-memory HF model via TransformerLens' own weight conversion."""
+# TransformerLens picks an architecture from these words in a model *name*, before reading any
+# config: a local directory whose path contains one would take that branch (issue 9, item 9).
+_TL_NAME_TRIGGERS = ("llama", "gemma")
+_ROTARY_HINTS = (
+    "rope_theta",
+    "rope_parameters",
+    "rope_scaling",
+    "rotary_dim",
+    "rotary_pct",
+    "rotary_emb_base",
+)
+
+
+def check_hf_rotary(hf_config: Any, where: str) -> None:
+    """Raise :class:`~rope_interp.errors.NotRotaryError` for an HF config without rotary embeddings.
+
+    >>> from transformers import GPT2Config
+    >>> check_hf_rotary(GPT2Config(), "gpt2-dir")
+    Traceback (most recent call last):
+    ...
+    rope_interp.errors.NotRotaryError: gpt2-dir holds a 'gpt2' model, which has no rotary (RoPE) positional embeddings; rope_interp needs a rotary model (Llama, Qwen, Mistral, Gemma, GPT-NeoX, GPT-J, ...)
+    """
+    if not any(getattr(hf_config, a, None) is not None for a in _ROTARY_HINTS):
+        raise NotRotaryError(
+            f"{where} holds a {getattr(hf_config, 'model_type', '?')!r} model, which has no rotary (RoPE) positional "
+            "embeddings; rope_interp needs a rotary model (Llama, Qwen, Mistral, Gemma, GPT-NeoX, GPT-J, ...)"
+        )
+
+
+def _neutral_dir() -> Path:
+    """A fresh temporary directory whose path contains none of TransformerLens' name triggers."""
+    for base in (None, cache_dir()):
+        if base is not None:
+            base.mkdir(parents=True, exist_ok=True)
+        d = Path(tempfile.mkdtemp(prefix="ri_cfg_", dir=base))
+        if not any(w in str(d).lower() for w in _TL_NAME_TRIGGERS):
+            return d
+        d.rmdir()
+    raise ModelNotAvailableError(
+        f"cannot find a temporary directory whose path avoids the words {_TL_NAME_TRIGGERS} (TransformerLens "
+        "would read them as a model name); set TMPDIR to another directory"
+    )
+
+
+def _tl_config(hf_config: Any, config_dir: Path, device: torch.device, dtype: torch.dtype, where: str) -> Any:
+    """TransformerLens config from an HF config saved in ``config_dir`` (a neutral path, see :func:`_neutral_dir`)."""
+    import transformer_lens.loading_from_pretrained as loading
+
+    check_hf_rotary(hf_config, where)
+    hf_config.save_pretrained(str(config_dir))
+    try:
+        cfg = loading.get_pretrained_model_config(str(config_dir), device=str(device), dtype=dtype)
+    except (AttributeError, KeyError, NotImplementedError, TypeError) as err:
+        raise ModelNotAvailableError(
+            f"TransformerLens cannot convert the {getattr(hf_config, 'model_type', '?')!r} model in {where} "
+            f"({type(err).__name__}: {err}); load_model(..., bridge=True) may support it"
+        ) from err
+    if cfg.positional_embedding_type != "rotary":
+        raise NotRotaryError(
+            f"{where} holds a model with positional_embedding_type={cfg.positional_embedding_type!r}; "
+            "rope_interp needs a rotary (RoPE) model"
+        )
+    return cfg
+
+
+def _hooked_from_hf(hf_model: Any, tokenizer: Any, device: torch.device, dtype: torch.dtype, where: str):
+    """Build a HookedTransformer from an in-memory HF model via TransformerLens' own weight conversion.
+
+    The config comes from ``hf_model.config`` (written to a neutral temporary directory), never
+    from a name, so a local path that contains "llama" cannot mislead TransformerLens.
+    """
+    import shutil
+
     import transformer_lens.loading_from_pretrained as loading
     from transformer_lens import HookedTransformer
 
-    cfg = loading.get_pretrained_model_config(str(config_dir), device=str(device), dtype=dtype)
-    state = loading.get_pretrained_state_dict(str(config_dir), cfg, hf_model, dtype=dtype)
+    tmp = _neutral_dir()
+    try:
+        cfg = _tl_config(hf_model.config, tmp, device, dtype, where)
+        state = loading.get_pretrained_state_dict(str(tmp), cfg, hf_model, dtype=dtype)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     if tokenizer is None:
         cfg.tokenizer_name = None  # otherwise HookedTransformer tries to fetch one
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
@@ -180,7 +263,7 @@ def _hooked_from_hf(
         fold_value_biases=False,
         refactor_factored_attn_matrices=False,
     )
-    return model.to(device).eval()
+    return _quiet_to(model, device)
 
 
 def load_hf_from_gguf(path: Path, dtype: torch.dtype = torch.float32):
@@ -217,7 +300,7 @@ def _load_gguf(path: Path, device: torch.device, dtype: torch.dtype, cache: bool
             tok = AutoTokenizer.from_pretrained(str(target / "tokenizer"))
             model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
             model.load_state_dict(blob["state_dict"])
-            return model.to(device).eval()
+            return _quiet_to(model, device)
         except Exception as err:  # a stale or partial cache: rebuild it
             log.warning("ignoring unreadable rope_interp cache %s (%s)", weights, err)
 
@@ -227,9 +310,7 @@ def _load_gguf(path: Path, device: torch.device, dtype: torch.dtype, cache: bool
         raise ModelNotAvailableError(
             f"GGUF model type {arch!r} is not supported (Llama-architecture models are)"
         )
-    with tempfile.TemporaryDirectory() as tmp:
-        hf.config.save_pretrained(tmp)
-        model = _hooked_from_hf(hf, tok, Path(tmp), device, dtype)
+    model = _hooked_from_hf(hf, tok, device, dtype, str(path))
     model.cfg.model_name = label
     if cache:
         try:
@@ -248,15 +329,18 @@ def _load_gguf(path: Path, device: torch.device, dtype: torch.dtype, cache: bool
 
 
 def _load_hf_dir(path: Path, device: torch.device, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    check_hf_rotary(AutoConfig.from_pretrained(str(path)), str(path))  # before loading any weights
     hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
     tok = None
     if any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
         tok = AutoTokenizer.from_pretrained(str(path))
     else:
         log.warning("%s has no tokenizer files: the model will take token ids only", path)
-    return _hooked_from_hf(hf, tok, path, device, dtype)
+    model = _hooked_from_hf(hf, tok, device, dtype, str(path))
+    model.cfg.model_name = path.name
+    return model
 
 
 # ---- TransformerBridge (load_model(..., bridge=True)) -------------------------------------------------
@@ -276,8 +360,11 @@ def _load_bridge(name: str, device: torch.device, dtype: torch.dtype, cache: boo
         hf, tok = _hf_from_gguf_cached(path, path.stem, cache)
         return boot(hf, tok, path.stem, device=device, dtype=dtype)
     if path.is_dir():
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is a directory without config.json: not a HuggingFace model dir")
+        check_hf_rotary(AutoConfig.from_pretrained(str(path)), str(path))
         hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
         return boot(hf, AutoTokenizer.from_pretrained(str(path)), path.name, device=device, dtype=dtype)
     if path.exists() or os.sep in name and not name.count("/") == 1:

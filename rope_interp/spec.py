@@ -12,7 +12,8 @@ from torch import Tensor
 
 from . import adapter
 from .bands import band_dims
-from .errors import check_index
+from .errors import LayerError, check_index
+from .validate import _as_int, positive_int
 
 
 @dataclass(frozen=True)
@@ -103,14 +104,14 @@ class RotaryBands:
 
     def cycles(self, context_length: int) -> Float[Tensor, "n_layers n_bands"]:
         """Full turns a band makes across the largest offset of a context: ``theta*(L-1)/(2*pi)``."""
-        if context_length < 1:
-            raise ValueError(f"context_length must be >= 1, got {context_length}")
+        positive_int("context_length", context_length)
         return self.freqs * (context_length - 1) / (2 * math.pi)
 
     def band_of_dim(self, dim: int) -> int | None:
         """The band that ``d_head`` index ``dim`` belongs to, or None for a pass-through dim."""
+        dim = _as_int("dim", dim)
         if not 0 <= dim < self.d_head:
-            raise IndexError(f"dim {dim} out of range for d_head={self.d_head}")
+            raise LayerError(f"dim {dim} is out of range: d_head={self.d_head} (valid: 0..{self.d_head - 1})")
         if dim >= self.rotary_dim:
             return None
         return dim // 2 if self.adjacent_pairs else dim % self.n_bands
@@ -129,7 +130,7 @@ class RotaryBands:
         import pandas as pd
 
         layer = check_index("layer", [layer], self.n_layers)[0]
-        L = context_length or self.n_ctx
+        L = positive_int("context_length", context_length, allow_none=True) or self.n_ctx
         dims = self.dims
         return pd.DataFrame(
             {

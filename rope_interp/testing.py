@@ -65,7 +65,8 @@ def tiny_model(
 ):
     """A small random rotary ``HookedTransformer`` (float32, CPU, eval mode).
 
-    ``cfg_kwargs`` go straight to ``HookedTransformerConfig`` (e.g. scaling options).
+    ``cfg_kwargs`` go straight to ``HookedTransformerConfig`` (e.g. scaling options;
+    ``positional_embedding_type="standard"`` builds a non-rotary model, for error tests).
     """
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -80,7 +81,7 @@ def tiny_model(
         d_vocab=d_vocab,
         act_fn="silu",
         normalization_type="RMS",
-        positional_embedding_type="rotary",
+        positional_embedding_type=cfg_kwargs.pop("positional_embedding_type", "rotary"),
         rotary_dim=rotary_dim if rotary_dim is not None else d_head,
         rotary_adjacent_pairs=(layout == "gptj"),
         seed=seed,
@@ -99,3 +100,76 @@ def tiny_layout_model(name: str, **overrides: Any):
     kwargs = dict(LAYOUTS[name])
     kwargs.update(overrides)
     return tiny_model(**kwargs)
+
+
+TINY_WORDS = (
+    "the a of to and in is was it that on for as with by at from his her they this be are or an which "
+    "capital france paris italy rome city river king queen old new first last one two three four five"
+).split()
+
+
+def tiny_hf_dir(
+    path: Any,
+    *,
+    n_layers: int = 2,
+    d_model: int = 32,
+    n_ctx: int = 128,
+    seed: int = 0,
+    model_type: str = "llama",
+):
+    """Save a tiny random HuggingFace model with a word-level tokenizer to ``path``; return the path.
+
+    Offline (the tokenizer is built here from :data:`TINY_WORDS`, lower-cased; other words and
+    punctuation map to ``<unk>``); 4 heads (2 kv heads) of ``d_model / 4`` dims,
+    so ``load_model(str(path))`` and the CLI's ``--model`` can be tested end to end.
+    ``model_type="gpt2"`` saves a non-rotary GPT-2 instead.
+
+    >>> import tempfile
+    >>> from rope_interp import load_model
+    >>> d = tiny_hf_dir(tempfile.mkdtemp() + "/tiny")
+    >>> model = load_model(str(d))
+    >>> model.to_tokens("the capital of france is paris").tolist()
+    [[1, 4, 30, 6, 31, 10, 32]]
+    """
+    from pathlib import Path
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+    )
+
+    path = Path(path)
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    vocab = {w: i for i, w in enumerate(specials + list(TINY_WORDS))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
+    torch.manual_seed(seed)
+    ids = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if model_type == "gpt2":
+        cfg = GPT2Config(
+            n_layer=n_layers, n_embd=32, n_head=2, vocab_size=len(vocab), n_positions=n_ctx, **ids
+        )
+        hf = GPT2LMHeadModel(cfg)
+    else:
+        cfg = LlamaConfig(
+            hidden_size=d_model,
+            intermediate_size=2 * d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=len(vocab),
+            max_position_embeddings=n_ctx,
+            **ids,
+        )
+        hf = LlamaForCausalLM(cfg)
+    hf.eval().save_pretrained(path)
+    fast.save_pretrained(path)
+    return path

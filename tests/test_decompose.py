@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from rope_interp import ContextLengthError, LayerError, band_score_terms, band_scores, iter_band_scores
+from rope_interp.errors import TokenError
 from rope_interp.testing import tiny_model
 
 
@@ -106,5 +107,5 @@ def test_bad_input_errors():
         band_scores(model, torch.tensor([[1, 2]]), 0, heads=[4])
     with pytest.raises(ValueError, match="empty"):
         band_scores(model, torch.zeros(1, 0, dtype=torch.long), 0)
-    with pytest.raises(TypeError, match="integer"):
+    with pytest.raises(TokenError, match="integer"):
         band_scores(model, torch.zeros(1, 3), 0)

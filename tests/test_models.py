@@ -96,3 +96,46 @@ def test_without_hooked_transformer_asking_for_one_is_a_clear_error(monkeypatch)
     monkeypatch.setattr(models_mod, "has_hooked_transformer", lambda: False)
     with pytest.raises(ModelNotAvailableError, match="bridge=True"):
         load_model("smollm2-135m", bridge=False)
+
+
+def _tiny_llama_dir(path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=60,
+        max_position_embeddings=64,
+    )
+    hf = LlamaForCausalLM(cfg).eval()
+    hf.save_pretrained(path)
+    return hf
+
+
+def test_issue9_item9_local_dir_named_llama_is_read_from_its_own_config(tmp_path):
+    """A path containing "llama" must not take TransformerLens' name-based branch."""
+    hf = _tiny_llama_dir(tmp_path / "my-llama-checkpoint")
+    model = load_model(str(tmp_path / "my-llama-checkpoint"))
+    assert model.cfg.model_name == "my-llama-checkpoint"
+    assert (model.cfg.n_layers, model.cfg.d_model, model.cfg.n_key_value_heads) == (1, 32, 2)
+    tokens = torch.randint(0, 60, (1, 9))
+    with torch.no_grad():
+        assert torch.allclose(model(tokens), hf(tokens).logits, atol=1e-4)
+
+
+def test_issue9_item9_gpt2_dir_is_not_rotary_before_any_attribute_error(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from rope_interp.errors import NotRotaryError
+
+    GPT2LMHeadModel(
+        GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=60, n_positions=32)
+    ).save_pretrained(tmp_path / "gpt2-llama-named")
+    with pytest.raises(NotRotaryError, match="'gpt2' model, which has no rotary"):
+        load_model(str(tmp_path / "gpt2-llama-named"))
+    with pytest.raises(NotRotaryError, match="no rotary"):
+        load_model(str(tmp_path / "gpt2-llama-named"), bridge=True)
