@@ -189,6 +189,21 @@ class SweepSpec(_JsonSpec):
             )
         return cls(**d)
 
+    @classmethod
+    def from_file(cls, path: Any) -> SweepSpec:
+        """Read a spec from a JSON file: a bare spec, or a result written by :func:`write_result`."""
+        from pathlib import Path
+
+        try:
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ParameterError(f"cannot read a spec from {str(path)!r}: {e}") from None
+        if isinstance(d, dict) and isinstance(d.get("spec"), dict):
+            d = d["spec"]
+        elif isinstance(d, dict) and "values" in d and d.get("spec") is None:
+            raise ParameterError(f"{str(path)!r} holds a result that was not run from a spec")
+        return cls.from_dict(d)
+
     # ---- running -------------------------------------------------------------------------------------------
     def _tokens(self, model: Any, ids: Any, text: Any, what: str) -> torch.Tensor:
         from . import adapter
