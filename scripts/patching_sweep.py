@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import torch
 
 import rope_interp as ri
+from rope_interp.modes import METHODS
 from rope_interp.patching import logit_diff, patch_sweep
 
 
@@ -31,7 +32,7 @@ def main() -> None:
     ap.add_argument("--corrupted", default="The capital of Italy is")
     ap.add_argument("--answer", default=" Paris")
     ap.add_argument("--wrong", default=" Rome")
-    ap.add_argument("--method", choices=["exact", "naive", "attribution"], default="exact")
+    ap.add_argument("--method", choices=METHODS, default="exact")
     ap.add_argument("--out", default="out/patching")
     ap.add_argument("--quick", action="store_true", help="4 layers, every 4th band")
     args = ap.parse_args()
