@@ -1,8 +1,9 @@
 """rope_interp: see and change what a rotary TransformerLens model does with each RoPE band.
 
 Layers of the package: ``bands`` (pure band maths) → ``spec`` (a model's layout) →
-``capture`` / ``decompose`` (read) and ``interventions`` / ``patching`` / ``sweeps``
-(change) → ``analyses`` (the papers) → ``vis`` / ``report`` / ``cli`` (see).
+``capture`` / ``decompose`` / ``direct`` (read) and ``modes`` (the intervention table) →
+``interventions`` / ``grid`` → ``sweeps`` → ``patching`` (change; ``metrics`` and ``specs``
+beside them) → ``analyses`` (the papers) → ``vis`` / ``report`` / ``cli`` (see).
 """
 
 from . import analyses, data

@@ -27,8 +27,8 @@ Where the modes act (all after rotation, at ``hook_rot_q`` / ``hook_rot_k``):
 The modes are rows of :data:`rope_interp.modes.MODE_TABLE` (parameters, validation, the
 function on the band view); parameters must be finite, and an intervention that provably
 changes nothing (shift on q and k alike, ``delta=0``, ``factor=1``) raises
-:class:`~rope_interp.errors.UselessInterventionError`. An empty band list is a documented
-identity (no hooks at all).
+:class:`~rope_interp.errors.UselessInterventionError`. An empty band (or head) list is a
+documented identity: no hooks at all, so the model runs unchanged.
 
 Positions and the KV cache. HookedTransformer: keys are always rotated at positions
 ``0 .. n_k - 1`` (it caches keys *before* rotation and re-rotates all of them every
