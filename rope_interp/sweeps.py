@@ -34,6 +34,7 @@ The analytic direct effect (:func:`ablated_patterns`, :func:`direct_effect_sweep
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -165,28 +166,54 @@ def _exact_cells(
     todo: Sequence[tuple[int, int]],
     batch_size: int,
     bar: Any = None,
+    across_layers: bool = False,
 ) -> Tensor:
-    """Exact metric of each ``(layer, cell index)`` in ``todo`` (prefix reuse + batching): a float tensor."""
+    """Exact metric of each ``(layer, cell index)`` in ``todo``: a float tensor.
+
+    Default: one layer at a time, its cells stacked (prefix reuse: the forward starts at that
+    layer). ``across_layers``: cells of different layers share a forward that starts at the
+    earliest of them (each copy changed only at its own layer) — fewer, larger forwards, for a
+    scattered shortlist.
+    """
     dev, cells = adapter.device(model), grid.cells()
     metric_layer = getattr(metric, "layer", None)
     out = torch.empty(len(todo), dtype=torch.float32)
-    by_layer: dict[int, list[int]] = {}
-    for i, (L, _) in enumerate(todo):
-        by_layer.setdefault(L, []).append(i)
-    for L, idx in by_layer.items():
-        if metric_layer is not None and L > metric_layer:  # cannot reach the metric's layer
-            out[idx] = base.float().cpu()
-            if bar is not None:
-                bar.update(len(idx))
-            continue
-        for i in range(0, len(idx), batch_size):
-            chunk = idx[i : i + batch_size]
-            qm, km = grid.masks([cells[todo[j][1]] for j in chunk], dev)
-            x = res[L].repeat(len(chunk), *([1] * (res[L].ndim - 1)))
-            with MaskedBands(model, L, qm, km, op=op):
-                out[chunk] = metric_values(metric, model(x, start_at_layer=L), len(chunk)).float().cpu()
-            if bar is not None:
-                bar.update(len(chunk))
+    groups: list[list[int]] = []
+    live = [i for i, (L, _) in enumerate(todo) if metric_layer is None or L <= metric_layer]
+    live_set = set(live)
+    dead = [i for i in range(len(todo)) if i not in live_set]
+    if dead:  # cannot reach the metric's layer
+        out[dead] = base.float().cpu()
+    if across_layers:
+        live.sort(key=lambda i: todo[i][0])
+        groups = [live[i : i + batch_size] for i in range(0, len(live), batch_size)]
+    else:
+        by_layer: dict[int, list[int]] = {}
+        for i in live:
+            by_layer.setdefault(todo[i][0], []).append(i)
+        for idx in by_layer.values():
+            groups += [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
+    for chunk in groups:
+        layers = [todo[j][0] for j in chunk]
+        start = min(layers)
+        qm, km = grid.masks([cells[todo[j][1]] for j in chunk], dev)
+        hooks = []
+        for L in sorted(set(layers)):
+            mine = torch.tensor([lay == L for lay in layers], device=dev)[:, None, None, None]
+            hooks.append(
+                MaskedBands(
+                    model, L, None if qm is None else qm & mine, None if km is None else km & mine, op=op
+                )
+            )
+        x = res[start].repeat(len(chunk), *([1] * (res[start].ndim - 1)))
+        with contextlib.ExitStack() as stack:
+            for h in hooks:
+                stack.enter_context(h)
+            out[chunk] = metric_values(metric, model(x, start_at_layer=start), len(chunk)).float().cpu()
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None and dead:
+        bar.update(len(dead))
     return out
 
 
@@ -473,7 +500,7 @@ def refine_sweep(
         bar = _progress(N, "refine (exact cells)", progress)
         while want:
             todo = [(grid.coords["layer"][i // n_cells], i % n_cells) for i in want]
-            exact[want] = _exact_cells(model, grid, op, metric, res, base, todo, bs, bar)
+            exact[want] = _exact_cells(model, grid, op, metric, res, base, todo, bs, bar, across_layers=True)
             done[want] = True
             eff = (exact - float(base)).abs()
             ev = done.nonzero().flatten()
