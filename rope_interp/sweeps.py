@@ -439,23 +439,26 @@ def refine_sweep(
     *,
     top: int = 20,
     estimate: Method = "qk_attribution",
+    max_exact: int | None = None,
     batch_size: int | None = None,
     max_batch_tokens: int = 1024,
     progress: bool = True,
     **kwargs: Any,
 ) -> SweepResult:
     """Rank every cell with ``estimate``, then run the exact tier on a growing shortlist until the
-    exact top-``top`` cells (by |effect|) are stable under the estimate's error.
+    exact top-``top`` cells (by |effect|) are stable under the estimate's observed error.
 
     The rule (our own): evaluate the ``2 * top`` cells with the largest estimated |effect|
-    exactly; let ``t`` be the ``top``-th largest exact |effect| so far and ``err`` the largest
-    ``|exact − estimate|`` among evaluated cells outside the exact top; any unevaluated cell
-    with ``|estimate| + err >= t`` could still enter the top, so the shortlist grows by those
-    (at most doubling) until none is left. ``err`` is an observed error, not a bound: a cell
-    whose estimate is off by more than any evaluated cell's could still be missed.
+    exactly; let ``t`` be the ``top``-th largest exact |effect| so far and ``r`` the largest
+    relative error ``|exact − estimate| / |estimate|`` (of the effects) among evaluated cells.
+    An unevaluated cell with ``|estimate| * (1 + r) >= t`` could still enter the top, so the
+    shortlist grows by those (at most doubling each round) until none is left. ``r`` is an
+    observed error, not a bound: a cell whose estimate is off by more than any evaluated
+    cell's could still be missed. ``max_exact`` caps the shortlist (then
+    ``extra["stable"]`` is False when cells that could still enter the top were left out).
 
     Returns exact values for the shortlist, estimates elsewhere; ``extra["exact_mask"]`` (bool,
-    grid shape) says which, ``extra["n_exact"]`` how many, ``extra["error"]`` the final ``err``.
+    grid shape) says which, ``extra["n_exact"]`` how many, ``extra["relative_error"]`` the final ``r``.
 
     >>> from rope_interp.testing import tiny_model
     >>> from rope_interp.metrics import logit_diff
@@ -463,37 +466,29 @@ def refine_sweep(
     >>> r = refine_sweep(m, t, ld, top=3, progress=False)
     >>> ex = exact_sweep(m, t, ld, progress=False)
     >>> top3 = ex.effect.abs().flatten().topk(3).indices
-    >>> bool(r.extra["exact_mask"].flatten()[top3].all())
-    True
+    >>> bool(r.extra["exact_mask"].flatten()[top3].all()), r.extra["stable"]
+    (True, True)
     >>> torch.allclose(r.values.flatten()[top3], ex.values.flatten()[top3], atol=1e-5)
     True
     """
     top = int(positive_int("top", top))  # type: ignore[arg-type]
+    max_exact = positive_int("max_exact", max_exact, allow_none=True)
     if estimate not in ("attribution", "qk_attribution"):
         raise ParameterError(f"estimate must be 'attribution' or 'qk_attribution', got {estimate!r}")
     est = TIERS[estimate](model, tokens, metric, per, progress=False, **kwargs)
-    tokens_t, grid, op = _prepare(
-        model,
-        tokens,
-        per,
-        kwargs.get("source"),
-        kwargs.get("layers"),
-        kwargs.get("heads"),
-        kwargs.get("bands"),
-        kwargs.get("positions"),
-        kwargs.get("target"),
-        kwargs.get("mode"),
-        kwargs.get("params"),
-    )
+    sel = ("source", "layers", "heads", "bands", "positions", "target", "mode", "params")
+    tokens_t, grid, op = _prepare(model, tokens, per, *(kwargs.get(k) for k in sel))
     bs = _batch_size(batch_size, max_batch_tokens, tokens_t)
     n_cells = len(grid.cells())
     flat_est = est.values.flatten().float()
-    order = (flat_est - est.base).abs().argsort(descending=True).tolist()
+    est_eff = (flat_est - est.base).abs()
+    order = est_eff.argsort(descending=True).tolist()
     N, k = len(order), min(top, len(order))
+    cap = N if max_exact is None else max(k, min(N, max_exact))
     exact = torch.full((N,), float("nan"))
     done = torch.zeros(N, dtype=torch.bool)
-    want = order[: min(N, 2 * k)]
-    err = float("nan")
+    want = order[: min(cap, 2 * k)]
+    r, stable = float("nan"), True
     with torch.no_grad(), model.hooks(fwd_hooks=_metric_hooks(metric)):
         res, logits = residuals(model, tokens_t, grid.coords["layer"])
         base = metric_values(metric, logits, 1)[0]
@@ -502,24 +497,33 @@ def refine_sweep(
             todo = [(grid.coords["layer"][i // n_cells], i % n_cells) for i in want]
             exact[want] = _exact_cells(model, grid, op, metric, res, base, todo, bs, bar, across_layers=True)
             done[want] = True
-            eff = (exact - float(base)).abs()
             ev = done.nonzero().flatten()
-            ranked = ev[eff[ev].argsort(descending=True)]
-            t = float(eff[ranked[k - 1]])
-            rest_ev = ranked[k:]
-            errs = (exact - flat_est).abs()
-            err = float(errs[rest_ev].max()) if len(rest_ev) else float(errs[ranked].max())
-            pending = [i for i in order if not done[i]]
-            could = [i for i in pending if abs(float(flat_est[i]) - est.base) + err >= t]
-            want = could[: max(1, int(done.sum()))]
+            ex_eff = exact - float(base)
+            t = float(ex_eff[ev].abs().topk(k).values[-1])
+            err = (ex_eff[ev] - (flat_est[ev] - est.base)).abs()
+            r = float((err / est_eff[ev].clamp_min(1e-12)).max())
+            could = [i for i in order if not done[i] and float(est_eff[i]) * (1 + r) >= t]
+            room = cap - int(done.sum())
+            if len(could) > room:
+                stable = False
+            want = could[: min(room, max(1, int(done.sum())))]
         bar.close()
+    if not stable:
+        import warnings
+
+        warnings.warn(
+            f"refine_sweep stopped at max_exact={cap} exact cells while cells that could still enter the exact "
+            f"top-{k} were left; raise max_exact (or use the exact tier) for a stable top",
+            stacklevel=2,
+        )
     values = torch.where(done, exact, flat_est).reshape(grid.shape)
     extra = _extra(
         op,
         grid,
         exact_mask=done.reshape(grid.shape),
         n_exact=int(done.sum()),
-        error=err,
+        relative_error=r,
+        stable=stable,
         top=k,
         estimate=estimate,
         batch_size=bs,

@@ -277,3 +277,18 @@ def test_sweep_modules_are_in_no_import_cycle(module):
 def test_import_graph_sees_lazy_imports():
     graph = _import_graph()
     assert "rope_interp.capture" in graph["rope_interp.modes"]  # a lazy import inside a function
+
+
+def test_refine_cap_is_respected_and_an_unstable_top_warns():
+    import warnings
+
+    model = tiny_layout_model("gqa", n_layers=3)
+    metric = logit_diff(7, 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = refine_sweep(model, TOKENS, metric, top=5, max_exact=6, progress=False)
+    assert r.extra["n_exact"] <= 6
+    warned = any("max_exact" in str(w.message) for w in caught)
+    assert warned == (not r.extra["stable"])
+    with pytest.raises(ParameterError, match="estimate"):
+        refine_sweep(model, TOKENS, metric, estimate="exact", progress=False)
