@@ -20,9 +20,8 @@ import torch
 
 import rope_interp as ri
 from rope_interp.data import load_text
-from rope_interp.metrics import loss_metric
 from rope_interp.modes import METHODS, MODES
-from rope_interp.sweeps import ablation_sweep
+from rope_interp.specs import write_result
 
 
 def main() -> None:
@@ -41,19 +40,19 @@ def main() -> None:
     tokens = model.to_tokens(load_text())[:, : (64 if args.quick else args.tokens)]
     layers = args.layers or ([0, 1, model.cfg.n_layers - 1] if args.quick else None)
     bands = list(range(0, 32, 4)) if args.quick else None
-    res = ablation_sweep(
-        model,
-        tokens,
-        loss_metric(tokens),
-        ("layer", "band"),
+    spec = SweepSpec(
+        tokens=tokens.tolist(),
+        metric={"name": "loss"},
         method=args.method,
         mode=args.mode,
         layers=layers,
         bands=bands,
     )
+    res = spec.run(model, progress=True)  # = ablation_sweep(model, tokens, loss_metric(tokens), ...)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res.to_dataframe().to_csv(out / "ablation.csv", index=False)
+    write_result(res, out / "ablation.spec.json")  # what was done, to rerun: rope-interp sweep --spec
     fig = res.plot(title=f"Loss change, one band in mode {args.mode} ({args.method})")
     fig.savefig(out / "ablation.png", dpi=110, bbox_inches="tight")
     top = torch.topk(res.effect.flatten(), 5)
