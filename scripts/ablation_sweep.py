@@ -21,7 +21,7 @@ import torch
 import rope_interp as ri
 from rope_interp.data import load_text
 from rope_interp.modes import METHODS, MODES
-from rope_interp.specs import write_result
+from rope_interp.specs import SweepSpec, write_result
 
 
 def main() -> None:
