@@ -1,8 +1,9 @@
 """rope_interp: see and change what a rotary TransformerLens model does with each RoPE band.
 
 Layers of the package: ``bands`` (pure band maths) → ``spec`` (a model's layout) →
-``capture`` / ``decompose`` (read) and ``interventions`` / ``patching`` / ``sweeps``
-(change) → ``analyses`` (the papers) → ``vis`` / ``report`` / ``cli`` (see).
+``capture`` / ``decompose`` / ``direct`` (read) and ``modes`` (the intervention table) →
+``interventions`` / ``grid`` → ``sweeps`` → ``patching`` (change; ``metrics`` and ``specs``
+beside them) → ``analyses`` (the papers) → ``vis`` / ``report`` / ``cli`` (see).
 """
 
 from . import analyses, data
@@ -10,10 +11,19 @@ from .bands import band_dims, band_norms, band_view, from_bands, pass_view, rota
 from .bridge import BridgeRotaryHooksError
 from .capture import BandActivation, BandCapture, BandStats, band_hooks
 from .decompose import BandScores, band_score_terms, band_scores, iter_band_scores
-from .errors import ContextLengthError, LayerError, ModelNotAvailableError, NotRotaryError, RopeInterpError
+from .errors import (
+    ContextLengthError,
+    LayerError,
+    ModelNotAvailableError,
+    NotRotaryError,
+    ParameterError,
+    RopeInterpError,
+    UselessInterventionError,
+)
 from .hooks import attn_hook, mlp_hook
 from .interventions import BandIntervention, ablate_bands, prope
 from .models import load_model
+from .modes import MODE_TABLE
 from .patching import (
     MaskedBands,
     PatternDistance,
@@ -27,6 +37,7 @@ from .patching import (
     patch_sweep,
 )
 from .spec import RotaryBands
+from .specs import InterventionSpec, SweepSpec
 from .sweeps import (
     ablated_patterns,
     ablation_sweep,
@@ -34,6 +45,9 @@ from .sweeps import (
     direct_effect_sweep,
     exact_sweep,
     naive_sweep,
+    qk_attribution_sweep,
+    refine_sweep,
+    run_sweep,
 )
 
 __all__ = [
@@ -44,14 +58,19 @@ __all__ = [
     "BandStats",
     "BridgeRotaryHooksError",
     "ContextLengthError",
+    "InterventionSpec",
     "LayerError",
+    "MODE_TABLE",
     "MaskedBands",
     "ModelNotAvailableError",
     "NotRotaryError",
+    "ParameterError",
     "PatternDistance",
     "RopeInterpError",
     "RotaryBands",
     "SweepResult",
+    "SweepSpec",
+    "UselessInterventionError",
     "ablate_bands",
     "ablated_patterns",
     "ablation_sweep",
@@ -81,5 +100,8 @@ __all__ = [
     "patch_layer_head_band",
     "patch_sweep",
     "prope",
+    "qk_attribution_sweep",
+    "refine_sweep",
+    "run_sweep",
     "rotate",
 ]

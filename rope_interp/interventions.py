@@ -19,8 +19,16 @@ Where the modes act (all after rotation, at ``hook_rot_q`` / ``hook_rot_k``):
 * ``no_rotation`` — the band is not rotated: ``rotate(x, -theta_i * m)`` turns the
   post-rotation band back to ``amplitude * pre`` (NoPE for that band).
 * ``shift`` — an extra rotation by ``phase`` radians, or ``delta`` positions
-  (``theta_i * delta``): as if the token sat ``delta`` positions later.
+  (``theta_i * delta``). Default ``target="k"``: as if the keys sat ``delta`` positions
+  later; ``target="q"``: as if the queries did. ``target="qk"`` raises
+  :class:`~rope_interp.errors.UselessInterventionError` (the same angle on both cancels in q·k).
 * ``scale_freq`` — the band turns at ``factor * theta_i``: an extra ``(factor - 1) theta_i m``.
+
+The modes are rows of :data:`rope_interp.modes.MODE_TABLE` (parameters, validation, the
+function on the band view); parameters must be finite, and an intervention that provably
+changes nothing (shift on q and k alike, ``delta=0``, ``factor=1``) raises
+:class:`~rope_interp.errors.UselessInterventionError`. An empty band (or head) list is a
+documented identity: no hooks at all, so the model runs unchanged.
 
 Positions and the KV cache. HookedTransformer: keys are always rotated at positions
 ``0 .. n_k - 1`` (it caches keys *before* rotation and re-rotates all of them every
@@ -56,7 +64,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -68,42 +76,33 @@ from .bands import band_view
 from .errors import RopeInterpError, check_index
 from .hooking import FwdHooks, HookSet
 from .hooks import attn_hook, rotary_table_hook
+from .modes import (  # noqa: F401  (the pure functions are re-exported here, where users found them)
+    MODE_TABLE,
+    MODES,
+    TARGETS,
+    BandContext,
+    Mode,
+    Target,
+    angle_dtype,
+    check_params,
+    mean_bands,
+    position_angles,
+    resolve_reference,
+    resolve_target,
+    rotate_cs,
+    row,
+    scale_freq_bands,
+    shift_bands,
+    unrotate_bands,
+    zero_bands,
+)
 from .spec import RotaryBands
 
-Mode = Literal["zero", "mean", "no_rotation", "shift", "scale_freq"]
-Target = Literal["q", "k", "qk"]
-MODES: tuple[str, ...] = get_args(Mode)
-TARGETS: tuple[str, ...] = get_args(Target)
-_PARAMS = {
-    "zero": (),
-    "mean": ("reference",),
-    "no_rotation": (),
-    "shift": ("phase", "delta"),
-    "scale_freq": ("factor",),
-}
 ANGLE_TOL = 0.05
 """Angle error (radians) that :func:`positions_from_angles` tolerates; bf16 tables have ~0.004."""
 
 
-# ---- pure functions on [..., pos, head, band, 2] --------------------------------------------------------
-def _rotate_cs(bands: Tensor, angle: Tensor) -> Tensor:
-    """Rotate by ``angle`` (any float dtype, computed there), result in ``bands``' dtype."""
-    c, s = torch.cos(angle).to(bands.dtype), torch.sin(angle).to(bands.dtype)
-    x0, x1 = bands[..., 0], bands[..., 1]
-    return torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1)
-
-
-def position_angles(
-    freqs: Float[Tensor, " band"], positions: Float[Tensor, "*batch pos"]
-) -> Float[Tensor, "*batch pos 1 band"]:
-    """``theta_i * m`` shaped to broadcast against ``[..., pos, head, band]`` (positions per row if 2-D).
-
-    >>> position_angles(torch.tensor([1.0, 0.5]), torch.arange(3.0))[:, 0].tolist()
-    [[0.0, 0.0], [1.0, 0.5], [2.0, 1.0]]
-    """
-    return (positions[..., None] * freqs)[..., None, :]
-
-
+# ---- positions from rotary angles ----------------------------------------------------------------------
 def _unwrap_chain(freqs: Sequence[float], tol: float) -> list[tuple[int, float]]:
     """Bands to unwrap through, slowest first: each next band is the fastest one whose turns
     the current position estimate (error ``tol / f``) still pins to the right cycle."""
@@ -149,77 +148,7 @@ def positions_from_angles(
     return _unwrap(angles, _unwrap_chain(freqs.tolist(), tol))
 
 
-def zero_bands(bands: Float[Tensor, "... band 2"]) -> Float[Tensor, "... band 2"]:
-    """All zeros (zeroing before or after rotation is the same).
-
-    >>> zero_bands(torch.ones(2, 3, 2)).abs().sum().item()
-    0.0
-    """
-    return torch.zeros_like(bands)
-
-
-def mean_bands(
-    bands: Float[Tensor, "... pos head band 2"], reference: Float[Tensor, "head band 2"] | None = None
-) -> Float[Tensor, "... pos head band 2"]:
-    """Each band replaced by its mean over positions, or by ``reference`` (broadcast).
-
-    >>> x = torch.arange(8.0).reshape(1, 2, 1, 2, 2)   # [batch, pos, head, band, 2]
-    >>> mean_bands(x)[0, :, 0, 0].tolist()
-    [[2.0, 3.0], [2.0, 3.0]]
-    """
-    if reference is None:
-        return bands.mean(dim=-4, keepdim=True).expand_as(bands)
-    return reference.to(device=bands.device, dtype=bands.dtype).expand_as(bands)
-
-
-def unrotate_bands(
-    bands: Float[Tensor, "... pos head band 2"],
-    freqs: Float[Tensor, " band"],
-    positions: Float[Tensor, " pos"],
-) -> Float[Tensor, "... pos head band 2"]:
-    """Undo RoPE: ``rotate(x, -theta_i * m)`` (post-rotation band -> ``amplitude * pre``).
-
-    >>> from rope_interp.bands import rotate
-    >>> pre, f, m = torch.randn(4, 1, 3, 2), torch.tensor([1.0, 0.1, 0.01]), torch.arange(4.0)
-    >>> torch.allclose(unrotate_bands(rotate(pre, position_angles(f, m)), f, m), pre, atol=1e-6)
-    True
-    """
-    return _rotate_cs(bands, -position_angles(freqs, positions))
-
-
-def shift_bands(
-    bands: Float[Tensor, "... band 2"], phase: Float[Tensor, " band"] | float
-) -> Float[Tensor, "... band 2"]:
-    """Extra rotation by ``phase`` radians (per band). ``phase = theta * delta`` moves a token ``delta`` positions.
-
-    >>> shift_bands(torch.tensor([[1.0, 0.0]]), torch.tensor([math.pi / 2])).round().abs().tolist()
-    [[0.0, 1.0]]
-    """
-    return _rotate_cs(bands, torch.as_tensor(phase, dtype=torch.float64, device=bands.device))
-
-
-def scale_freq_bands(
-    bands: Float[Tensor, "... pos head band 2"],
-    freqs: Float[Tensor, " band"],
-    positions: Float[Tensor, " pos"],
-    factor: float,
-) -> Float[Tensor, "... pos head band 2"]:
-    """Re-time post-rotation bands to turn at ``factor * theta_i``: extra ``(factor - 1) theta_i m``.
-
-    >>> from rope_interp.bands import rotate
-    >>> pre, f, m = torch.randn(5, 1, 2, 2), torch.tensor([0.3, 0.02]), torch.arange(5.0)
-    >>> post = rotate(pre, position_angles(f, m))
-    >>> torch.allclose(scale_freq_bands(post, f, m, 2.0), rotate(pre, position_angles(2 * f, m)), atol=1e-6)
-    True
-    """
-    return _rotate_cs(bands, (factor - 1.0) * position_angles(freqs, positions))
-
-
 # ---- the hook set ----------------------------------------------------------------------------------------
-def _angle_dtype(device: torch.device) -> torch.dtype:
-    return torch.float32 if device.type == "mps" else torch.float64
-
-
 class BandIntervention(HookSet):
     """One intervention ``mode`` on ``bands`` of ``layers`` × ``heads``, on q, k or both.
 
@@ -234,7 +163,7 @@ class BandIntervention(HookSet):
         bands: int | Sequence[int] | None,
         layers: int | Sequence[int] | None = None,
         heads: int | Sequence[int] | None = None,
-        target: Target = "qk",
+        target: Target | None = None,
         mode: Mode = "zero",
         *,
         kv_heads: int | Sequence[int] | None = None,
@@ -242,19 +171,14 @@ class BandIntervention(HookSet):
     ):
         super().__init__(model)
         adapter.check_decomposable(model)
-        if mode not in MODES:
-            raise RopeInterpError(f"unknown intervention mode {mode!r}; expected one of {MODES}")
-        if target not in TARGETS:
-            raise RopeInterpError(f"unknown target {target!r}; expected one of {TARGETS}")
-        for name in params:
-            if name not in _PARAMS[mode]:
-                allowed = ", ".join(_PARAMS[mode]) or "no parameters"
-                raise RopeInterpError(f"mode {mode!r} takes {allowed}; got unexpected parameter {name!r}")
+        self.row = row(mode)
+        target = resolve_target(mode, target)
         self.spec = spec = RotaryBands.from_model(model)
         self.mode, self.target = mode, target
         self.layers = adapter.layers(model, layers)
         self.bands = list(range(spec.n_bands)) if bands is None else check_index("band", bands, spec.n_bands)
         self.q_heads, self.k_heads = self._resolve_heads(heads, kv_heads)
+        self.params = check_params(mode, params, target, symmetric_qk=self._symmetric_qk())
         self._dev = dev = adapter.device(model)
         self._band_idx = torch.tensor(self.bands, dtype=torch.long, device=dev)
         self._head_idx = {
@@ -262,13 +186,35 @@ class BandIntervention(HookSet):
             for side, h in (("q", self.q_heads), ("k", self.k_heads))
         }
         self._pending: dict[int, Tensor] = {}
-        self._init_params(params)
+        self._adt = angle_dtype(dev)
+        self._freqs = {L: spec.freqs[L, self.bands].to(device=dev, dtype=self._adt) for L in self.layers}
+        self._positional = self.row.position_dependent
+        self._reference: dict[tuple[int, str], Tensor] = {}
+        if mode == "shift" and isinstance(self.params.get("phase"), Tensor):
+            ph = self.params["phase"]
+            if ph.shape[0] != len(self.bands):
+                raise RopeInterpError(
+                    f"phase must be a scalar or one value per selected band ({len(self.bands)}), "
+                    f"got shape {tuple(ph.shape)}"
+                )
+            self.params["phase"] = ph.to(device=dev, dtype=self._adt)
+        if mode == "mean" and self.params.get("reference") is not None:
+            self._init_reference(self.params["reference"])
         # bridge: positions read from hook_cos/hook_sin (see the module docstring)
-        self._from_tables = self._alpha is not None and adapter.is_bridge(model)
+        self._from_tables = self._positional and adapter.is_bridge(model)
         self._positions: dict[int, Tensor] = {}
         self._cos: dict[int, Tensor] = {}
         if self._from_tables:
             self._init_unwrap()
+
+    def _symmetric_qk(self) -> bool:
+        """True when the q heads changed are exactly the query heads reading the k heads changed."""
+        if self.target != "qk":
+            return False
+        spec = self.spec
+        q = set(range(spec.n_heads) if self.q_heads is None else self.q_heads)
+        k = set(range(spec.n_kv_heads) if self.k_heads is None else self.k_heads)
+        return q == {h for h in range(spec.n_heads) if int(spec.kv_map[h]) in k}
 
     # ---- setup -------------------------------------------------------------------------------------------
     def _resolve_heads(self, heads, kv_heads) -> tuple[list[int] | None, list[int] | None]:
@@ -293,41 +239,6 @@ class BandIntervention(HookSet):
                 )
         return q, kv
 
-    def _init_params(self, params: dict[str, Any]) -> None:
-        spec, dev = self.spec, self._dev
-        adt = _angle_dtype(dev)
-        freqs = {L: spec.freqs[L, self.bands].to(device=dev, dtype=adt) for L in self.layers}
-        self._alpha: dict[int, Tensor] | None = None  # per-position angle coefficient
-        self._phase: dict[int, Tensor] | None = None  # constant extra angle
-        self._reference: dict[tuple[int, str], Tensor] = {}
-        if self.mode == "no_rotation":
-            self._alpha = {L: -f for L, f in freqs.items()}
-        elif self.mode == "scale_freq":
-            if "factor" not in params:
-                raise RopeInterpError("mode 'scale_freq' needs factor=c (the band turns at c * theta)")
-            c = float(params["factor"])
-            if not math.isfinite(c):
-                raise RopeInterpError(f"factor must be finite, got {c}")
-            self._alpha = {L: (c - 1.0) * f for L, f in freqs.items()}
-        elif self.mode == "shift":
-            if ("phase" in params) == ("delta" in params):
-                raise RopeInterpError(
-                    "mode 'shift' needs exactly one of phase= (radians) or delta= (positions)"
-                )
-            if "phase" in params:
-                ph = torch.as_tensor(params["phase"], dtype=adt).to(dev)
-                if ph.ndim > 1 or (ph.ndim == 1 and ph.shape[0] != len(self.bands)):
-                    raise RopeInterpError(
-                        f"phase must be a scalar or one value per selected band ({len(self.bands)}), "
-                        f"got shape {tuple(ph.shape)}"
-                    )
-                self._phase = {L: ph.expand(len(self.bands)) for L in self.layers}
-            else:
-                delta = float(params["delta"])
-                self._phase = {L: f * delta for L, f in freqs.items()}
-        elif self.mode == "mean" and params.get("reference") is not None:
-            self._init_reference(params["reference"])
-
     def _init_unwrap(self) -> None:
         spec = self.spec
         self._chain = {L: _unwrap_chain(spec.freqs[L].tolist(), ANGLE_TOL) for L in self.layers}
@@ -341,37 +252,9 @@ class BandIntervention(HookSet):
                 )
 
     def _init_reference(self, ref: Any) -> None:
-        from .capture import BandStats
-
-        spec = self.spec
         for side in ("q", "k") if self.target == "qk" else (self.target,):
-            n_h = spec.n_heads if side == "q" else spec.n_kv_heads
-            if isinstance(ref, BandStats):
-                site = "rot_" + side
-                if site not in ref.sites:
-                    raise RopeInterpError(
-                        f"the BandStats reference did not track site {site!r} (it has {ref.sites})"
-                    )
-                missing = [L for L in self.layers if L not in ref.layers]
-                if missing:
-                    raise RopeInterpError(f"the BandStats reference has no statistics for layers {missing}")
-                full = ref.mean_vector(site)[[ref.layers.index(L) for L in self.layers]]
-                table = dict(zip(self.layers, full, strict=True))
-            else:
-                t = ref[side] if isinstance(ref, dict) else ref
-                if not isinstance(t, Tensor):
-                    raise RopeInterpError(
-                        "reference must be a tensor, a dict {'q': ..., 'k': ...} or a BandStats"
-                    )
-                want = (spec.n_layers, n_h, spec.n_bands, 2)
-                if tuple(t.shape) != want:
-                    raise RopeInterpError(
-                        f"reference for {side!r} must have shape [n_layers, heads, n_bands, 2] = {want}, "
-                        f"got {tuple(t.shape)} (a dict {{'q': ..., 'k': ...}} gives one per side)"
-                    )
-                table = {L: t[L] for L in self.layers}
             heads = self.q_heads if side == "q" else self.k_heads
-            for L, v in table.items():
+            for L, v in resolve_reference(self.spec, ref, self.layers, side).items():
                 v = v[:, self.bands]
                 if heads is not None:
                     v = v[heads]
@@ -383,7 +266,7 @@ class BandIntervention(HookSet):
     # ---- application ----------------------------------------------------------------------------------------
     @property
     def _q_deferred(self) -> bool:
-        return self._alpha is not None and not self._from_tables
+        return self._positional and not self._from_tables
 
     def _select(self, v: Tensor, side: str) -> Tensor:
         h = self._head_idx[side]
@@ -399,19 +282,13 @@ class BandIntervention(HookSet):
             v[:, :, h[:, None], self._band_idx[None, :]] = new
 
     def _transform(self, x: Tensor, layer: int, side: str, pos: Tensor | None) -> Tensor:
-        if self.mode == "zero":
-            return zero_bands(x)
-        if self.mode == "mean":
-            return mean_bands(x, self._reference.get((layer, side)))
-        if self._phase is not None:
-            return _rotate_cs(x, self._phase[layer])
-        assert self._alpha is not None and pos is not None
-        return _rotate_cs(x, position_angles(self._alpha[layer], pos))
+        ctx = BandContext(self._freqs[layer], pos, self._reference.get((layer, side)))
+        return self.row.apply(x, ctx, self.params)
 
     def _apply(self, act: Tensor, layer: int, side: str, start: int = 0, pos: Tensor | None = None) -> None:
         """``pos``: positions ``[pos]`` or ``[batch, pos]``; default ``start .. start + n - 1``."""
-        if pos is None and self._alpha is not None:
-            pos = torch.arange(start, start + act.shape[1], device=act.device, dtype=self._alpha[layer].dtype)
+        if pos is None and self._positional:
+            pos = torch.arange(start, start + act.shape[1], device=act.device, dtype=self._adt)
         v = band_view(act, self.spec.rotary_dim, self.spec.adjacent_pairs)
         self._write(v, side, self._transform(self._select(v, side), layer, side, pos))
 
@@ -430,8 +307,7 @@ class BandIntervention(HookSet):
 
     def _hook_sin(self, act: Tensor, hook: Any, layer: int) -> Tensor:
         cos = self._cos.pop(layer)
-        assert self._alpha is not None
-        ang = _bridge.table_angles(cos, act, self.spec.n_bands, self._alpha[layer].dtype)
+        ang = _bridge.table_angles(cos, act, self.spec.n_bands, self._adt)
         self._positions[layer] = _unwrap(ang, self._chain[layer])  # [batch or 1, pos], on the device
         return act
 
@@ -485,7 +361,7 @@ def ablate_bands(
     bands: int | Sequence[int] | None,
     layers: int | Sequence[int] | None = None,
     heads: int | Sequence[int] | None = None,
-    target: Target = "qk",
+    target: Target | None = None,
     mode: Mode = "zero",
     **params: Any,
 ) -> BandIntervention:
@@ -494,7 +370,10 @@ def ablate_bands(
     ``mode``: ``"zero"``; ``"mean"`` (``reference=`` tensor ``[n_layers, heads, n_bands, 2]``,
     dict ``{"q": ..., "k": ...}`` or a ``BandStats`` tracking ``rot_q``/``rot_k``; default:
     mean over positions); ``"no_rotation"``; ``"shift"`` (``phase=`` radians or ``delta=``
-    positions); ``"scale_freq"`` (``factor=``). ``kv_heads=`` selects key heads explicitly
+    positions; default target ``"k"``: keys as if ``delta`` positions later); ``"scale_freq"``
+    (``factor=``). ``target`` None means the mode's default (``"qk"``, or ``"k"`` for shift).
+    Non-finite parameters raise :class:`~rope_interp.errors.ParameterError`; a provable
+    no-op raises :class:`~rope_interp.errors.UselessInterventionError`. ``kv_heads=`` selects key heads explicitly
     under GQA. Returns a :class:`BandIntervention`: a context manager (model restored in
     ``finally``) with ``.fwd_hooks()`` for ``model.run_with_hooks``; compose with ``+``.
 
@@ -509,6 +388,10 @@ def ablate_bands(
     >>> both = ablate_bands(model, [2], mode="shift", delta=3) + ablate_bands(model, [3], mode="no_rotation")
     >>> torch.allclose(both.run(toks), base)
     False
+    >>> ablate_bands(model, [2], mode="shift", delta=3, target="qk")
+    Traceback (most recent call last):
+    ...
+    rope_interp.errors.UselessInterventionError: mode 'shift' with target='qk' changes nothing: the same extra angle on q and k cancels in every q·k. Use target='k' (keys as if delta positions later, the default for shift) or target='q'
     """
     return BandIntervention(model, bands, layers, heads, target, mode, **params)
 

@@ -1,61 +1,87 @@
-"""Fast band sweeps: the same answers as one hooked forward per condition, much sooner.
+"""Band sweeps: one engine, every intervention mode, five tiers that trade exactness for speed.
 
 Every sweep changes one cell of a grid (layer × band, layer × head × band, layer × band ×
-pos; see :class:`rope_interp.patching.Grid`) at a time — zero-ablating it (``source=None``)
-or patching it from a clean run (``source=clean_tokens``) — and records a metric.
-Which tier to use:
+pos; see :class:`rope_interp.grid.Grid`) at a time and records a metric. A cell gets any
+mode of :data:`rope_interp.modes.MODE_TABLE` (``mode="zero"`` by default; ``params`` as for
+:func:`~rope_interp.interventions.ablate_bands`) or, with ``source=clean_tokens``, the bands
+of a clean run (patching). ``target`` None means the mode's default (``"k"`` for shift,
+``"qk"`` otherwise; ``"qk"`` for patching). The tiers (:data:`TIERS`, one per ``Method``):
 
-* :func:`naive_sweep` — one full hooked forward per condition (what TransformerLens'
-  patching does). The reference; use it to check the others.
-* :func:`exact_sweep` — the same numbers (to float rounding). The unchanged run is
-  computed once and its residual stream before every layer kept; a condition at layer
-  ``L`` runs only blocks ``L..end`` (``start_at_layer``), and several conditions are
-  stacked along the batch of one forward (``batch_size``). Prefix reuse saves about half
-  the FLOPs on average; batching is the big win on a GPU (and for short prompts on a CPU).
-* :func:`attribution_sweep` — a first-order estimate of every cell at once:
-  ``grad(metric) · (source − run)`` at the band views of ``hook_rot_q`` / ``hook_rot_k``,
-  from one forward and one backward (plus one forward of the source run). Use it to
-  rank thousands of cells, then confirm the top ones exactly.
-* :func:`direct_effect_sweep` / :func:`ablated_patterns` — analytic: from the exact
-  per-band score decomposition (:mod:`rope_interp.decompose`), the attention pattern of
-  every head with each band's term removed, for all bands at once, without any extra
-  forward. This is the *direct* effect on that layer's patterns only (no downstream
-  layers); it equals zeroing the band on q or k of that layer alone, read at its
-  ``hook_pattern``.
+* ``"naive"`` — one full hooked forward per condition (what TransformerLens' patching does).
+  The reference; use it to check the others.
+* ``"exact"`` — the same numbers (to float rounding). The unchanged run is computed once
+  and its residual stream before every layer kept; a condition at layer ``L`` runs only
+  blocks ``L..end`` (``start_at_layer``), and several conditions are stacked along the
+  batch of one forward (``batch_size``).
+* ``"attribution"`` — a first-order estimate of every cell at once (attribution patching,
+  Nanda 2023; AtP in Kramár et al. 2024, arXiv:2403.00745):
+  ``grad(metric) · (new − run)`` at the band views of ``hook_rot_q`` / ``hook_rot_k``, from
+  one forward and one backward (plus one forward of the source run).
+* ``"qk_attribution"`` — AtP*'s QK-fix (Kramár et al. 2024, §3.1), per band: the change of
+  every head's attention pattern at the cell's layer is computed *exactly* from the per-band
+  score decomposition (:func:`rope_interp.direct.band_changed_patterns`), then dotted with
+  the gradient of the metric with respect to that layer's ``hook_pattern`` — all layers from
+  one captured forward and one backward. Only the path from the pattern onwards is
+  linearised, so it is exact when the metric is linear in that layer's pattern.
+* ``"refine"`` — what users do by hand, built in: rank every cell with ``qk_attribution``,
+  run the exact tier on a growing shortlist until the exact top-``top`` is stable under the
+  estimate's observed error, and return exact values for the shortlist and estimates for
+  the rest (``result.extra["exact_mask"]`` marks which is which).
+
+The analytic direct effect (:func:`ablated_patterns`, :func:`direct_effect_sweep`) lives in
+:mod:`rope_interp.direct` and is re-exported here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Literal
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
 from . import adapter
 from .bands import band_view
-from .capture import BandCapture
-from .decompose import band_score_terms
-from .errors import RopeInterpError, check_index
+from .direct import ablated_patterns, band_changed_patterns, direct_effect_sweep, pass_scores  # noqa: F401
+from .errors import ParameterError, RopeInterpError
+from .grid import CellOp, Grid, MaskedBands, SweepResult, capture_source
 from .hooking import HookSet
 from .hooks import attn_hook
-from .patching import Grid, MaskedBands, Metric, SweepResult, capture_source, metric_values
+from .metrics import Metric, metric_values
+from .modes import METHODS, Method, Mode, check_params, check_target, resolve_target
 from .spec import RotaryBands
+from .validate import positive_int
 
 
-def _prepare(model, tokens, per, source, layers, heads, bands, positions, target):
+def _prepare(model, tokens, per, source, layers, heads, bands, positions, target, mode, params):
+    """Tokens, grid and the :class:`CellOp` of a sweep, all inputs validated."""
     tokens = adapter.to_tokens(model, tokens)
-    grid = Grid.build(model, per, layers, heads, bands, positions, target, tokens.shape[1])
-    src = None
     if source is not None:
+        if mode is not None or params:
+            raise ParameterError(
+                "source= patches the clean run's bands into each cell; mode=/params= are for ablation sweeps "
+                "(leave them out, or drop source=)"
+            )
+        target = "qk" if target is None else check_target(target)
+        grid = Grid.build(model, per, layers, heads, bands, positions, target, tokens.shape[1])
         source = adapter.to_tokens(model, source)
         if source.shape != tokens.shape:
             raise RopeInterpError(
                 f"source (clean) tokens {tuple(source.shape)} and run tokens {tuple(tokens.shape)} differ in shape"
             )
         src = capture_source(model, source, grid.coords["layer"])
-    return tokens, grid, src
+        return tokens, grid, CellOp(model, grid.coords["layer"], source=src, target=target)
+    mode = "zero" if mode is None else mode
+    target = resolve_target(mode, target)
+    grid = Grid.build(model, per, layers, heads, bands, positions, target, tokens.shape[1])
+    p = check_params(mode, dict(params or {}), target, symmetric_qk="pos" not in grid.dims)
+    return tokens, grid, CellOp(model, grid.coords["layer"], mode=mode, params=p, target=target)
+
+
+def _extra(op: CellOp, grid: Grid, **more: Any) -> dict[str, Any]:
+    kind = {"kind": "patch"} if op.source is not None else {"kind": "ablation", "mode": op.mode}
+    return {**kind, "target": grid.target, **more}
 
 
 def _metric_hooks(metric: Any) -> list:
@@ -75,22 +101,26 @@ def naive_sweep(
     per: Sequence[str] = ("layer", "band"),
     *,
     source: Any = None,
+    mode: Mode | None = None,
+    params: dict[str, Any] | None = None,
     layers: Sequence[int] | None = None,
     heads: Sequence[int] | None = None,
     bands: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
-    target: str = "qk",
+    target: str | None = None,
     progress: bool = True,
 ) -> SweepResult:
     """Reference tier: one full hooked forward per condition. ``values`` shape follows ``per``.
 
     >>> from rope_interp.testing import tiny_model
-    >>> from rope_interp.patching import logit_diff
+    >>> from rope_interp.metrics import logit_diff
     >>> r = naive_sweep(tiny_model(), torch.tensor([[1, 2, 3]]), logit_diff(1, 2), layers=[0], progress=False)
     >>> r.values.shape
     torch.Size([1, 8])
     """
-    tokens, grid, src = _prepare(model, tokens, per, source, layers, heads, bands, positions, target)
+    tokens, grid, op = _prepare(
+        model, tokens, per, source, layers, heads, bands, positions, target, mode, params
+    )
     dev, cells = adapter.device(model), grid.cells()
     out = []
     with torch.no_grad(), model.hooks(fwd_hooks=_metric_hooks(metric)):
@@ -99,12 +129,12 @@ def naive_sweep(
         for L in grid.coords["layer"]:
             for cell in cells:
                 qm, km = grid.masks([cell], dev)
-                with MaskedBands(model, L, qm, km, None if src is None else src[L]):
+                with MaskedBands(model, L, qm, km, op=op):
                     out.append(metric_values(metric, model(tokens), 1)[0])
                 bar.update(1)
         bar.close()
     values = torch.stack(out).reshape(grid.shape)
-    return SweepResult(values.cpu(), grid.dims, grid.coords, float(base), "naive")
+    return SweepResult(values.cpu(), grid.dims, grid.coords, float(base), "naive", _extra(op, grid))
 
 
 def residuals(model: Any, tokens: Tensor, layers: Sequence[int]) -> tuple[dict[int, Tensor], Tensor]:
@@ -120,6 +150,73 @@ def residuals(model: Any, tokens: Tensor, layers: Sequence[int]) -> tuple[dict[i
     return res, model(x, start_at_layer=n)
 
 
+def _batch_size(batch_size: int | None, max_batch_tokens: int, tokens: Tensor) -> int:
+    if batch_size is None:
+        return max(1, positive_int("max_batch_tokens", max_batch_tokens) // tokens.numel())
+    return int(positive_int("batch_size", batch_size))  # type: ignore[arg-type]
+
+
+def _exact_cells(
+    model: Any,
+    grid: Grid,
+    op: CellOp,
+    metric: Metric,
+    res: dict[int, Tensor],
+    base: Tensor,
+    todo: Sequence[tuple[int, int]],
+    batch_size: int,
+    bar: Any = None,
+    across_layers: bool = False,
+) -> Tensor:
+    """Exact metric of each ``(layer, cell index)`` in ``todo``: a float tensor.
+
+    Default: one layer at a time, its cells stacked (prefix reuse: the forward starts at that
+    layer). ``across_layers``: cells of different layers share a forward that starts at the
+    earliest of them (each copy changed only at its own layer) — fewer, larger forwards, for a
+    scattered shortlist.
+    """
+    dev, cells = adapter.device(model), grid.cells()
+    metric_layer = getattr(metric, "layer", None)
+    out = torch.empty(len(todo), dtype=torch.float32)
+    groups: list[list[int]] = []
+    live = [i for i, (L, _) in enumerate(todo) if metric_layer is None or L <= metric_layer]
+    live_set = set(live)
+    dead = [i for i in range(len(todo)) if i not in live_set]
+    if dead:  # cannot reach the metric's layer
+        out[dead] = base.float().cpu()
+    if across_layers:
+        live.sort(key=lambda i: todo[i][0])
+        groups = [live[i : i + batch_size] for i in range(0, len(live), batch_size)]
+    else:
+        by_layer: dict[int, list[int]] = {}
+        for i in live:
+            by_layer.setdefault(todo[i][0], []).append(i)
+        for idx in by_layer.values():
+            groups += [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
+    for chunk in groups:
+        layers = [todo[j][0] for j in chunk]
+        start = min(layers)
+        qm, km = grid.masks([cells[todo[j][1]] for j in chunk], dev)
+        hooks = []
+        for L in sorted(set(layers)):
+            mine = torch.tensor([lay == L for lay in layers], device=dev)[:, None, None, None]
+            hooks.append(
+                MaskedBands(
+                    model, L, None if qm is None else qm & mine, None if km is None else km & mine, op=op
+                )
+            )
+        x = res[start].repeat(len(chunk), *([1] * (res[start].ndim - 1)))
+        with contextlib.ExitStack() as stack:
+            for h in hooks:
+                stack.enter_context(h)
+            out[chunk] = metric_values(metric, model(x, start_at_layer=start), len(chunk)).float().cpu()
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None and dead:
+        bar.update(len(dead))
+    return out
+
+
 def exact_sweep(
     model: Any,
     tokens: Any,
@@ -127,11 +224,13 @@ def exact_sweep(
     per: Sequence[str] = ("layer", "band"),
     *,
     source: Any = None,
+    mode: Mode | None = None,
+    params: dict[str, Any] | None = None,
     layers: Sequence[int] | None = None,
     heads: Sequence[int] | None = None,
     bands: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
-    target: str = "qk",
+    target: str | None = None,
     batch_size: int | None = None,
     max_batch_tokens: int = 1024,
     progress: bool = True,
@@ -140,41 +239,55 @@ def exact_sweep(
     fit in ``max_batch_tokens`` tokens). Same values as :func:`naive_sweep` to float rounding.
 
     >>> from rope_interp.testing import tiny_model
-    >>> from rope_interp.patching import logit_diff
+    >>> from rope_interp.metrics import logit_diff
     >>> m, t, ld = tiny_model(), torch.tensor([[1, 2, 3]]), logit_diff(1, 2)
     >>> ex = exact_sweep(m, t, ld, layers=[1], progress=False)
     >>> torch.allclose(ex.values, naive_sweep(m, t, ld, layers=[1], progress=False).values, atol=1e-5)
     True
+    >>> sh = exact_sweep(m, t, ld, mode="shift", params={"delta": 2}, progress=False)   # keys 2 later
+    >>> sh.extra["target"], sh.values.shape
+    ('k', torch.Size([2, 8]))
     """
-    tokens, grid, src = _prepare(model, tokens, per, source, layers, heads, bands, positions, target)
-    dev, cells = adapter.device(model), grid.cells()
-    if batch_size is None:
-        batch_size = max(1, max_batch_tokens // tokens.numel())
-    if batch_size < 1:
-        raise RopeInterpError(f"batch_size must be >= 1, got {batch_size}")
-    metric_layer = getattr(metric, "layer", None)
-    rows = []
+    tokens, grid, op = _prepare(
+        model, tokens, per, source, layers, heads, bands, positions, target, mode, params
+    )
+    bs = _batch_size(batch_size, max_batch_tokens, tokens)
+    n_cells = len(grid.cells())
+    todo = [(L, c) for L in grid.coords["layer"] for c in range(n_cells)]
     with torch.no_grad(), model.hooks(fwd_hooks=_metric_hooks(metric)):
         res, logits = residuals(model, tokens, grid.coords["layer"])
         base = metric_values(metric, logits, 1)[0]
-        bar = _progress(len(cells) * len(grid.coords["layer"]), "exact sweep", progress)
-        for L in grid.coords["layer"]:
-            if metric_layer is not None and L > metric_layer:  # cannot reach the metric's layer
-                rows.append(base.expand(len(cells)))
-                bar.update(len(cells))
-                continue
-            vals = []
-            for i in range(0, len(cells), batch_size):
-                chunk = cells[i : i + batch_size]
-                qm, km = grid.masks(chunk, dev)
-                x = res[L].repeat(len(chunk), *([1] * (res[L].ndim - 1)))
-                with MaskedBands(model, L, qm, km, None if src is None else src[L]):
-                    vals.append(metric_values(metric, model(x, start_at_layer=L), len(chunk)))
-                bar.update(len(chunk))
-            rows.append(torch.cat(vals))
+        bar = _progress(len(todo), "exact sweep", progress)
+        values = _exact_cells(model, grid, op, metric, res, base, todo, bs, bar)
         bar.close()
-    values = torch.stack(rows).reshape(grid.shape)
-    return SweepResult(values.cpu(), grid.dims, grid.coords, float(base), "exact", {"batch_size": batch_size})
+    return SweepResult(
+        values.reshape(grid.shape),
+        grid.dims,
+        grid.coords,
+        float(base),
+        "exact",
+        _extra(op, grid, batch_size=bs),
+    )
+
+
+# ---- first-order tiers -----------------------------------------------------------------------------------
+def _grad_run(model, tokens, metric, hooks_at: dict[str, Any]) -> tuple[Tensor, dict, dict]:
+    """One forward keeping the activations at ``hooks_at`` (name -> key) and one backward of the metric."""
+    acts: dict[Any, Tensor] = {}
+
+    def keep(act: Tensor, key: Any) -> Tensor:
+        if not act.requires_grad:
+            act.requires_grad_(True)
+        acts[key] = act
+        return act
+
+    hooks = [(name, lambda a, hook, key=key: keep(a, key)) for name, key in hooks_at.items()]
+    with torch.enable_grad(), model.hooks(fwd_hooks=hooks + _metric_hooks(metric)):
+        value = metric_values(metric, model(tokens), 1)[0]
+        keys = list(acts)
+        grads = torch.autograd.grad(value, [acts[k] for k in keys], allow_unused=True)
+    grads_d = {k: (torch.zeros_like(acts[k]) if g is None else g) for k, g in zip(keys, grads, strict=True)}
+    return value.detach(), {k: a.detach() for k, a in acts.items()}, grads_d
 
 
 def attribution_sweep(
@@ -184,62 +297,114 @@ def attribution_sweep(
     per: Sequence[str] = ("layer", "band"),
     *,
     source: Any = None,
+    mode: Mode | None = None,
+    params: dict[str, Any] | None = None,
     layers: Sequence[int] | None = None,
     heads: Sequence[int] | None = None,
     bands: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
-    target: str = "qk",
+    target: str | None = None,
     progress: bool = True,
 ) -> SweepResult:
-    """Attribution tier: ``values = base + Σ grad · (source − run)`` over each cell's band
-    components (``source=None``: zero-ablation, ``0 − run``). One forward + one backward.
+    """Attribution tier: ``values = base + Σ grad · (new − run)`` over each cell's band
+    components (zero-ablation: ``0 − run``; patching: ``source − run``). One forward + one backward.
 
     >>> from rope_interp.testing import tiny_model
-    >>> from rope_interp.patching import logit_diff
+    >>> from rope_interp.metrics import logit_diff
     >>> r = attribution_sweep(tiny_model(), torch.tensor([[1, 2, 3]]), logit_diff(1, 2), progress=False)
     >>> r.values.shape, r.method
     (torch.Size([2, 8]), 'attribution')
     """
-    tokens, grid, src = _prepare(model, tokens, per, source, layers, heads, bands, positions, target)
+    tokens, grid, op = _prepare(
+        model, tokens, per, source, layers, heads, bands, positions, target, mode, params
+    )
     spec = grid.spec
-    sides = [s for s in ("q", "k") if s in target]
-    acts: dict[tuple[int, str], Tensor] = {}
-
-    def keep(act: Tensor, L: int, side: str) -> Tensor:
-        if not act.requires_grad:
-            act.requires_grad_(True)
-        acts[L, side] = act
-        return act
-
-    hooks = [
-        (attn_hook(L, "rot_" + s), lambda a, hook, L=L, s=s: keep(a, L, s))
-        for L in grid.coords["layer"]
-        for s in sides
-    ]
-    with torch.enable_grad(), model.hooks(fwd_hooks=hooks + _metric_hooks(metric)):
-        value = metric_values(metric, model(tokens), 1)[0]
-        keys = list(acts)
-        grads = dict(
-            zip(keys, torch.autograd.grad(value, [acts[k] for k in keys], allow_unused=True), strict=True)
-        )
+    sides = [s for s in ("q", "k") if s in grid.target]
+    at = {attn_hook(L, "rot_" + s): (L, s) for L in grid.coords["layer"] for s in sides}
+    value, acts, grads = _grad_run(model, tokens, metric, at)
     rd, adj = spec.rotary_dim, spec.adjacent_pairs
     rows = []
-    bar = _progress(len(grid.coords["layer"]), "attribution", progress)
+    with torch.no_grad():
+        for L in grid.coords["layer"]:
+            contrib = {}
+            for s in sides:
+                v = band_view(acts[L, s], rd, adj)
+                delta = op.new_view(v, L, s) - v
+                contrib[s] = (
+                    (band_view(grads[L, s], rd, adj) * delta).sum(-1).sum(0).float()
+                )  # [pos, head, B]
+            rows.append(_aggregate(grid, contrib, spec))
+    values = torch.stack(rows).reshape(grid.shape) + value.float()
+    return SweepResult(values.cpu(), grid.dims, grid.coords, float(value), "attribution", _extra(op, grid))
+
+
+def qk_attribution_sweep(
+    model: Any,
+    tokens: Any,
+    metric: Metric,
+    per: Sequence[str] = ("layer", "band"),
+    *,
+    source: Any = None,
+    mode: Mode | None = None,
+    params: dict[str, Any] | None = None,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    bands: Sequence[int] | None = None,
+    positions: Sequence[int] | None = None,
+    target: str | None = None,
+    progress: bool = True,
+) -> SweepResult:
+    """QK-fixed attribution (AtP*, Kramár et al. 2024, per band): ``values = base + Σ_heads
+    grad_pattern · (pattern with the cell changed − pattern)`` at the cell's layer.
+
+    The pattern change is exact (per-band score decomposition, softmax and mask included);
+    the gradient of the metric w.r.t. each layer's ``hook_pattern`` comes from one forward and
+    one backward. Exact when the metric is linear in that layer's pattern.
+
+    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.metrics import logit_diff
+    >>> r = qk_attribution_sweep(tiny_model(), torch.tensor([[1, 2, 3]]), logit_diff(1, 2), progress=False)
+    >>> r.values.shape, r.method
+    (torch.Size([2, 8]), 'qk_attribution')
+    """
+    tokens, grid, op = _prepare(
+        model, tokens, per, source, layers, heads, bands, positions, target, mode, params
+    )
+    spec = grid.spec
+    adapter.check_decomposable(model)
+    at: dict[str, Any] = {}
     for L in grid.coords["layer"]:
-        contrib = {}
-        for s in sides:
-            a, g = acts[L, s].detach(), grads[L, s]
-            if g is None:
-                g = torch.zeros_like(a)
-            delta = -a if src is None else src[L][s] - a
-            contrib[s] = (
-                (band_view(g, rd, adj) * band_view(delta, rd, adj)).sum(-1).sum(0).float()
-            )  # [pos, head, B]
-        rows.append(_aggregate(grid, contrib, spec))
-        bar.update(1)
+        at[attn_hook(L, "pattern")] = (L, "pattern")
+        at[attn_hook(L, "rot_q")] = (L, "q")
+        at[attn_hook(L, "rot_k")] = (L, "k")
+    value, acts, grads = _grad_run(model, tokens, metric, at)
+    rd, adj = spec.rotary_dim, spec.adjacent_pairs
+    softcap, rows = adapter.softcap(model), []
+    bar = _progress(len(grid.coords["layer"]), "qk attribution", progress)
+    with torch.no_grad():
+        for L in grid.coords["layer"]:
+            q, k = band_view(acts[L, "q"], rd, adj), band_view(acts[L, "k"], rd, adj)
+            qn = op.new_view(q, L, "q") if "q" in grid.target else None
+            kn = op.new_view(k, L, "k") if "k" in grid.target else None
+            scale, window = float(spec.attn_scale[L]), adapter.local_window(model, L)
+            rest = pass_scores(acts[L, "q"], acts[L, "k"], rd, scale)
+            g = grads[L, "pattern"].float()[:, :, None]  # [b, head, 1, q, k]
+            if "pos" in grid.dims:
+                c = torch.zeros(grid.n_pos, spec.n_heads, spec.n_bands)
+                for p in grid.coords["pos"]:
+                    pat, new = band_changed_patterns(q, k, qn, kn, rest, scale, softcap, window, pos=p)
+                    c[p] = (g * (new - pat[:, :, None])).sum(dim=(0, 3, 4)).cpu()
+            else:
+                pat, new = band_changed_patterns(q, k, qn, kn, rest, scale, softcap, window)
+                c = (g * (new - pat[:, :, None])).sum(dim=(0, 3, 4)).cpu()[None]  # [1, head, band]
+            contrib = {"q": c}
+            if grid.target != "q":
+                contrib["k"] = torch.zeros(c.shape[0], spec.n_kv_heads, spec.n_bands)
+            rows.append(_aggregate(grid, contrib, spec))
+            bar.update(1)
     bar.close()
-    values = torch.stack(rows).reshape(grid.shape) + value.detach().float()
-    return SweepResult(values.cpu(), grid.dims, grid.coords, float(value.detach()), "attribution")
+    values = torch.stack(rows).reshape(grid.shape) + value.float().cpu()
+    return SweepResult(values, grid.dims, grid.coords, float(value), "qk_attribution", _extra(op, grid))
 
 
 def _aggregate(grid: Grid, contrib: dict[str, Tensor], spec: RotaryBands) -> Tensor:
@@ -265,138 +430,137 @@ def _aggregate(grid: Grid, contrib: dict[str, Tensor], spec: RotaryBands) -> Ten
     return c.reshape([s for s, k in zip(c.shape, keep, strict=True) if k])
 
 
-# ---- analytic direct effect -----------------------------------------------------------------------------
-def _mask(s: Tensor, window: int | None) -> Tensor:
-    """Causal mask (and a local-attention window: keys ``> query - window``) as ``-inf``."""
-    m, n = s.shape[-2:]
-    kpos, qpos = torch.arange(n, device=s.device)[None, :], torch.arange(n - m, n, device=s.device)[:, None]
-    keep = kpos <= qpos
-    if window is not None:
-        keep = keep & (kpos > qpos - window)
-    return s.masked_fill(~keep, float("-inf"))
-
-
-def _softcap(s: Tensor, softcap: float | None) -> Tensor:
-    return s if softcap is None else softcap * torch.tanh(s / softcap)
-
-
-def _drop_each_pattern(
-    terms: Float[Tensor, "batch head band q k"],
-    remainder: Tensor,
-    softcap: float | None,
-    window: int | None = None,
-) -> Float[Tensor, "batch head band q k"]:
-    """Softmax patterns with each band's term removed in turn (pure maths)."""
-    s = (terms.sum(2) + remainder)[:, :, None] - terms
-    return torch.softmax(_mask(_softcap(s, softcap), window), dim=-1)
-
-
-def _window(model: Any, layer: int) -> int | None:
-    """The local-attention window of ``layer`` (None for global attention)."""
-    return adapter.local_window(model, layer)
-
-
-def _layer_terms(model, cap: BandCapture, spec: RotaryBands, L: int) -> tuple[Tensor, Tensor]:
-    q, k = cap[L, "rot_q"], cap[L, "rot_k"]
-    qp, kp = cap.passthrough(L, "rot_q"), cap.passthrough(L, "rot_k")
-    return band_score_terms(q, k, float(spec.attn_scale[L]), qp, kp)
-
-
-def ablated_patterns(
+# ---- refine: estimate everything, confirm the top exactly ------------------------------------------------
+def refine_sweep(
     model: Any,
     tokens: Any,
-    layer: int,
+    metric: Metric,
+    per: Sequence[str] = ("layer", "band"),
     *,
-    heads: Sequence[int] | None = None,
-    bands: Sequence[int] | None = None,
-) -> Float[Tensor, "batch head band q_pos k_pos"]:
-    """Pattern of every head of ``layer`` with each band removed, all bands at once (one forward up to ``layer``).
-
-    Slot ``j`` of the band axis is the pattern without band ``bands[j]``; it equals
-    ``hook_pattern`` of a run that zeroes that band on q (or k) of this layer only.
-
-    >>> from rope_interp.testing import tiny_model
-    >>> ablated_patterns(tiny_model(), torch.tensor([[1, 2, 3]]), 0).shape
-    torch.Size([1, 4, 8, 3, 3])
-    """
-    spec = RotaryBands.from_model(model)
-    adapter.check_decomposable(model)
-    L = adapter.layers(model, layer)[0]
-    tokens = adapter.to_tokens(model, tokens)
-    cap = BandCapture(model, layers=[L], keep_passthrough=True)
-    with torch.no_grad(), cap:
-        model(tokens, stop_at_layer=L + 1)
-    terms, rest = _layer_terms(model, cap, spec, L)
-    heads = adapter.heads(model, heads)
-    bands = list(range(spec.n_bands)) if bands is None else check_index("band", bands, spec.n_bands)
-    terms, rest = terms[:, heads], rest[:, heads]
-    others = [i for i in range(spec.n_bands) if i not in set(bands)]
-    if others:
-        rest = rest + terms[:, :, others].sum(2)
-    return _drop_each_pattern(terms[:, :, bands], rest, adapter.softcap(model), _window(model, L))
-
-
-def direct_effect_sweep(
-    model: Any,
-    tokens: Any,
-    *,
-    layers: Sequence[int] | None = None,
-    heads: Sequence[int] | None = None,
-    bands: Sequence[int] | None = None,
-    distance: Literal["tv", "kl"] = "tv",
-    max_bytes: int = 512 * 1024**2,
+    top: int = 20,
+    estimate: Method = "qk_attribution",
+    max_exact: int | None = None,
+    batch_size: int | None = None,
+    max_batch_tokens: int = 1024,
     progress: bool = True,
+    **kwargs: Any,
 ) -> SweepResult:
-    """``values [layer, head, band]``: how far each head's pattern moves when one band is removed.
+    """Rank every cell with ``estimate``, then run the exact tier on a growing shortlist until the
+    exact top-``top`` cells (by |effect|) are stable under the estimate's observed error.
 
-    Mean over batch and query positions of the total-variation distance (``"tv"``, in
-    [0, 1]) or ``KL(full || without band)`` (``"kl"``) between pattern rows. One forward
-    (up to the last layer asked) captures q/k; the rest is the exact decomposition.
+    The rule (our own): evaluate the ``2 * top`` cells with the largest estimated |effect|
+    exactly; let ``t`` be the ``top``-th largest exact |effect| so far and ``r`` the largest
+    relative error ``|exact − estimate| / |estimate|`` (of the effects) among evaluated cells.
+    An unevaluated cell with ``|estimate| * (1 + r) >= t`` could still enter the top, so the
+    shortlist grows by those (at most doubling each round) until none is left. ``r`` is an
+    observed error, not a bound: a cell whose estimate is off by more than any evaluated
+    cell's could still be missed. ``max_exact`` caps the shortlist (then
+    ``extra["stable"]`` is False when cells that could still enter the top were left out).
+
+    Returns exact values for the shortlist, estimates elsewhere; ``extra["exact_mask"]`` (bool,
+    grid shape) says which, ``extra["n_exact"]`` how many, ``extra["relative_error"]`` the final ``r``.
 
     >>> from rope_interp.testing import tiny_model
-    >>> r = direct_effect_sweep(tiny_model(), torch.tensor([[1, 2, 3, 4]]), progress=False)
-    >>> r.dims, tuple(r.values.shape)
-    (('layer', 'head', 'band'), (2, 4, 8))
+    >>> from rope_interp.metrics import logit_diff
+    >>> m, t, ld = tiny_model(), torch.tensor([[1, 2, 3]]), logit_diff(1, 2)
+    >>> r = refine_sweep(m, t, ld, top=3, progress=False)
+    >>> ex = exact_sweep(m, t, ld, progress=False)
+    >>> top3 = ex.effect.abs().flatten().topk(3).indices
+    >>> bool(r.extra["exact_mask"].flatten()[top3].all()), r.extra["stable"]
+    (True, True)
+    >>> torch.allclose(r.values.flatten()[top3], ex.values.flatten()[top3], atol=1e-5)
+    True
     """
-    if distance not in ("tv", "kl"):
-        raise RopeInterpError(f"unknown distance {distance!r}; expected 'tv' or 'kl'")
-    spec = RotaryBands.from_model(model)
-    adapter.check_decomposable(model)
-    tokens = adapter.to_tokens(model, tokens)
-    layers, heads = adapter.layers(model, layers), adapter.heads(model, heads)
-    bands = list(range(spec.n_bands)) if bands is None else check_index("band", bands, spec.n_bands)
-    cap = BandCapture(model, layers=layers, keep_passthrough=True)
-    with torch.no_grad(), cap:
-        model(tokens, stop_at_layer=max(layers) + 1)
-    b, n = tokens.shape
-    chunk = max(1, max_bytes // max(1, 4 * b * len(heads) * n * n))
-    softcap, rows = adapter.softcap(model), []
-    for L in _progress_iter(layers, "direct effect", progress):
-        terms, rest = _layer_terms(model, cap, spec, L)
-        terms, rest = terms[:, heads], rest[:, heads]
-        window = _window(model, L)
-        full = torch.softmax(_mask(_softcap(terms.sum(2) + rest, softcap), window), dim=-1)
-        out = []
-        for i in range(0, len(bands), chunk):
-            sel = bands[i : i + chunk]
-            others_rest = rest + terms.sum(2) - terms[:, :, sel].sum(2)
-            p = _drop_each_pattern(terms[:, :, sel], others_rest, softcap, window)  # [b, h, c, q, k]
-            f = full[:, :, None]
-            if distance == "tv":
-                d = 0.5 * (p - f).abs().sum(-1)
-            else:
-                d = (f * (f.clamp_min(1e-30).log() - p.clamp_min(1e-30).log())).sum(-1)
-            out.append(d.mean(dim=(0, 3)))  # [h, c]
-        rows.append(torch.cat(out, dim=1))
-    values = torch.stack(rows)
-    coords = {"layer": layers, "head": heads, "band": bands}
-    return SweepResult(values.cpu(), ("layer", "head", "band"), coords, 0.0, f"direct effect ({distance})")
+    top = int(positive_int("top", top))  # type: ignore[arg-type]
+    max_exact = positive_int("max_exact", max_exact, allow_none=True)
+    if estimate not in ("attribution", "qk_attribution"):
+        raise ParameterError(f"estimate must be 'attribution' or 'qk_attribution', got {estimate!r}")
+    est = TIERS[estimate](model, tokens, metric, per, progress=False, **kwargs)
+    sel = ("source", "layers", "heads", "bands", "positions", "target", "mode", "params")
+    tokens_t, grid, op = _prepare(model, tokens, per, *(kwargs.get(k) for k in sel))
+    bs = _batch_size(batch_size, max_batch_tokens, tokens_t)
+    n_cells = len(grid.cells())
+    flat_est = est.values.flatten().float()
+    est_eff = (flat_est - est.base).abs()
+    order = est_eff.argsort(descending=True).tolist()
+    N, k = len(order), min(top, len(order))
+    cap = N if max_exact is None else max(k, min(N, max_exact))
+    exact = torch.full((N,), float("nan"))
+    done = torch.zeros(N, dtype=torch.bool)
+    want = order[: min(cap, 2 * k)]
+    r, stable = float("nan"), True
+    with torch.no_grad(), model.hooks(fwd_hooks=_metric_hooks(metric)):
+        res, logits = residuals(model, tokens_t, grid.coords["layer"])
+        base = metric_values(metric, logits, 1)[0]
+        bar = _progress(N, "refine (exact cells)", progress)
+        while want:
+            todo = [(grid.coords["layer"][i // n_cells], i % n_cells) for i in want]
+            exact[want] = _exact_cells(model, grid, op, metric, res, base, todo, bs, bar, across_layers=True)
+            done[want] = True
+            ev = done.nonzero().flatten()
+            ex_eff = exact - float(base)
+            t = float(ex_eff[ev].abs().topk(k).values[-1])
+            err = (ex_eff[ev] - (flat_est[ev] - est.base)).abs()
+            r = float((err / est_eff[ev].clamp_min(1e-12)).max())
+            could = [i for i in order if not done[i] and float(est_eff[i]) * (1 + r) >= t]
+            room = cap - int(done.sum())
+            if len(could) > room:
+                stable = False
+            want = could[: min(room, max(1, int(done.sum())))]
+        bar.close()
+    if not stable:
+        import warnings
+
+        warnings.warn(
+            f"refine_sweep stopped at max_exact={cap} exact cells while cells that could still enter the exact "
+            f"top-{k} were left; raise max_exact (or use the exact tier) for a stable top",
+            stacklevel=2,
+        )
+    values = torch.where(done, exact, flat_est).reshape(grid.shape)
+    extra = _extra(
+        op,
+        grid,
+        exact_mask=done.reshape(grid.shape),
+        n_exact=int(done.sum()),
+        relative_error=r,
+        stable=stable,
+        top=k,
+        estimate=estimate,
+        batch_size=bs,
+    )
+    return SweepResult(values, grid.dims, grid.coords, float(base), "refine", extra)
 
 
-def _progress_iter(items, desc: str, progress: bool):
-    from tqdm.auto import tqdm
+# ---- the tier table -------------------------------------------------------------------------------------
+TIERS: dict[str, Callable[..., SweepResult]] = {
+    "exact": exact_sweep,
+    "naive": naive_sweep,
+    "attribution": attribution_sweep,
+    "qk_attribution": qk_attribution_sweep,
+    "refine": refine_sweep,
+}
+assert tuple(TIERS) == METHODS, "TIERS and the Method Literal must list the same tiers"
 
-    return tqdm(items, desc=desc, disable=not progress)
+
+def run_sweep(
+    model: Any,
+    tokens: Any,
+    metric: Metric,
+    per: Sequence[str] = ("layer", "band"),
+    method: Method = "exact",
+    **kwargs,
+) -> SweepResult:
+    """Any tier by name (:data:`TIERS`); ``kwargs`` go to it (``source=``, ``mode=``, ``params=``, selections...).
+
+    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.metrics import loss_metric
+    >>> t = torch.tensor([[1, 2, 3, 4]])
+    >>> run_sweep(tiny_model(), t, loss_metric(t), method="naive", mode="no_rotation", progress=False).values.shape
+    torch.Size([2, 8])
+    """
+    if not isinstance(method, str) or method not in TIERS:
+        raise ParameterError(f"unknown method {method!r}; expected one of {METHODS}")
+    return TIERS[method](model, tokens, metric, per, **kwargs)
 
 
 def ablation_sweep(
@@ -404,18 +568,17 @@ def ablation_sweep(
     tokens: Any,
     metric: Metric,
     per: Sequence[str] = ("layer", "band"),
-    method: Literal["exact", "naive", "attribution"] = "exact",
+    method: Method = "exact",
     **kwargs: Any,
 ) -> SweepResult:
-    """Zero-ablate one cell at a time (``method`` picks the tier); ``values`` shape follows ``per``.
+    """Intervene on one cell at a time (``mode=``, default zero; ``method`` picks the tier).
 
     >>> from rope_interp.testing import tiny_model
-    >>> from rope_interp.patching import loss_metric
+    >>> from rope_interp.metrics import loss_metric
     >>> t = torch.tensor([[1, 2, 3, 4]])
     >>> ablation_sweep(tiny_model(), t, loss_metric(t), progress=False).values.shape
     torch.Size([2, 8])
     """
-    tiers = {"exact": exact_sweep, "naive": naive_sweep, "attribution": attribution_sweep}
-    if method not in tiers:
-        raise RopeInterpError(f"unknown method {method!r}; expected one of {tuple(tiers)}")
-    return tiers[method](model, tokens, metric, per, **kwargs)
+    if kwargs.get("source") is not None:
+        raise ParameterError("ablation_sweep takes no source=; use patch_sweep for clean→corrupted patching")
+    return run_sweep(model, tokens, metric, per, method, **kwargs)

@@ -1,18 +1,26 @@
-"""CLI subcommands ``sweep`` (zero-ablate each band of each layer) and ``patch`` (clean→corrupted
-band patching), registered through :data:`rope_interp.cli.COMMANDS`.
+"""CLI subcommands ``sweep`` (intervene on each band of each layer, any mode) and ``patch``
+(clean→corrupted band patching), registered through :data:`rope_interp.cli.COMMANDS`.
 
-Both write ``<name>.csv`` (one row per condition) and ``<name>.png`` (heatmap) to ``--out``
-and print the conditions with the largest effect.
+Both build a :class:`~rope_interp.specs.SweepSpec` (or read one with ``--spec FILE``), run it,
+and write ``<name>.csv`` (one row per condition), ``<name>.png`` (heatmap) and
+``<name>.spec.json`` (the spec and the result, so a figure can be traced to what was done)
+to ``--out``, then print the conditions with the largest effect. Choices for ``--mode``,
+``--target`` and ``--method`` come from the Literals in :mod:`rope_interp.modes`.
 
     rope-interp sweep --max-tokens 64 --layers 0 5 10 --method exact
+    rope-interp sweep --mode no_rotation --method refine
+    rope-interp sweep --mode shift --delta 5            # keys as if 5 positions later
     rope-interp patch --clean "The capital of France is" --corrupted "The capital of Italy is" \\
         --answer " Paris" --wrong " Rome"
+    rope-interp sweep --spec out/sweep.spec.json         # rerun exactly what was done
 """
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
+
+from .modes import METHODS, MODES, TARGETS
 
 PER = {
     "layer-band": ("layer", "band"),
@@ -22,20 +30,28 @@ PER = {
 
 
 def _selection_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spec", default=None, help="run this JSON SweepSpec (written by an earlier run) instead")
     p.add_argument("--layers", type=int, nargs="*", default=None, help="layers to sweep (default: all)")
     p.add_argument("--bands", type=int, nargs="*", default=None, help="bands to sweep (default: all)")
-    p.add_argument("--target", choices=["q", "k", "qk"], default="qk", help="change queries, keys or both")
+    p.add_argument(
+        "--target",
+        choices=TARGETS,
+        default=None,
+        help="change queries, keys or both (default: qk; k for --mode shift)",
+    )
     p.add_argument(
         "--per", choices=sorted(PER), default="layer-band", help="grid of conditions (default: %(default)s)"
     )
     p.add_argument(
         "--method",
-        choices=["exact", "naive", "attribution"],
+        choices=METHODS,
         default="exact",
-        help="exact: prefix reuse + batching; naive: one forward per condition; "
-        "attribution: gradient estimate (default: %(default)s)",
+        help="exact: prefix reuse + batching; naive: one forward per condition; attribution: gradient "
+        "estimate; qk_attribution: exact pattern change × gradient (AtP*); refine: estimates with the "
+        "top cells exact (default: %(default)s)",
     )
-    p.add_argument("--batch-size", type=int, default=None, help="conditions per forward for --method exact")
+    p.add_argument("--batch-size", type=int, default=None, help="conditions per forward (exact, refine)")
+    p.add_argument("--refine-top", type=int, default=20, help="cells the refine tier makes exact")
     p.add_argument("--top", type=int, default=10, help="print this many strongest conditions")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -45,17 +61,21 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
     >>> parser = argparse.ArgumentParser()
     >>> add_parser(parser.add_subparsers(dest="command"), [])
-    >>> args = parser.parse_args(["sweep", "--layers", "0", "3", "--per", "layer-head-band"])
-    >>> args.layers, PER[args.per], args.method
-    ([0, 3], ('layer', 'head', 'band'), 'exact')
+    >>> args = parser.parse_args(["sweep", "--layers", "0", "3", "--per", "layer-head-band", "--mode", "no_rotation"])
+    >>> args.layers, PER[args.per], args.method, args.mode
+    ([0, 3], ('layer', 'head', 'band'), 'exact', 'no_rotation')
     """
     p = sub.add_parser(
         "sweep",
         parents=parents,
-        help="zero-ablate each band of each layer; loss change on a text",
-        description="Zero-ablate one RoPE band at a time (per layer, optionally per head / position) and "
-        "measure the change of next-token loss on the text. Writes sweep.csv and sweep.png.",
+        help="intervene on each band of each layer (zero, mean, no_rotation, shift, scale_freq); loss change",
+        description="Intervene on one RoPE band at a time (per layer, optionally per head / position) and "
+        "measure the change of next-token loss on the text. Writes sweep.csv, sweep.png and sweep.spec.json.",
     )
+    p.add_argument("--mode", choices=MODES, default="zero", help="what each cell gets (default: %(default)s)")
+    p.add_argument("--delta", type=float, default=None, help="shift: positions")
+    p.add_argument("--phase", type=float, default=None, help="shift: radians")
+    p.add_argument("--factor", type=float, default=None, help="scale_freq: the band turns at factor × theta")
     _selection_options(p)
     p.set_defaults(func=_cmd_sweep)
 
@@ -65,23 +85,47 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="patch bands from a clean prompt into a corrupted one",
         description="Band activation patching: copy each band of hook_rot_q/rot_k from the clean run into the "
         "corrupted run and measure logit(answer) - logit(wrong) at the last position. "
-        "The prompts must have the same number of tokens. Writes patch.csv and patch.png.",
+        "The prompts must have the same number of tokens. Writes patch.csv, patch.png and patch.spec.json.",
     )
-    p.add_argument("--clean", required=True, help="clean prompt")
-    p.add_argument("--corrupted", required=True, help="corrupted prompt (same token count)")
-    p.add_argument("--answer", required=True, help="the clean answer token, e.g. ' Paris'")
-    p.add_argument("--wrong", required=True, help="the corrupted answer token, e.g. ' Rome'")
+    p.add_argument("--clean", default=None, help="clean prompt (required unless --spec)")
+    p.add_argument("--corrupted", default=None, help="corrupted prompt (same token count)")
+    p.add_argument("--answer", default=None, help="the clean answer token, e.g. ' Paris'")
+    p.add_argument("--wrong", default=None, help="the corrupted answer token, e.g. ' Rome'")
     _selection_options(p)
     p.set_defaults(func=_cmd_patch)
 
 
-def _sweep_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    kw: dict[str, Any] = dict(
-        layers=args.layers, bands=args.bands, target=args.target, progress=not args.no_progress
-    )
-    if args.method == "exact" and args.batch_size is not None:
-        kw["batch_size"] = args.batch_size
-    return kw
+def _check_args(args: argparse.Namespace) -> None:
+    """Validate options before any model is loaded or file written."""
+    from .errors import ParameterError
+    from .validate import finite, positive_int
+
+    for name in ("batch_size", "refine_top", "top"):
+        positive_int("--" + name.replace("_", "-"), getattr(args, name), allow_none=True)
+    for name in ("delta", "phase", "factor"):
+        v = getattr(args, name, None)
+        if v is not None:
+            finite("--" + name, v)
+    if args.spec is not None:
+        from pathlib import Path
+
+        if not Path(args.spec).is_file():
+            raise ParameterError(f"--spec {args.spec!r} is not a file")
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    if args.batch_size is not None and args.method in ("exact", "refine"):
+        opts["batch_size"] = args.batch_size
+    if args.method == "refine":
+        opts["top"] = args.refine_top
+    return opts
+
+
+def _load_spec(args: argparse.Namespace):
+    from .specs import SweepSpec
+
+    return SweepSpec.from_file(args.spec)
 
 
 def _write(result: Any, args: argparse.Namespace, name: str, title: str) -> None:
@@ -89,57 +133,84 @@ def _write(result: Any, args: argparse.Namespace, name: str, title: str) -> None
 
     matplotlib.use("Agg")
     from .cli import out_dir
+    from .specs import write_result
 
     folder = out_dir(args, f"rope-interp-{name}")
     df = result.to_dataframe()
     df.to_csv(folder / f"{name}.csv", index=False)
+    write_result(result, folder / f"{name}.spec.json")
     fig = result.plot(title=title)
     fig.savefig(folder / f"{name}.png", dpi=120)
     order = df["effect"].abs().sort_values(ascending=False).index[: args.top]
     print(f"base metric {result.base:.4f}; strongest {len(order)} conditions ({result.method}):")
     print(df.loc[order].to_string(index=False, float_format="{:.4f}".format))
-    print(f"wrote {folder / (name + '.csv')} and {folder / (name + '.png')}")
+    print(f"wrote {folder / (name + '.csv')}, {name}.png and {name}.spec.json")
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .cli import load_from_args, tokens_from_args
-    from .patching import loss_metric
-    from .sweeps import ablation_sweep
+    from .specs import SweepSpec
 
-    model = load_from_args(args)
-    tokens = tokens_from_args(model, args)
-    result = ablation_sweep(
-        model, tokens, loss_metric(tokens), PER[args.per], method=args.method, **_sweep_kwargs(args)
-    )
-    _write(
-        result,
-        args,
-        "sweep",
-        f"loss change when one band is zeroed ({args.target}, {tokens.shape[1]} tokens)",
-    )
+    _check_args(args)
+    if args.spec is not None:
+        spec = _load_spec(args)  # validated before the model loads
+        model = load_from_args(args)
+    else:
+        params = {k: getattr(args, k) for k in ("delta", "phase", "factor") if getattr(args, k) is not None}
+        from .modes import check_params, resolve_target
+
+        check_params(
+            args.mode,
+            params,
+            resolve_target(args.mode, args.target),
+            symmetric_qk=args.per != "layer-band-pos",
+        )
+        model = load_from_args(args)
+        tokens = tokens_from_args(model, args)
+        spec = SweepSpec(
+            tokens=tokens.tolist(),
+            metric={"name": "loss"},
+            per=list(PER[args.per]),
+            method=args.method,
+            mode=args.mode,
+            params=params,
+            target=args.target,
+            layers=args.layers,
+            bands=args.bands,
+            options=_options(args),
+        )
+    result = spec.run(model, progress=not args.no_progress)
+    what = "patched clean→corrupted" if spec.kind == "patch" else f"{spec.mode or 'zero'} on one band"
+    _write(result, args, "sweep", f"metric change, {what} ({result.extra.get('target')})")
     return 0
 
 
 def _cmd_patch(args: argparse.Namespace) -> int:
     from .cli import load_from_args
-    from .patching import logit_diff, patch_sweep
+    from .errors import ParameterError
+    from .specs import SweepSpec
 
-    model = load_from_args(args)
-    answer, wrong = model.to_single_token(args.answer), model.to_single_token(args.wrong)
-    clean, corrupted = model.to_tokens(args.clean), model.to_tokens(args.corrupted)
-    result = patch_sweep(
-        model,
-        clean,
-        corrupted,
-        logit_diff(answer, wrong),
-        PER[args.per],
-        method=args.method,
-        **_sweep_kwargs(args),
-    )
-    _write(
-        result,
-        args,
-        "patch",
-        f"logit diff {args.answer!r}-{args.wrong!r} after patching one band clean→corrupted",
-    )
+    _check_args(args)
+    if args.spec is not None:
+        spec = _load_spec(args)  # validated before the model loads
+        model = load_from_args(args)
+    else:
+        missing = [f"--{k}" for k in ("clean", "corrupted", "answer", "wrong") if getattr(args, k) is None]
+        if missing:
+            raise ParameterError(f"patch needs {', '.join(missing)} (or --spec FILE)")
+        model = load_from_args(args)
+        answer, wrong = model.to_single_token(args.answer), model.to_single_token(args.wrong)
+        spec = SweepSpec(
+            tokens=model.to_tokens(args.corrupted).tolist(),
+            clean_tokens=model.to_tokens(args.clean).tolist(),
+            metric={"name": "logit_diff", "answer": int(answer), "wrong": int(wrong)},
+            per=list(PER[args.per]),
+            method=args.method,
+            target=args.target,
+            layers=args.layers,
+            bands=args.bands,
+            options=_options(args),
+        )
+    result = spec.run(model, progress=not args.no_progress)
+    _write(result, args, "patch", f"logit diff after patching one band clean→corrupted ({result.method})")
     return 0

@@ -20,8 +20,8 @@ import torch
 
 import rope_interp as ri
 from rope_interp.data import load_text
-from rope_interp.patching import loss_metric
-from rope_interp.sweeps import ablation_sweep
+from rope_interp.modes import METHODS, MODES
+from rope_interp.specs import SweepSpec, write_result
 
 
 def main() -> None:
@@ -30,7 +30,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--layers", type=int, nargs="*", default=None, help="default: all")
-    ap.add_argument("--method", choices=["exact", "naive", "attribution"], default="exact")
+    ap.add_argument("--method", choices=METHODS, default="exact")
+    ap.add_argument("--mode", choices=[m for m in MODES if m not in ("shift", "scale_freq")], default="zero")
     ap.add_argument("--out", default="out/ablation")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
@@ -39,13 +40,20 @@ def main() -> None:
     tokens = model.to_tokens(load_text())[:, : (64 if args.quick else args.tokens)]
     layers = args.layers or ([0, 1, model.cfg.n_layers - 1] if args.quick else None)
     bands = list(range(0, 32, 4)) if args.quick else None
-    res = ablation_sweep(
-        model, tokens, loss_metric(tokens), ("layer", "band"), method=args.method, layers=layers, bands=bands
+    spec = SweepSpec(
+        tokens=tokens.tolist(),
+        metric={"name": "loss"},
+        method=args.method,
+        mode=args.mode,
+        layers=layers,
+        bands=bands,
     )
+    res = spec.run(model, progress=True)  # = ablation_sweep(model, tokens, loss_metric(tokens), ...)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res.to_dataframe().to_csv(out / "ablation.csv", index=False)
-    fig = res.plot(title=f"Loss increase when one band of q,k is zeroed ({args.method})")
+    write_result(res, out / "ablation.spec.json")  # what was done, to rerun: rope-interp sweep --spec
+    fig = res.plot(title=f"Loss change, one band in mode {args.mode} ({args.method})")
     fig.savefig(out / "ablation.png", dpi=110, bbox_inches="tight")
     top = torch.topk(res.effect.flatten(), 5)
     for v, i in zip(top.values.tolist(), top.indices.tolist(), strict=True):

@@ -1,44 +1,55 @@
-"""Benchmark the band-sweep tiers against the naive loop on the embedded SmolLM2-135M.
+"""Benchmark the band-sweep tiers on the embedded SmolLM2-135M, in one process.
 
-One process, one model. For a zero-ablation sweep over layers × bands (metric: logit
-difference " Paris" − " Rome" after "The capital of France is") it times
+For two prompts — France (" Paris" − " Rome" after "The capital of France is"; corrupted:
+"Italy") and IOI ("When Mary and John went to the store, John gave a drink to", " Mary" −
+" John"; corrupted: the second "John" → "Mary") — and for zero-ablation and clean→corrupted
+patching sweeps over layers × bands, it times
 
-* naive      — one full hooked forward per condition (TransformerLens-style patching),
-* exact/1    — prefix reuse only (run blocks L..end per condition, one condition per forward),
-* exact/B    — prefix reuse + B conditions stacked in one forward,
-* attribution — gradient × (0 − activation), one forward + one backward,
+* naive           — one full hooked forward per condition (``--quick`` grid only by default:
+                    the full 960-cell naive loop takes ~8 minutes per sweep on 2 CPU cores;
+                    ``--naive`` forces it),
+* exact           — prefix reuse + batched conditions (the reference the others are scored on),
+* attribution     — gradient × (new − run) at hook_rot_q/k, one forward + one backward,
+* qk_attribution  — AtP*'s QK-fix: exact per-band pattern change × gradient at hook_pattern,
+* refine          — qk_attribution ranking, exact tier on a growing shortlist (top ``--top``),
 
-checks exact against naive (max |difference|), reports the Spearman rank correlation of
-attribution vs exact effects, repeats the comparison for a clean→corrupted patching sweep
-("France" → "Italy"), and times the analytic direct effect of every band of one layer
-against one plain forward.
+and prints times, speed-ups, Spearman against exact (signed and |effect|), the recall of the
+exact top-k among each estimate's top-k, and for refine its recall of the exact top-k with
+exact values. Absolute times are noisy on a shared machine; compare ratios within one run.
 
-    python scripts/bench_sweep.py --quick              # subset, < 1 minute on 2 CPU cores
-    python scripts/bench_sweep.py --threads 1          # the full 30 × 32 grid
+    python scripts/bench_sweep.py --quick --threads 1   # 3 layers × 6 bands, ~1-2 minutes
+    python scripts/bench_sweep.py --threads 1           # the full 30 × 32 grid (no naive)
     python scripts/bench_sweep.py --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
+from functools import partial
 
 import torch
 
+PROMPTS = {
+    "France": ("The capital of France is", "The capital of Italy is", " Paris", " Rome"),
+    "IOI": (
+        "When Mary and John went to the store, John gave a drink to",
+        "When Mary and John went to the store, Mary gave a drink to",
+        " Mary",
+        " John",
+    ),
+}
 
-def timed(fn, repeat: int = 1, sync=None):
-    """(result of the last call, median seconds)."""
-    times, out = [], None
-    for _ in range(repeat):
-        if sync:
-            sync()
-        t = time.perf_counter()
-        out = fn()
-        if sync:
-            sync()
-        times.append(time.perf_counter() - t)
-    return out, statistics.median(times)
+
+def timed(fn, sync=None):
+    """(result, seconds)."""
+    if sync:
+        sync()
+    t = time.perf_counter()
+    out = fn()
+    if sync:
+        sync()
+    return out, time.perf_counter() - t
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -47,83 +58,108 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(spearmanr(a.flatten().double().numpy(), b.flatten().double().numpy()).statistic)
 
 
+def recall(est: torch.Tensor, exact: torch.Tensor, k: int) -> float:
+    """Share of the exact top-k (by |effect|) that is in the estimate's top-k."""
+    a = set(est.abs().flatten().topk(k).indices.tolist())
+    b = set(exact.abs().flatten().topk(k).indices.tolist())
+    return len(a & b) / k
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="3 layers × 6 bands for both sweeps (< 1 minute)")
-    ap.add_argument(
-        "--full-patch", action="store_true", help="patching sweep on the full grid too (default: subset)"
-    )
+    ap.add_argument("--quick", action="store_true", help="3 layers × 6 bands")
+    ap.add_argument("--naive", action="store_true", help="run the naive tier on the full grid too (slow)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    ap.add_argument("--batch-size", type=int, default=None, help="conditions per forward for exact/B")
+    ap.add_argument("--batch-size", type=int, default=None, help="conditions per forward for exact")
+    ap.add_argument("--top", type=int, default=20, help="top-k for recall and the refine tier")
+    ap.add_argument("--prompts", nargs="*", default=list(PROMPTS), choices=list(PROMPTS))
     ap.add_argument("--model", default="smollm2-135m")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     from rope_interp import load_model
-    from rope_interp.patching import logit_diff
+    from rope_interp.direct import ablated_patterns
+    from rope_interp.metrics import logit_diff
     from rope_interp.spec import RotaryBands
-    from rope_interp.sweeps import ablated_patterns, attribution_sweep, exact_sweep, naive_sweep
+    from rope_interp.sweeps import TIERS
 
     t0 = time.perf_counter()
     model = load_model(args.model, device=args.device)
     spec = RotaryBands.from_model(model)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else None
-    clean = model.to_tokens("The capital of France is")
-    corrupt = model.to_tokens("The capital of Italy is")
-    metric = logit_diff(model.to_single_token(" Paris"), model.to_single_token(" Rome"))
-    subset = [0, spec.n_layers // 2, spec.n_layers - 1], list(range(0, spec.n_bands, 6))
-    full = list(range(spec.n_layers)), list(range(spec.n_bands))
-    zero_grid = subset if args.quick else full
-    patch_grid = full if args.full_patch else subset
+    if args.quick:
+        layers, bands = [0, spec.n_layers // 2, spec.n_layers - 1], list(range(0, spec.n_bands, 6))
+    else:
+        layers, bands = list(range(spec.n_layers)), list(range(spec.n_bands))
+    n_cells = len(layers) * len(bands)
+    top = min(args.top, max(1, n_cells // 3))
+    with_naive = args.quick or args.naive
     print(
         f"model {args.model} on {args.device} ({torch.get_num_threads()} threads); loaded in "
-        f"{time.perf_counter() - t0:.1f} s; prompt {clean.shape[1]} tokens"
+        f"{time.perf_counter() - t0:.1f} s; grid {len(layers)} layers × {len(bands)} bands = {n_cells} cells; "
+        f"top-k = {top}; ρ = Spearman rank correlation against exact"
+        + ("" if with_naive else "; naive skipped on the full grid (~8 min per sweep)")
     )
-
-    with torch.no_grad():
-        model(clean)
-        _, t_fwd = timed(lambda: model(clean), repeat=5, sync=sync)
-    print(f"one plain forward: {t_fwd * 1e3:.1f} ms\n")
-
-    def sweep_block(name: str, source, grid) -> None:
-        layers, bands = grid
-        n_cond, bs = len(layers) * len(bands), args.batch_size or len(bands)
-        kw = dict(layers=layers, bands=bands, progress=False, source=source)
-        run_tokens = clean if source is None else corrupt
-        naive, t_naive = timed(lambda: naive_sweep(model, run_tokens, metric, **kw), sync=sync)
-        ex1, t_ex1 = timed(lambda: exact_sweep(model, run_tokens, metric, batch_size=1, **kw), sync=sync)
-        exb, t_exb = timed(lambda: exact_sweep(model, run_tokens, metric, batch_size=bs, **kw), sync=sync)
-        attr, t_attr = timed(lambda: attribution_sweep(model, run_tokens, metric, **kw), repeat=2, sync=sync)
-        print(
-            f"== {name}: {len(layers)} layers × {len(bands)} bands = {n_cond} conditions; "
-            f"base metric {naive.base:.4f}, largest |effect| {naive.effect.abs().max():.4f}"
-        )
-        print(f"{'tier':<22}{'seconds':>10}{'per cond (ms)':>15}{'speed-up vs naive':>20}")
-        for label, t in (
-            ("naive", t_naive),
-            ("exact, 1 per forward", t_ex1),
-            (f"exact, {bs} per forward", t_exb),
-            ("attribution", t_attr),
-        ):
-            print(f"{label:<22}{t:>10.2f}{t / n_cond * 1e3:>15.2f}{t_naive / t:>19.1f}×")
-        err1 = (ex1.values - naive.values).abs().max().item()
-        errb = (exb.values - naive.values).abs().max().item()
-        rho = spearman(attr.effect, exb.effect)
-        rho_abs = spearman(attr.effect.abs(), exb.effect.abs())
-        print(f"max |exact - naive|: {err1:.2e} (1 per forward), {errb:.2e} (batched)")
-        print(f"attribution vs exact Spearman: {rho:.3f} (signed), {rho_abs:.3f} (|effect|)\n")
-
-    sweep_block("zero-ablation sweep [layer, band]", None, zero_grid)
-    sweep_block("patching sweep France→Italy [layer, band]", clean, patch_grid)
-
+    summary = []
+    for name in args.prompts:
+        clean_s, corrupt_s, ans, wrong = PROMPTS[name]
+        clean, corrupt = model.to_tokens(clean_s), model.to_tokens(corrupt_s)
+        assert clean.shape == corrupt.shape, (name, clean.shape, corrupt.shape)
+        metric = logit_diff(model.to_single_token(ans), model.to_single_token(wrong))
+        for kind, run, source in (("zero-ablation", clean, None), ("patch clean→corrupted", corrupt, clean)):
+            kw = dict(layers=layers, bands=bands, progress=False, source=source)
+            res, times = {}, {}
+            tiers = (["naive"] if with_naive else []) + ["exact", "attribution", "qk_attribution", "refine"]
+            for tier in tiers:
+                extra = {}
+                if tier == "exact" and args.batch_size:
+                    extra["batch_size"] = args.batch_size
+                if tier == "refine":
+                    extra["top"] = top
+                res[tier], times[tier] = timed(partial(TIERS[tier], model, run, metric, **kw, **extra), sync)
+            ex = res["exact"]
+            print(
+                f"\n== {name}, {kind}: {clean.shape[1]} tokens; base {ex.base:.4f}; "
+                f"largest |effect| {ex.effect.abs().max():.4f}"
+            )
+            print(
+                f"{'tier':<16}{'seconds':>9}{'× exact time':>14}{'speed-up':>10}"
+                f"{'ρ signed':>10}{'ρ |eff|':>9}{f'top-{top} recall':>15}"
+            )
+            for tier in tiers:
+                r, t = res[tier], times[tier]
+                rho = spearman(r.effect, ex.effect) if tier != "exact" else 1.0
+                rho_a = spearman(r.effect.abs(), ex.effect.abs()) if tier != "exact" else 1.0
+                rec = recall(r.effect, ex.effect, top)
+                ref = times.get("naive", times["exact"])
+                print(
+                    f"{tier:<16}{t:>9.2f}{t / times['exact']:>14.3f}{ref / t:>9.1f}×"
+                    f"{rho:>10.3f}{rho_a:>9.3f}{rec:>15.2f}"
+                )
+                summary.append((name, kind, tier, t, rho, rho_a, rec))
+            if "naive" in res:
+                print(f"max |exact − naive| = {(ex.values - res['naive'].values).abs().max():.2e}")
+            rf = res["refine"]
+            topk = ex.effect.abs().flatten().topk(top).indices
+            got = rf.extra["exact_mask"].flatten()[topk]
+            err = (rf.values.flatten()[topk] - ex.values.flatten()[topk]).abs().max()
+            print(
+                f"refine: {rf.extra['n_exact']} of {n_cells} cells exact; exact top-{top} recovered "
+                f"{float(got.float().mean()):.2f} with max |value − exact| {err:.1e}; "
+                f"{times['refine'] / times['exact']:.1%} of the exact tier's time; "
+                f"qk_attribution costs {times['qk_attribution'] / times['attribution']:.2f}× plain attribution"
+            )
     L = spec.n_layers // 2
     with torch.no_grad():
-        pats, t_de = timed(lambda: ablated_patterns(model, clean, L), repeat=5, sync=sync)
+        clean = model.to_tokens(PROMPTS["France"][0])
+        _, t_fwd = timed(lambda: model(clean), sync)
+        _, t_fwd = timed(lambda: model(clean), sync)
+        pats, t_de = timed(lambda: ablated_patterns(model, clean, L), sync)
     print(
-        f"== analytic direct effect, all {spec.n_bands} bands × {spec.n_heads} heads of layer {L}: "
-        f"{t_de * 1e3:.1f} ms = {t_de / t_fwd:.2f}× one plain forward (pattern tensor {tuple(pats.shape)})"
+        f"\nanalytic direct effect, all {spec.n_bands} bands × {spec.n_heads} heads of layer {L}: "
+        f"{t_de * 1e3:.1f} ms = {t_de / t_fwd:.2f}× one plain forward"
     )
     print(f"total benchmark time {time.perf_counter() - t0:.1f} s")
 

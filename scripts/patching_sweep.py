@@ -20,7 +20,9 @@ matplotlib.use("Agg")
 import torch
 
 import rope_interp as ri
-from rope_interp.patching import logit_diff, patch_sweep
+from rope_interp.modes import METHODS
+from rope_interp.patching import logit_diff
+from rope_interp.specs import SweepSpec, write_result
 
 
 def main() -> None:
@@ -31,7 +33,7 @@ def main() -> None:
     ap.add_argument("--corrupted", default="The capital of Italy is")
     ap.add_argument("--answer", default=" Paris")
     ap.add_argument("--wrong", default=" Rome")
-    ap.add_argument("--method", choices=["exact", "naive", "attribution"], default="exact")
+    ap.add_argument("--method", choices=METHODS, default="exact")
     ap.add_argument("--out", default="out/patching")
     ap.add_argument("--quick", action="store_true", help="4 layers, every 4th band")
     args = ap.parse_args()
@@ -48,15 +50,22 @@ def main() -> None:
     n = model.cfg.n_layers
     layers = [0, n // 3, 2 * n // 3, n - 1] if args.quick else None
     bands = list(range(0, 32, 4)) if args.quick else None
-    res = patch_sweep(
-        model, clean, corrupted, metric, ("layer", "band"), layers=layers, bands=bands, method=args.method
+    spec = SweepSpec(
+        tokens=corrupted.tolist(),
+        clean_tokens=clean.tolist(),
+        metric={"name": "logit_diff", "answer": int(answer), "wrong": int(wrong)},
+        method=args.method,
+        layers=layers,
+        bands=bands,
     )
+    res = spec.run(model, progress=True)  # = patch_sweep(model, clean, corrupted, metric, ...)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res.to_dataframe().to_csv(out / "patching.csv", index=False)
+    write_result(res, out / "patching.spec.json")  # what was done, to rerun: rope-interp patch --spec
     fig = res.plot(title=f"Patching clean→corrupted per layer × band ({args.method})")
     fig.savefig(out / "patching.png", dpi=110, bbox_inches="tight")
-    print(f"wrote {out / 'patching.csv'} and {out / 'patching.png'}")
+    print(f"wrote {out / 'patching.csv'}, patching.png and patching.spec.json")
 
 
 if __name__ == "__main__":

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from rope_interp import RopeInterpError, RotaryBands, band_scores, band_view, pass_view
 from rope_interp.decompose import band_score_terms
-from rope_interp.errors import LayerError
+from rope_interp.errors import LayerError, ParameterError, UselessInterventionError
 from rope_interp.hooks import attn_hook
-from rope_interp.interventions import BandIntervention, ablate_bands, prope
+from rope_interp.interventions import BandIntervention, ablate_bands, prope, shift_bands
 from rope_interp.testing import tiny_layout_model
 
 TOKENS = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8]])
@@ -32,30 +34,108 @@ def no_hooks_left(model) -> bool:
     return all(not hp.fwd_hooks and not hp.bwd_hooks for hp in model.hook_dict.values())
 
 
-def test_empty_intervention_changes_nothing(layout_model):
+def test_empty_band_list_is_a_documented_identity(layout_model):
     base = layout_model(TOKENS)
     for hs in (
         ablate_bands(layout_model, [], mode="zero"),
         ablate_bands(layout_model, [], mode="shift", delta=5),
-        ablate_bands(layout_model, [0, 1], mode="shift", phase=0.0),
-        ablate_bands(layout_model, None, mode="scale_freq", factor=1.0),
     ):
+        assert hs.fwd_hooks() == []
         with torch.no_grad():
-            out = hs.run(TOKENS)
-        if hs.bands:
-            torch.testing.assert_close(out, base, atol=1e-5, rtol=1e-5)
-        else:
-            assert torch.equal(out, base)
+            assert torch.equal(hs.run(TOKENS), base)
     assert no_hooks_left(layout_model)
 
 
-def test_shift_q_and_k_together_keeps_scores_but_k_alone_does_not(layout_model):
+@pytest.mark.parametrize(
+    "mode,params,target,match",
+    [
+        ("shift", {"phase": 0.0}, "k", "phase=0.0"),
+        ("shift", {"phase": 4 * math.pi}, "q", "multiple of 2π"),
+        ("shift", {"delta": 0}, "k", "delta=0"),
+        ("shift", {"delta": 3}, "qk", "cancels in every q·k"),
+        ("scale_freq", {"factor": 1.0}, "qk", "factor=1"),
+    ],
+)
+def test_provable_no_ops_are_refused(mode, params, target, match):
+    model = tiny_layout_model("gqa")
+    with pytest.raises(UselessInterventionError, match=match):
+        ablate_bands(model, [0, 1], mode=mode, target=target, **params)
+
+
+def test_shift_on_q_and_k_would_keep_scores_so_it_is_refused_and_k_is_the_default(layout_model):
+    # the identity behind the refusal: the same extra angle on q and k leaves every score unchanged
+    spec = RotaryBands.from_model(layout_model)
+    q, k = (
+        torch.randn(1, 5, spec.n_heads, spec.n_bands, 2),
+        torch.randn(1, 5, spec.n_kv_heads, spec.n_bands, 2),
+    )
+    ph = spec.freqs[0] * 3
+    t0, _ = band_score_terms(q, k, 1.0)
+    t1, _ = band_score_terms(shift_bands(q, ph), shift_bands(k, ph), 1.0)
+    torch.testing.assert_close(t1, t0, atol=1e-4, rtol=1e-4)
+    with pytest.raises(UselessInterventionError, match="target='k'"):
+        ablate_bands(layout_model, None, target="qk", mode="shift", delta=3)
     base = scores_of(layout_model)
-    both = scores_of(layout_model, ablate_bands(layout_model, None, mode="shift", delta=3))
-    for b, s in zip(base, both, strict=True):
-        torch.testing.assert_close(s, b, atol=1e-4, rtol=1e-4)
-    k_only = scores_of(layout_model, ablate_bands(layout_model, None, target="k", mode="shift", delta=3))
+    default = ablate_bands(layout_model, None, mode="shift", delta=3)
+    assert default.target == "k"
+    k_only = scores_of(layout_model, default)
     assert (k_only[0] - base[0]).nan_to_num(0.0).abs().max() > 1e-3
+
+
+def test_shift_on_keys_means_keys_sat_delta_positions_later():
+    """Band scores after a key shift by delta equal those of keys rotated at n + delta (NeoX tiny model)."""
+    model = tiny_layout_model("neox")
+    spec = RotaryBands.from_model(model)
+    d, L = 3, 0
+    names = [attn_hook(L, "rot_q"), attn_hook(L, "rot_k"), attn_hook(L, "k")]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(TOKENS, names_filter=names)
+        with ablate_bands(model, None, layers=L, mode="shift", delta=d):
+            _, shifted = model.run_with_cache(TOKENS, names_filter=names)
+    from rope_interp.bands import rotate
+    from rope_interp.modes import position_angles
+
+    n = TOKENS.shape[1]
+    pre = band_view(cache[attn_hook(L, "k")], 16, False)
+    later = rotate(pre, position_angles(spec.freqs[L].float(), torch.arange(n).float() + d))
+    torch.testing.assert_close(
+        band_view(shifted[attn_hook(L, "rot_k")], 16, False), later, atol=1e-4, rtol=1e-4
+    )
+
+
+def test_readme_shift_example_changes_the_output():
+    model = tiny_layout_model("neox", n_layers=3)
+    with torch.no_grad():
+        base = model(TOKENS)
+        out = ablate_bands(model, [3], layers=[2], mode="shift", delta=5).run(TOKENS)
+    assert (out - base).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "mode,params,name",
+    [
+        ("shift", {"delta": float("nan")}, "delta"),
+        ("shift", {"delta": float("inf")}, "delta"),
+        ("shift", {"phase": float("nan")}, "phase"),
+        ("shift", {"phase": torch.tensor([0.1, float("inf")])}, "phase"),
+        ("scale_freq", {"factor": float("nan")}, "factor"),
+        ("scale_freq", {"factor": float("-inf")}, "factor"),
+        ("shift", {"delta": "3"}, "delta"),
+        ("mean", {"reference": "nan"}, "reference"),
+    ],
+)
+def test_non_finite_parameters_are_refused(mode, params, name):
+    model = tiny_layout_model("gqa")
+    spec = RotaryBands.from_model(model)
+    if params.get("reference") == "nan":
+        ref = torch.zeros(spec.n_layers, spec.n_kv_heads, spec.n_bands, 2)
+        ref[0, 0, 0, 0] = float("nan")
+        params = {"reference": ref}
+        with pytest.raises(ParameterError, match=name):
+            ablate_bands(model, [0, 1], mode=mode, target="k", **params)
+        return
+    with pytest.raises(ParameterError, match=name):
+        ablate_bands(model, [0, 1], mode=mode, **params)
 
 
 def test_no_rotation_on_all_bands_is_unrotated_qk(layout_model):

@@ -245,3 +245,28 @@ def test_smol_attribution_ranks_like_exact(smol):
     attr = attribution_sweep(smol, clean, metric, **kw)
     rho = spearmanr(attr.effect.flatten().numpy(), exact.effect.flatten().numpy()).statistic
     assert rho > 0.7, rho
+
+
+@pytest.mark.slow
+def test_smol_qk_attribution_and_refine_on_the_ioi_prompt(smol):
+    """QK-fixed attribution ranks layer × band cells of two layers at least as well as plain
+    attribution, and refine returns the exact top-5 with exact values (real model, IOI prompt)."""
+    from scipy.stats import spearmanr
+
+    from rope_interp.sweeps import qk_attribution_sweep, refine_sweep
+
+    toks = smol.to_tokens("When Mary and John went to the store, John gave a drink to")
+    metric = logit_diff(smol.to_single_token(" Mary"), smol.to_single_token(" John"))
+    kw = dict(layers=[14, 27], bands=list(range(0, 32, 2)), progress=False)
+    exact = exact_sweep(smol, toks, metric, batch_size=16, **kw)
+    rho = {}
+    for name, fn in (("plain", attribution_sweep), ("qk", qk_attribution_sweep)):
+        est = fn(smol, toks, metric, **kw)
+        rho[name] = spearmanr(
+            est.effect.abs().flatten().numpy(), exact.effect.abs().flatten().numpy()
+        ).statistic
+    assert rho["qk"] >= rho["plain"] - 0.02 and rho["qk"] > 0.8, rho
+    r = refine_sweep(smol, toks, metric, top=5, **kw)
+    top = exact.effect.abs().flatten().topk(5).indices
+    assert bool(r.extra["exact_mask"].flatten()[top].all())
+    torch.testing.assert_close(r.values.flatten()[top], exact.values.flatten()[top], atol=1e-4, rtol=1e-4)

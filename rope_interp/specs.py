@@ -1,0 +1,292 @@
+"""Specs that can be saved: an intervention or a sweep as a small JSON-able record.
+
+A figure can be traced to exactly what was done: every sweep run from a :class:`SweepSpec`
+carries it in ``result.extra["spec"]``, the CLI writes it beside its CSV
+(``<name>.spec.json``) and accepts it back (``rope-interp sweep --spec FILE``).
+
+* :class:`InterventionSpec` — the arguments of :func:`~rope_interp.interventions.ablate_bands`
+  (``.build(model)``);
+* :class:`SweepSpec` — the input tokens, the metric, the grid, the mode or patch source and the
+  tier (``.run(model)``).
+
+Both have ``to_dict`` / ``from_dict`` and ``to_json`` / ``from_json``; ``from_dict`` refuses
+unknown keys, modes, targets, tiers and axes with a :class:`~rope_interp.errors.ParameterError`.
+A ``mean`` reference (a tensor or BandStats) cannot be serialised and is refused.
+
+>>> spec = InterventionSpec(mode="shift", bands=[3], layers=[1], params={"delta": 5})
+>>> InterventionSpec.from_json(spec.to_json()) == spec
+True
+>>> from rope_interp.testing import tiny_model
+>>> spec.build(tiny_model()).target    # shift acts on keys unless told otherwise
+'k'
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+
+from .errors import ParameterError
+from .grid import AXES, SweepResult
+from .modes import METHODS, MODES, Method, Mode, Target, check_target, json_params
+
+SPEC_VERSION = 1
+
+
+def _ints(name: str, v: Any) -> list[int] | None:
+    if v is None:
+        return None
+    if isinstance(v, (str, bytes)) or not isinstance(v, (list, tuple)):
+        raise ParameterError(f"spec field {name!r} must be a list of integers or null, got {v!r}")
+    for x in v:
+        if isinstance(x, bool) or not isinstance(x, int):
+            raise ParameterError(f"spec field {name!r} must hold integers, got {x!r}")
+    return list(v)
+
+
+def _check_keys(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise ParameterError(f"a {cls.__name__} is a JSON object, got {type(d).__name__}")
+    d = dict(d)
+    kind = d.pop("spec", cls.__name__)
+    if kind != cls.__name__:
+        raise ParameterError(f"this is a {kind} spec, not a {cls.__name__}")
+    version = d.pop("version", SPEC_VERSION)
+    if version != SPEC_VERSION:
+        raise ParameterError(
+            f"spec version {version} is not supported (this rope_interp reads {SPEC_VERSION})"
+        )
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ParameterError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(known)}")
+    return d
+
+
+class _JsonSpec:
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (with ``spec`` and ``version`` keys)."""
+        d = asdict(self)  # type: ignore[call-overload]
+        d["params"] = json_params(d.get("params") or {})
+        return {"spec": type(self).__name__, "version": SPEC_VERSION, **d}
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str):
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ParameterError(f"not a JSON spec: {e}") from None
+        return cls.from_dict(d)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class InterventionSpec(_JsonSpec):
+    """The arguments of :func:`~rope_interp.interventions.ablate_bands`, as data."""
+
+    mode: Mode = "zero"
+    bands: list[int] | None = None
+    layers: list[int] | None = None
+    heads: list[int] | None = None
+    kv_heads: list[int] | None = None
+    target: Target | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> InterventionSpec:
+        d = _check_keys(cls, d)
+        if d.get("mode", "zero") not in MODES:
+            raise ParameterError(f"unknown intervention mode {d.get('mode')!r}; expected one of {MODES}")
+        if d.get("target") is not None:
+            check_target(d["target"])
+        for k in ("bands", "layers", "heads", "kv_heads"):
+            d[k] = _ints(k, d.get(k))
+        return cls(**d)
+
+    def build(self, model: Any):
+        """The :class:`~rope_interp.interventions.BandIntervention` this spec describes (validated there)."""
+        from .interventions import ablate_bands
+
+        return ablate_bands(
+            model,
+            self.bands,
+            self.layers,
+            self.heads,
+            self.target,
+            self.mode,
+            kv_heads=self.kv_heads,
+            **self.params,
+        )
+
+
+@dataclass(frozen=True)
+class SweepSpec(_JsonSpec):
+    """A whole sweep: inputs, metric, grid, what each cell gets, and the tier.
+
+    ``tokens``: token ids ``[batch][pos]`` of the run (the corrupted run when patching), or
+    ``text`` tokenized with the model's tokenizer; ``clean_tokens`` / ``clean_text``: the patch
+    source (then ``kind="patch"``). ``metric``: ``{"name": "loss"}`` (next-token loss of the
+    run) or ``{"name": "logit_diff", "answer": " Paris", "wrong": " Rome", "pos": -1}``
+    (strings are single tokens, ints token ids). ``options``: tier options (``batch_size``,
+    ``top``, ``estimate``, ``max_batch_tokens``).
+
+    >>> from rope_interp.testing import tiny_model
+    >>> spec = SweepSpec(tokens=[[1, 2, 3, 4]], metric={"name": "loss"}, mode="no_rotation", layers=[1])
+    >>> r = spec.run(tiny_model())
+    >>> r.values.shape, r.extra["spec"]["mode"]
+    (torch.Size([1, 8]), 'no_rotation')
+    """
+
+    metric: dict[str, Any] = field(default_factory=lambda: {"name": "loss"})
+    tokens: list[list[int]] | None = None
+    text: str | None = None
+    clean_tokens: list[list[int]] | None = None
+    clean_text: str | None = None
+    per: list[str] = field(default_factory=lambda: ["layer", "band"])
+    method: Method = "exact"
+    mode: Mode | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    target: Target | None = None
+    layers: list[int] | None = None
+    heads: list[int] | None = None
+    bands: list[int] | None = None
+    positions: list[int] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return "patch" if self.clean_tokens is not None or self.clean_text is not None else "ablation"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SweepSpec:
+        d = _check_keys(cls, d)
+        if d.get("method", "exact") not in METHODS:
+            raise ParameterError(f"unknown method {d.get('method')!r}; expected one of {METHODS}")
+        if d.get("mode") is not None and d["mode"] not in MODES:
+            raise ParameterError(f"unknown intervention mode {d['mode']!r}; expected one of {MODES}")
+        if d.get("target") is not None:
+            check_target(d["target"])
+        per = d.get("per", ["layer", "band"])
+        if not isinstance(per, list) or any(a not in AXES for a in per):
+            raise ParameterError(f"per must be a list of axes from {AXES}, got {per!r}")
+        for k in ("layers", "heads", "bands", "positions"):
+            d[k] = _ints(k, d.get(k))
+        for k in ("tokens", "clean_tokens"):
+            if d.get(k) is not None:
+                rows = d[k]
+                if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
+                    raise ParameterError(f"spec field {k!r} must be a list of token-id lists ([batch][pos])")
+                d[k] = [_ints(k, r) for r in rows]
+        m = d.get("metric", {"name": "loss"})
+        if not isinstance(m, dict) or m.get("name") not in ("loss", "logit_diff"):
+            raise ParameterError(
+                f"metric must be {{'name': 'loss'}} or {{'name': 'logit_diff', ...}}, got {m!r}"
+            )
+        return cls(**d)
+
+    @classmethod
+    def from_file(cls, path: Any) -> SweepSpec:
+        """Read a spec from a JSON file: a bare spec, or a result written by :func:`write_result`."""
+        from pathlib import Path
+
+        try:
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ParameterError(f"cannot read a spec from {str(path)!r}: {e}") from None
+        if isinstance(d, dict) and isinstance(d.get("spec"), dict):
+            d = d["spec"]
+        elif isinstance(d, dict) and "values" in d and d.get("spec") is None:
+            raise ParameterError(f"{str(path)!r} holds a result that was not run from a spec")
+        return cls.from_dict(d)
+
+    # ---- running -------------------------------------------------------------------------------------------
+    def _tokens(self, model: Any, ids: Any, text: Any, what: str) -> torch.Tensor:
+        from . import adapter
+
+        if (ids is None) == (text is None):
+            raise ParameterError(
+                f"a SweepSpec needs exactly one of {what}_tokens / {what}_text".replace("run_", "")
+            )
+        if ids is not None:
+            return adapter.to_tokens(model, torch.tensor(ids, dtype=torch.long))
+        return model.to_tokens(text)
+
+    def _metric(self, model: Any, tokens: torch.Tensor):
+        from .metrics import logit_diff, loss_metric
+
+        m = dict(self.metric)
+        name = m.pop("name")
+        if name == "loss":
+            if m:
+                raise ParameterError(f"metric 'loss' takes no options, got {sorted(m)}")
+            return loss_metric(tokens)
+        unknown = sorted(set(m) - {"answer", "wrong", "pos"})
+        if unknown or "answer" not in m or "wrong" not in m:
+            raise ParameterError(
+                f"metric 'logit_diff' needs answer and wrong (and optional pos), got {sorted(m)}"
+            )
+
+        def tok(v: Any) -> int:
+            return int(model.to_single_token(v)) if isinstance(v, str) else int(v)
+
+        return logit_diff(tok(m["answer"]), tok(m["wrong"]), int(m.get("pos", -1)))
+
+    def run(self, model: Any, progress: bool = False) -> SweepResult:
+        """Run the sweep on ``model``; the result carries this spec in ``extra["spec"]``."""
+        from .sweeps import run_sweep
+
+        tokens = self._tokens(model, self.tokens, self.text, "run")
+        kw: dict[str, Any] = dict(
+            layers=self.layers,
+            heads=self.heads,
+            bands=self.bands,
+            positions=self.positions,
+            target=self.target,
+            progress=progress,
+            **self.options,
+        )
+        if self.kind == "patch":
+            if self.mode is not None or self.params:
+                raise ParameterError("a patch spec (clean_tokens/clean_text) takes no mode/params")
+            kw["source"] = self._tokens(model, self.clean_tokens, self.clean_text, "clean")
+        else:
+            kw.update(mode=self.mode, params=dict(self.params))
+        result = run_sweep(model, tokens, self._metric(model, tokens), tuple(self.per), self.method, **kw)
+        result.extra["spec"] = self.to_dict()
+        return result
+
+
+def write_result(result: SweepResult, path: Any) -> None:
+    """Write ``result`` as JSON (values, dims, coords, base, method, spec) to ``path``, atomically.
+
+    >>> import tempfile, pathlib
+    >>> r = SweepResult(torch.zeros(1, 2), ("layer", "band"), {"layer": [0], "band": [0, 1]}, 0.5, "exact")
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "r.json"
+    >>> write_result(r, p); json.loads(p.read_text())["base"]
+    0.5
+    """
+    import os
+    from pathlib import Path
+
+    extra = {k: v for k, v in result.extra.items() if k != "spec"}
+    for k, v in list(extra.items()):
+        if isinstance(v, torch.Tensor):
+            extra[k] = v.tolist()
+    payload = {
+        "spec": result.extra.get("spec"),
+        "method": result.method,
+        "dims": list(result.dims),
+        "coords": result.coords,
+        "base": result.base,
+        "values": result.values.tolist(),
+        "extra": extra,
+    }
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)

@@ -1,0 +1,138 @@
+"""Sweep and intervention specs: JSON round-trips that reproduce the result; the CLI's --spec and --mode."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rope_interp.errors import ParameterError, UselessInterventionError
+from rope_interp.metrics import loss_metric
+from rope_interp.specs import InterventionSpec, SweepSpec
+from rope_interp.sweeps import exact_sweep
+from rope_interp.testing import tiny_layout_model
+
+TOKENS = [[3, 1, 4, 1, 5, 9, 2, 6, 5, 3]]
+CORRUPT = [[3, 1, 4, 1, 7, 9, 2, 8, 5, 3]]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        SweepSpec(tokens=TOKENS, mode="scale_freq", params={"factor": 0.5}, bands=[0, 2], method="exact"),
+        SweepSpec(tokens=TOKENS, mode="shift", params={"phase": [0.3] * 8}, per=["layer", "head", "band"]),
+        SweepSpec(
+            tokens=CORRUPT,
+            clean_tokens=TOKENS,
+            metric={"name": "logit_diff", "answer": 7, "wrong": 8},
+            method="refine",
+            options={"top": 3, "batch_size": 4},
+        ),
+        SweepSpec(tokens=TOKENS, mode="mean", method="qk_attribution", layers=[1], target="q"),
+    ],
+)
+def test_sweep_spec_round_trips_through_json_and_reproduces_the_result(spec):
+    model = tiny_layout_model("gqa")
+    first = spec.run(model)
+    text = json.dumps(first.extra["spec"])
+    again = SweepSpec.from_json(text)
+    assert again == spec
+    second = again.run(model)
+    torch.testing.assert_close(second.values, first.values, atol=1e-6, rtol=1e-6)
+    assert second.dims == first.dims and second.coords == first.coords
+
+
+def test_sweep_spec_is_the_same_sweep_as_the_function_call():
+    model = tiny_layout_model("gptj")
+    spec = SweepSpec(tokens=TOKENS, mode="no_rotation", layers=[0, 1], bands=[1, 3])
+    want = exact_sweep(
+        model, torch.tensor(TOKENS), loss_metric(torch.tensor(TOKENS)), mode="no_rotation", layers=[0, 1],
+        bands=[1, 3], progress=False,
+    )  # fmt: skip
+    torch.testing.assert_close(spec.run(model).values, want.values)
+
+
+def test_intervention_spec_builds_the_same_intervention():
+    model = tiny_layout_model("gqa")
+    spec = InterventionSpec.from_json(
+        InterventionSpec(
+            mode="shift", bands=[0, 1], layers=[1], heads=[0, 1, 2], params={"delta": 4}
+        ).to_json()
+    )
+    t = torch.tensor(TOKENS)
+    from rope_interp.interventions import ablate_bands
+
+    with torch.no_grad():
+        a = spec.build(model).run(t)
+        b = ablate_bands(model, [0, 1], layers=[1], heads=[0, 1, 2], mode="shift", delta=4).run(t)
+    torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(
+    "d,err,match",
+    [
+        (
+            {"spec": "SweepSpec", "tokens": TOKENS, "mode": "erase"},
+            ParameterError,
+            "unknown intervention mode",
+        ),
+        ({"spec": "SweepSpec", "tokens": TOKENS, "method": "fast"}, ParameterError, "unknown method"),
+        ({"spec": "SweepSpec", "tokens": TOKENS, "colour": 1}, ParameterError, "unknown SweepSpec fields"),
+        ({"spec": "SweepSpec", "tokens": TOKENS, "bands": [1.5]}, ParameterError, "integers"),
+        ({"spec": "SweepSpec", "tokens": TOKENS, "per": ["band", "time"]}, ParameterError, "axes"),
+        ({"spec": "SweepSpec", "tokens": TOKENS, "version": 9}, ParameterError, "version 9"),
+        ({"spec": "InterventionSpec", "mode": "zero"}, ParameterError, "not a SweepSpec"),
+        ({"spec": "SweepSpec", "tokens": TOKENS, "metric": {"name": "acc"}}, ParameterError, "metric"),
+    ],
+)
+def test_bad_specs_are_refused(d, err, match):
+    with pytest.raises(err, match=match):
+        SweepSpec.from_dict(d)
+
+
+def test_specs_refuse_what_cannot_be_run_or_saved():
+    model = tiny_layout_model("gqa")
+    with pytest.raises(UselessInterventionError):
+        SweepSpec(tokens=TOKENS, mode="shift", params={"delta": 2}, target="qk").run(model)
+    with pytest.raises(ParameterError, match="exactly one of"):
+        SweepSpec(metric={"name": "loss"}).run(model)
+    with pytest.raises(ParameterError, match="cannot be written into a spec"):
+        InterventionSpec(mode="mean", params={"reference": torch.zeros(2, 2, 8, 2)}).to_dict()
+
+
+def test_cli_sweep_mode_and_spec_rerun(tmp_path, monkeypatch, capsys):
+    from rope_interp import cli
+
+    model = tiny_layout_model("gqa")
+    monkeypatch.setattr(cli, "load_from_args", lambda args: model)
+    monkeypatch.setattr(cli, "tokens_from_args", lambda m, args: torch.tensor(TOKENS))
+    out = tmp_path / "a"
+    argv = ["sweep", "--mode", "scale_freq", "--factor", "2", "--bands", "0", "3", "--no-progress"]
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    saved = json.loads((out / "sweep.spec.json").read_text())
+    assert saved["spec"]["mode"] == "scale_freq" and saved["spec"]["params"] == {"factor": 2.0}
+    rerun = tmp_path / "b"
+    assert (
+        cli.main(["sweep", "--spec", str(out / "sweep.spec.json"), "--out", str(rerun), "--no-progress"]) == 0
+    )
+    again = json.loads((rerun / "sweep.spec.json").read_text())
+    torch.testing.assert_close(torch.tensor(again["values"]), torch.tensor(saved["values"]))
+    assert (rerun / "sweep.csv").is_file() and (rerun / "sweep.png").is_file()
+
+
+def test_cli_refuses_bad_mode_parameters_before_loading(monkeypatch, tmp_path):
+    from rope_interp import cli
+
+    def boom(args):
+        raise AssertionError("the model must not be loaded for a bad call")
+
+    monkeypatch.setattr(cli, "load_from_args", boom)
+    for argv in (
+        ["sweep", "--mode", "shift", "--delta", "nan"],
+        ["sweep", "--mode", "shift", "--delta", "3", "--target", "qk"],
+        ["sweep", "--mode", "scale_freq", "--factor", "1"],
+        ["sweep", "--batch-size", "0"],
+        ["patch", "--clean", "a"],
+    ):
+        assert cli.main([*argv, "--out", str(tmp_path)]) != 0, argv

@@ -1,0 +1,294 @@
+"""The sweep engine: every mode of the table in every tier, QK-fixed attribution, refine, no import cycle."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+import torch
+
+from rope_interp import RotaryBands
+from rope_interp.errors import ParameterError, UselessInterventionError
+from rope_interp.hooking import HookSet
+from rope_interp.hooks import attn_hook
+from rope_interp.interventions import ablate_bands
+from rope_interp.metrics import logit_diff, loss_metric
+from rope_interp.modes import METHODS, MODE_TABLE, MODES, resolve_target
+from rope_interp.sweeps import (
+    TIERS,
+    attribution_sweep,
+    exact_sweep,
+    naive_sweep,
+    qk_attribution_sweep,
+    refine_sweep,
+    run_sweep,
+)
+from rope_interp.testing import tiny_layout_model
+
+TOKENS = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6, 5, 3]])
+CORRUPT = torch.tensor([[3, 1, 4, 1, 7, 9, 2, 8, 5, 3]])
+PARAMS = {
+    "zero": {},
+    "mean": {},
+    "no_rotation": {},
+    "shift": {"delta": 2.0},
+    "scale_freq": {"factor": 0.5},
+}
+BANDS = [0, 2, 4]
+
+
+def _readers(spec, kv: int) -> list[int]:
+    return [h for h in range(spec.n_heads) if int(spec.kv_map[h]) == kv]
+
+
+def ablate_loop(model, tokens, metric, mode, target, layers, bands, heads=None):
+    """The naive loop a user writes: one ``ablate_bands`` context per cell."""
+    spec = RotaryBands.from_model(model)
+    out = []
+    with torch.no_grad():
+        for L in layers:
+            for h in heads if heads is not None else [None]:
+                sel = {}
+                if h is not None:
+                    if target == "q":
+                        sel = {"heads": [h]}
+                    elif target == "k":
+                        sel = {"kv_heads": [h]}
+                    else:
+                        sel = {"heads": _readers(spec, h)}
+                for b in bands:
+                    with ablate_bands(model, [b], layers=L, target=target, mode=mode, **sel, **PARAMS[mode]):
+                        out.append(metric(model(tokens)))
+    return torch.stack(out).float()
+
+
+def test_tables_are_declared_once():
+    assert tuple(TIERS) == METHODS and tuple(MODE_TABLE) == MODES
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("layout", ["gqa", "gptj", "partial_gptj", "local_global"])
+def test_every_mode_sweep_equals_naive_loop_of_ablate_bands(mode, layout):
+    model = tiny_layout_model(layout)
+    metric = loss_metric(TOKENS)
+    target = resolve_target(mode, None)
+    want = ablate_loop(model, TOKENS, metric, mode, target, [0, 1], BANDS)
+    kw = dict(mode=mode, params=PARAMS[mode], bands=BANDS, progress=False)
+    ex = exact_sweep(model, TOKENS, metric, batch_size=2, **kw)
+    nv = naive_sweep(model, TOKENS, metric, **kw)
+    assert ex.extra["target"] == target and ex.extra["mode"] == mode
+    torch.testing.assert_close(ex.values.flatten(), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(nv.values.flatten(), want, atol=1e-5, rtol=1e-5)
+    if mode != "zero":
+        assert (want - ex.base).abs().max() > 1e-4  # the mode does something here
+
+
+@pytest.mark.parametrize(
+    "mode,target",
+    [  # shift on "qk" is refused (test_useless_and_bad_sweeps_are_refused)
+        (m, t)
+        for m in ("mean", "no_rotation", "shift", "scale_freq")
+        for t in ("q", "k", "qk")
+        if (m, t) != ("shift", "qk")
+    ],
+)
+def test_every_mode_per_head_equals_ablate_bands_loop(mode, target):
+    model = tiny_layout_model("gqa")
+    spec = RotaryBands.from_model(model)
+    metric = logit_diff(7, 8)
+    n_h = spec.n_heads if target == "q" else spec.n_kv_heads
+    heads = list(range(n_h))
+    want = ablate_loop(model, TOKENS, metric, mode, target, [1], BANDS, heads)
+    ex = exact_sweep(
+        model,
+        TOKENS,
+        metric,
+        ("layer", "head", "band"),
+        mode=mode,
+        params=PARAMS[mode],
+        target=target,
+        layers=[1],
+        bands=BANDS,
+        progress=False,
+    )
+    torch.testing.assert_close(ex.values.flatten(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_useless_and_bad_sweeps_are_refused():
+    model = tiny_layout_model("gqa")
+    m = loss_metric(TOKENS)
+    with pytest.raises(UselessInterventionError, match="target='qk'"):
+        exact_sweep(model, TOKENS, m, mode="shift", params={"delta": 3}, target="qk", progress=False)
+    with pytest.raises(UselessInterventionError, match="factor=1"):
+        attribution_sweep(model, TOKENS, m, mode="scale_freq", params={"factor": 1}, progress=False)
+    with pytest.raises(ParameterError, match="finite"):
+        naive_sweep(model, TOKENS, m, mode="shift", params={"delta": float("nan")}, progress=False)
+    with pytest.raises(ParameterError, match="mode=/params= are for ablation"):
+        exact_sweep(model, TOKENS, m, source=CORRUPT, mode="mean", progress=False)
+    with pytest.raises(ParameterError, match="unknown method"):
+        run_sweep(model, TOKENS, m, method="fast")
+    with pytest.raises(ParameterError, match="unknown intervention mode"):
+        exact_sweep(model, TOKENS, m, mode="erase", progress=False)
+    # a per-position shift on q and k is not a no-op (positions other than p see it)
+    r = exact_sweep(
+        model, TOKENS, m, ("layer", "band", "pos"), mode="shift", params={"delta": 3}, target="qk",
+        layers=[1], bands=[0], positions=[4], progress=False,
+    )  # fmt: skip
+    assert r.effect.abs().max() > 1e-4
+
+
+# ---- QK-fixed attribution ---------------------------------------------------------------------------------
+class LinearPattern(HookSet):
+    """A metric linear in ``layer``'s attention pattern: ``sum(W * pattern)``."""
+
+    def __init__(self, model, layer: int, weight: torch.Tensor):
+        super().__init__(model)
+        self.layer, self.weight, self._p = layer, weight, None
+
+    def _record(self, act, hook):
+        self._p = act
+
+    def fwd_hooks(self):
+        return [(attn_hook(self.layer, "pattern"), self._record)]
+
+    def batched(self, logits, n):
+        return (self._p.unflatten(0, (n, -1)) * self.weight).flatten(1).sum(1)
+
+    def __call__(self, logits):
+        return self.batched(logits, 1)[0]
+
+
+@pytest.mark.parametrize("layout", ["gqa", "partial", "local_global"])
+@pytest.mark.parametrize(
+    "per,mode,target,patch",
+    [
+        (("layer", "band"), "zero", None, False),
+        (("layer", "band"), None, None, True),
+        (("layer", "head", "band"), "no_rotation", "k", False),
+        (("layer", "head", "band"), "scale_freq", "qk", False),
+        (("layer", "band", "pos"), "shift", "q", False),
+        (("layer", "band", "pos"), None, "qk", True),
+    ],
+)
+def test_qk_attribution_is_exact_when_metric_is_linear_in_the_pattern(layout, per, mode, target, patch):
+    model = tiny_layout_model(layout)
+    L, n = 1, TOKENS.shape[1]
+    w = torch.randn(1, model.cfg.n_heads, n, n, generator=torch.Generator().manual_seed(0))
+    metric = LinearPattern(model, L, w)
+    kw = dict(layers=[L], target=target, progress=False)
+    if patch:
+        kw["source"] = CORRUPT
+    else:
+        kw.update(mode=mode, params=PARAMS[mode])
+    if "pos" in per:
+        kw["positions"] = [0, 3, 9]
+    exact = exact_sweep(model, TOKENS, metric, per, **kw)
+    qk = qk_attribution_sweep(model, TOKENS, metric, per, **kw)
+    assert exact.effect.abs().max() > 1e-3
+    torch.testing.assert_close(qk.values, exact.values, atol=1e-4, rtol=1e-4)
+    plain = attribution_sweep(model, TOKENS, metric, per, **kw)  # linearised through the softmax: not exact
+    assert (plain.values - exact.values).abs().max() > 1e-4
+
+
+def test_qk_attribution_beats_plain_on_a_saturated_softmax():
+    """Large init makes the softmax sharp: plain attribution's linearisation fails there, the QK-fix does not."""
+    model = tiny_layout_model("gqa", init_range=0.6)
+    metric = logit_diff(7, 8)
+    kw = dict(progress=False)
+    exact = exact_sweep(model, TOKENS, metric, **kw)
+    err_qk = (qk_attribution_sweep(model, TOKENS, metric, **kw).values - exact.values).abs().mean()
+    err_plain = (attribution_sweep(model, TOKENS, metric, **kw).values - exact.values).abs().mean()
+    assert err_qk < err_plain
+
+
+# ---- refine ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("source", [None, CORRUPT])
+def test_refine_returns_the_exact_top_cells_with_exact_values(source):
+    model = tiny_layout_model("gqa", n_layers=3)
+    metric = logit_diff(7, 8)
+    exact = exact_sweep(model, TOKENS, metric, source=source, progress=False)
+    r = refine_sweep(model, TOKENS, metric, source=source, top=5, progress=False)
+    mask = r.extra["exact_mask"]
+    top = exact.effect.abs().flatten().topk(5).indices
+    assert bool(mask.flatten()[top].all())
+    torch.testing.assert_close(r.values[mask], exact.values[mask], atol=1e-5, rtol=1e-5)
+    est = qk_attribution_sweep(model, TOKENS, metric, source=source, progress=False)
+    torch.testing.assert_close(r.values[~mask], est.values[~mask])
+    assert r.extra["n_exact"] == int(mask.sum()) >= 10 and r.method == "refine"
+
+
+# ---- structure -----------------------------------------------------------------------------------------------
+def _import_graph() -> dict[str, set[str]]:
+    """Edges between rope_interp modules from every import statement (lazy ones inside functions too)."""
+    root = pathlib.Path(__file__).resolve().parents[1] / "rope_interp"
+    graph: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root).with_suffix("")
+        parts = list(rel.parts)
+        name = ".".join(["rope_interp", *parts])
+        pkg = ["rope_interp", *parts[:-1]] if parts[-1] != "__init__" else ["rope_interp", *parts[:-1]]
+        if parts[-1] == "__init__":
+            name = ".".join(pkg)
+        edges = graph.setdefault(name, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = pkg[: len(pkg) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+                targets = [mod] if node.module else [f"{mod}.{a.name}" for a in node.names]
+                edges.update(targets)
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("rope_interp"):
+                edges.add(node.module)
+    return {k: {e for e in v if e in graph and e != k} for k, v in graph.items()}
+
+
+def _cycle_through(graph: dict[str, set[str]], start: str) -> list[str] | None:
+    stack, seen = [(start, [start])], set()
+    while stack:
+        node, path = stack.pop()
+        for nxt in graph.get(node, ()):
+            if nxt == start:
+                return path + [start]
+            if nxt not in seen and nxt != "rope_interp":
+                seen.add(nxt)
+                stack.append((nxt, path + [nxt]))
+    return None
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "rope_interp.modes",
+        "rope_interp.metrics",
+        "rope_interp.grid",
+        "rope_interp.direct",
+        "rope_interp.sweeps",
+        "rope_interp.patching",
+        "rope_interp.interventions",
+        "rope_interp.specs",
+    ],
+)
+def test_sweep_modules_are_in_no_import_cycle(module):
+    graph = _import_graph()
+    assert module in graph
+    assert _cycle_through(graph, module) is None
+
+
+def test_import_graph_sees_lazy_imports():
+    graph = _import_graph()
+    assert "rope_interp.capture" in graph["rope_interp.modes"]  # a lazy import inside a function
+
+
+def test_refine_cap_is_respected_and_an_unstable_top_warns():
+    import warnings
+
+    model = tiny_layout_model("gqa", n_layers=3)
+    metric = logit_diff(7, 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = refine_sweep(model, TOKENS, metric, top=5, max_exact=6, progress=False)
+    assert r.extra["n_exact"] <= 6
+    warned = any("max_exact" in str(w.message) for w in caught)
+    assert warned == (not r.extra["stable"])
+    with pytest.raises(ParameterError, match="estimate"):
+        refine_sweep(model, TOKENS, metric, estimate="exact", progress=False)
