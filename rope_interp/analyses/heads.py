@@ -34,10 +34,11 @@ from torch import Tensor
 
 from .. import adapter
 from ..decompose import iter_band_scores
+from ..engine import Accumulator, run_pass
 from ..hooking import FwdHooks, HookSet
 from ..hooks import attn_hook
 from ..spec import RotaryBands
-from .inputs import figure, heatmap, layer_list, qk_pair_hooks, windows
+from .inputs import figure, heatmap, layer_list
 
 KIND = {0: "diagonal", 1: "previous"}
 
@@ -327,51 +328,99 @@ def positional_heads(
     >>> tuple(r.scores.shape), tuple(r.margin.shape)
     ((2, 4, 2), (2, 4, 2, 8))
     """
-    layers = layer_list(model, layers)
-    spec = RotaryBands.from_model(model)
-    adapter.check_decomposable(model)
-    if any(o < 0 for o in offsets):
-        raise ValueError(f"offsets must be >= 0, got {list(offsets)}")
-    att = OffsetAttention(model, layers, offsets, start_pos)
-    L, H, B, n_off = len(layers), spec.n_heads, spec.n_bands, len(offsets)
-    dev = adapter.device(model)
-    margin = torch.zeros(L, H, n_off, B, dtype=torch.float64, device=dev)
-    margin_pass = torch.zeros(L, H, n_off, dtype=torch.float64, device=dev)
-    n_q = torch.zeros(n_off, dtype=torch.float64)
-
-    def on_pair(layer: int, q: Tensor, k: Tensor, qp: Tensor, kp: Tensor) -> None:
-        i = layers.index(layer)
-        for j, o in enumerate(offsets):
-            mb, mp, n = offset_margins(q, k, qp, kp, spec.kv_map, float(spec.attn_scale[layer]), o, start_pos)
-            margin[i, :, j] += mb
-            margin_pass[i, :, j] += mp
-            if i == 0:
-                n_q[j] += n
-
-    capture = qk_pair_hooks(model, layers, on_pair)
-    cache: list[Tensor] = []
-    n_tokens = 0
-    for tokens in windows(model, data, window, progress, "positional heads"):
-        with torch.no_grad(), att, model.hooks(fwd_hooks=capture):
-            model(tokens, stop_at_layer=max(layers) + 1)
-        att.count(tokens)
-        n_tokens += tokens.numel()
-        if len(cache) < causal_windows:
-            cache.append(tokens)
-    result = PositionalHeads(
-        scores=att.means().float(),
-        margin=(margin.cpu() / n_q.clamp_min(1)[None, None, :, None]).float(),
-        margin_pass=(margin_pass.cpu() / n_q.clamp_min(1)).float(),
-        layers=layers,
-        offsets=list(offsets),
-        threshold=threshold,
-        n_tokens=n_tokens,
-    )
+    acc = HeadsAccumulator(model, layer_list(model, layers), offsets, threshold, start_pos, causal_windows)
+    run_pass(model, data, [acc], window=window, progress=progress, desc="positional heads")
+    result = acc.finalize()
     if ablate_k:
-        found = result.found()
-        from tqdm.auto import tqdm
-
-        for layer, h, o, s in tqdm(found, desc="causal check", disable=not progress, leave=False):
-            c = causal_check(model, cache, layer, h, o, ablate_k, start_pos, method)
-            result.causal.append(dict(c, score=s))
+        add_causal_checks(model, result, acc.cache, ablate_k, start_pos, method, progress)
     return result
+
+
+def add_causal_checks(
+    model: Any,
+    result: PositionalHeads,
+    cache: list[Tensor],
+    k: int,
+    start_pos: int = 1,
+    method: Literal["auto", "hooks", "analytic"] = "auto",
+    progress: bool = True,
+) -> PositionalHeads:
+    """Run :func:`causal_check` on ``cache`` (token windows) for every head ``result`` found; returns ``result``."""
+    from tqdm.auto import tqdm
+
+    for layer, h, o, s in tqdm(result.found(), desc="causal check", disable=not progress, leave=False):
+        c = causal_check(model, cache, layer, h, o, k, start_pos, method)
+        result.causal.append(dict(c, score=s))
+    return result
+
+
+class HeadsAccumulator(Accumulator):
+    """Shared-pass state of :func:`positional_heads`: offset attention, per-band margins, cached windows."""
+
+    def __init__(
+        self,
+        model: Any,
+        layers: list[int],
+        offsets: Sequence[int] = (0, 1),
+        threshold: float = 0.5,
+        start_pos: int = 1,
+        causal_windows: int = 2,
+    ):
+        adapter.check_decomposable(model)
+        if any(o < 0 for o in offsets):
+            raise ValueError(f"offsets must be >= 0, got {list(offsets)}")
+        self.spec = RotaryBands.from_model(model)
+        self.layers = self.pair_layers = list(layers)
+        self.offsets, self.threshold, self.start_pos = list(offsets), threshold, start_pos
+        self.causal_windows = causal_windows
+        self.att = OffsetAttention(model, self.layers, self.offsets, start_pos)
+        L, H, B, n_off = len(layers), self.spec.n_heads, self.spec.n_bands, len(self.offsets)
+        dev = adapter.device(model)
+        self.margin = torch.zeros(L, H, n_off, B, dtype=torch.float64, device=dev)
+        self.margin_pass = torch.zeros(L, H, n_off, dtype=torch.float64, device=dev)
+        self.n_q = torch.zeros(n_off, dtype=torch.float64)
+        self.cache: list[Tensor] = []
+        self.n_tokens = 0
+
+    def on_pair(self, layer: int, q: Tensor, k: Tensor, qp: Tensor, kp: Tensor) -> None:
+        i, spec = self.layers.index(layer), self.spec
+        for j, o in enumerate(self.offsets):
+            scale = float(spec.attn_scale[layer])
+            mb, mp, n = offset_margins(q, k, qp, kp, spec.kv_map, scale, o, self.start_pos)
+            self.margin[i, :, j] += mb
+            self.margin_pass[i, :, j] += mp
+            if i == 0:
+                self.n_q[j] += n
+
+    def fwd_hooks(self) -> FwdHooks:
+        return self.att.fwd_hooks()
+
+    def observe(self, tokens: Tensor) -> None:
+        self.att.count(tokens)
+        self.n_tokens += tokens.numel()
+        if len(self.cache) < self.causal_windows:
+            self.cache.append(tokens)
+
+    def merge(self, other: HeadsAccumulator) -> HeadsAccumulator:
+        if (other.layers, other.offsets, other.start_pos) != (self.layers, self.offsets, self.start_pos):
+            raise ValueError("cannot merge positional-head sums over different layers, offsets or start_pos")
+        self.att.sums += other.att.sums.to(self.att.sums.device)
+        self.att.counts += other.att.counts
+        self.margin += other.margin.to(self.margin.device)
+        self.margin_pass += other.margin_pass.to(self.margin_pass.device)
+        self.n_q += other.n_q
+        self.n_tokens += other.n_tokens
+        self.cache = (self.cache + other.cache)[: self.causal_windows]
+        return self
+
+    def finalize(self) -> PositionalHeads:
+        n_q = self.n_q.clamp_min(1)
+        return PositionalHeads(
+            scores=self.att.means().float(),
+            margin=(self.margin.cpu() / n_q[None, None, :, None]).float(),
+            margin_pass=(self.margin_pass.cpu() / n_q).float(),
+            layers=self.layers,
+            offsets=self.offsets,
+            threshold=self.threshold,
+            n_tokens=self.n_tokens,
+        )

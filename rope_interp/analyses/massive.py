@@ -24,6 +24,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from .. import adapter
+from ..engine import Accumulator, run_pass
 from ..hooking import FwdHooks, HookSet
 from ..hooks import attn_hook
 from ..spec import RotaryBands
@@ -113,15 +114,18 @@ class MassiveValues:
         return fig
 
 
-class _SquareSums(HookSet):
-    def __init__(self, model: Any, layers: list[int]):
-        super().__init__(model)
-        self.layers = layers
+class MassiveAccumulator(Accumulator):
+    """Shared-pass state of :func:`massive_values`: per-(layer, head, dim) sums of squares of post-RoPE q/k."""
+
+    def __init__(self, model: Any, layers: list[int], lam: float = 5.0):
+        self.model, self.layers, self.lam = model, list(layers), lam
         dev, dh = adapter.device(model), int(adapter.config(model).d_head)
+        L = len(self.layers)
         self.sums = {
-            "rot_q": torch.zeros(len(layers), adapter.n_heads(model), dh, dtype=torch.float64, device=dev),
-            "rot_k": torch.zeros(len(layers), adapter.n_kv_heads(model), dh, dtype=torch.float64, device=dev),
+            "rot_q": torch.zeros(L, adapter.n_heads(model), dh, dtype=torch.float64, device=dev),
+            "rot_k": torch.zeros(L, adapter.n_kv_heads(model), dh, dtype=torch.float64, device=dev),
         }
+        self.n_tokens = 0
 
     def fwd_hooks(self) -> FwdHooks:
         hooks: FwdHooks = []
@@ -134,6 +138,26 @@ class _SquareSums(HookSet):
 
                 hooks.append((attn_hook(layer, site), fn))
         return hooks
+
+    def observe(self, tokens: Tensor) -> None:
+        self.n_tokens += tokens.numel()
+
+    def merge(self, other: MassiveAccumulator) -> MassiveAccumulator:
+        if other.layers != self.layers:
+            raise ValueError(f"cannot merge massive sums over layers {other.layers} into {self.layers}")
+        for s in SITES:
+            self.sums[s] += other.sums[s].to(self.sums[s].device)
+        self.n_tokens += other.n_tokens
+        return self
+
+    def finalize(self) -> MassiveValues:
+        spec = RotaryBands.from_model(self.model)
+        band_of_dim = torch.tensor(
+            [-1 if (b := spec.band_of_dim(d)) is None else b for d in range(spec.d_head)]
+        )
+        return MassiveValues(
+            self.sums["rot_q"].cpu(), self.sums["rot_k"].cpu(), self.layers, band_of_dim, self.lam, self.n_tokens
+        )
 
 
 def massive_values(
@@ -155,16 +179,9 @@ def massive_values(
     """
     if lam <= 0:
         raise ValueError(f"lam must be > 0, got {lam}")
-    layers = layer_list(model, layers)
-    spec = RotaryBands.from_model(model)
-    band_of_dim = torch.tensor([-1 if (b := spec.band_of_dim(d)) is None else b for d in range(spec.d_head)])
-    acc = _SquareSums(model, layers)
-    n = 0
-    for tokens in windows(model, data, window, progress, "massive values"):
-        with torch.no_grad(), acc:
-            model(tokens, stop_at_layer=max(layers) + 1)
-        n += tokens.numel()
-    return MassiveValues(acc.sums["rot_q"].cpu(), acc.sums["rot_k"].cpu(), layers, band_of_dim, lam, n)
+    acc = MassiveAccumulator(model, layer_list(model, layers), lam)
+    run_pass(model, data, [acc], window=window, progress=progress, desc="massive values")
+    return acc.finalize()
 
 
 class MeanAblateDims(HookSet):

@@ -34,9 +34,10 @@ from torch import Tensor
 
 from ..bands import band_angles, band_norms
 from ..capture import BandStats
+from ..engine import Accumulator, run_pass
 from ..errors import ContextLengthError
 from ..spec import RotaryBands
-from .inputs import figure, heatmap, layer_list, windows
+from .inputs import figure, heatmap, layer_list
 
 
 def predicted_bands(freqs: Float[Tensor, "... band"], context_length: int) -> Bool[Tensor, "... band"]:
@@ -272,22 +273,48 @@ def offset_features(
         raise ValueError(f"context_length must be >= 2, got {L}")
     if L > spec.n_ctx:
         raise ContextLengthError(f"context_length {L} exceeds the model's context of n_ctx={spec.n_ctx}")
-    stats = BandStats(model, layers=layers, sites=("q", "k"), start_pos=start_pos)
-    for tokens in windows(model, data, window, progress, "offset features"):
-        stats.update(tokens)
-    if stats.n_tokens == 0:
-        raise ValueError(f"no tokens at positions >= start_pos={start_pos}")
-    f = lambda t: t.cpu().float()  # noqa: E731
-    return OffsetFeatures(
-        q_mean=f(stats.mean_vector("q")),
-        k_mean=f(stats.mean_vector("k")),
-        q_norm=f(stats.mean_norm("q")),
-        k_norm=f(stats.mean_norm("k")),
-        layers=layers,
-        freqs=spec.freqs[layers].float(),
-        kv_map=spec.kv_map,
-        context_length=L,
-        n_tokens=stats.n_tokens,
-        min_consistency=min_consistency,
-        spike=spike,
-    )
+    acc = OffsetAccumulator(model, layers, L, start_pos, min_consistency, spike)
+    run_pass(model, data, [acc], window=window, progress=progress, desc="offset features")
+    return acc.finalize()
+
+
+class OffsetAccumulator(Accumulator):
+    """Shared-pass state of :func:`offset_features`: a :class:`BandStats` over pre-rotation ``q``, ``k``."""
+
+    def __init__(
+        self,
+        model: Any,
+        layers: list[int],
+        context_length: int,
+        start_pos: int = 1,
+        min_consistency: float = 0.9,
+        spike: float = 10.0,
+    ):
+        self.model, self.layers = model, list(layers)
+        self.options = dict(context_length=context_length, min_consistency=min_consistency, spike=spike)
+        self.start_pos = start_pos
+        self.stats = BandStats(model, layers=self.layers, sites=("q", "k"), start_pos=start_pos)
+
+    def fwd_hooks(self):
+        return self.stats.fwd_hooks()
+
+    def merge(self, other: OffsetAccumulator) -> OffsetAccumulator:
+        self.stats.merge(other.stats)
+        return self
+
+    def finalize(self) -> OffsetFeatures:
+        stats, spec = self.stats, RotaryBands.from_model(self.model)
+        if stats.n_tokens == 0:
+            raise ValueError(f"no tokens at positions >= start_pos={self.start_pos}")
+        f = lambda t: t.cpu().float()  # noqa: E731
+        return OffsetFeatures(
+            q_mean=f(stats.mean_vector("q")),
+            k_mean=f(stats.mean_vector("k")),
+            q_norm=f(stats.mean_norm("q")),
+            k_norm=f(stats.mean_norm("k")),
+            layers=self.layers,
+            freqs=spec.freqs[self.layers].float(),
+            kv_map=spec.kv_map,
+            n_tokens=stats.n_tokens,
+            **self.options,
+        )

@@ -30,9 +30,11 @@ from torch import Tensor
 
 from .. import adapter
 from ..bands import band_norms
+from ..engine import Accumulator, run_pass
+from ..hooking import FwdHooks
 from ..hooks import attn_hook
 from ..spec import RotaryBands
-from .inputs import figure, heatmap, layer_list, prefix_mean, qk_pair_hooks, windows
+from .inputs import figure, heatmap, layer_list, prefix_mean
 
 
 @dataclass
@@ -151,19 +153,32 @@ def sink_channels(
     """
     if start_pos < 1:
         raise ValueError("start_pos must be >= 1 (query 0 has no key other than BOS)")
-    layers = layer_list(model, layers)
-    spec = RotaryBands.from_model(model)
-    adapter.check_decomposable(model)
-    dev = adapter.device(model)
-    L, H, B = len(layers), spec.n_heads, spec.n_bands
-    sums = {
-        n: torch.zeros(L, H, B, dtype=torch.float64, device=dev) for n in ("bos", "other", "bos_b", "other_b")
-    }
-    sep_pass = torch.zeros(L, H, dtype=torch.float64, device=dev)
-    n_q = 0
+    acc = SinkAccumulator(model, layer_list(model, layers), start_pos)
+    run_pass(model, data, [acc], window=window, progress=progress, desc="sink channels")
+    return acc.finalize()
 
-    def on_pair(layer: int, q: Tensor, k: Tensor, qp: Tensor, kp: Tensor) -> None:
-        i, scale = layers.index(layer), float(spec.attn_scale[layer])
+
+class SinkAccumulator(Accumulator):
+    """Shared-pass state of :func:`sink_channels`: per-band BOS / other-key term sums, bounds, BOS attention."""
+
+    def __init__(self, model: Any, layers: list[int], start_pos: int = 1):
+        adapter.check_decomposable(model)
+        self.spec = RotaryBands.from_model(model)
+        self.layers = self.pair_layers = list(layers)
+        self.start_pos = start_pos
+        dev = adapter.device(model)
+        L, H, B = len(layers), self.spec.n_heads, self.spec.n_bands
+        z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=dev)  # noqa: E731
+        self.sums = {n: z(L, H, B) for n in ("bos", "other", "bos_b", "other_b")}
+        self.sep_pass, self.bos_sum = z(L, H), z(L, H)
+        self.n_q = self.n_tokens = 0
+
+    def accepts(self, tokens: Tensor) -> bool:
+        return tokens.shape[1] > self.start_pos
+
+    def on_pair(self, layer: int, q: Tensor, k: Tensor, qp: Tensor, kp: Tensor) -> None:
+        spec, start_pos, sums = self.spec, self.start_pos, self.sums
+        i, scale = self.layers.index(layer), float(spec.attn_scale[layer])
         kv = spec.kv_map.to(k.device)
         q, qp = q.double()[:, start_pos:], qp.double()[:, start_pos:]
         k, kp = k.double()[:, :, kv], kp.double()[:, :, kv]
@@ -175,38 +190,45 @@ def sink_channels(
         sums["other_b"][i] += (
             torch.einsum("bmhi,bmhi->hi", qn, prefix_mean(kn, start=1)[:, start_pos:]) / scale
         )
-        sep_pass[i] += torch.einsum("bmhd,bhd->h", qp, kp[:, 0]) / scale
-        sep_pass[i] -= torch.einsum("bmhd,bmhd->h", qp, kp_mean) / scale
+        self.sep_pass[i] += torch.einsum("bmhd,bhd->h", qp, kp[:, 0]) / scale
+        self.sep_pass[i] -= torch.einsum("bmhd,bmhd->h", qp, kp_mean) / scale
 
-    hooks = qk_pair_hooks(model, layers, on_pair)
-    bos_sum = torch.zeros(L, H, dtype=torch.float64, device=dev)
-
-    def on_pattern(p: Tensor, hook: Any, i: int) -> Tensor:
-        bos_sum[i] += p[:, :, start_pos:, 0].double().sum((0, 2))
+    def _on_pattern(self, p: Tensor, hook: Any, i: int) -> Tensor:
+        self.bos_sum[i] += p[:, :, self.start_pos :, 0].double().sum((0, 2))
         return p
 
-    pat_hooks = [
-        (attn_hook(layer, "pattern"), lambda p, hook, i=i: on_pattern(p, hook, i))
-        for i, layer in enumerate(layers)
-    ]
-    n_tokens = 0
-    for tokens in windows(model, data, window, progress, "sink channels"):
-        if tokens.shape[1] <= start_pos:
-            continue
-        with torch.no_grad(), model.hooks(fwd_hooks=hooks + pat_hooks):
-            model(tokens, stop_at_layer=max(layers) + 1)
-        n_q += tokens.shape[0] * (tokens.shape[1] - start_pos)
-        n_tokens += tokens.numel()
-    if n_q == 0:
-        raise ValueError(f"every window is shorter than start_pos + 1 = {start_pos + 1} tokens")
-    f = lambda t: (t.cpu() / n_q).float()  # noqa: E731
-    return SinkChannels(
-        bos_term=f(sums["bos"]),
-        other_term=f(sums["other"]),
-        bos_bound=f(sums["bos_b"]),
-        other_bound=f(sums["other_b"]),
-        separation_pass=f(sep_pass),
-        bos_attention=f(bos_sum),
-        layers=layers,
-        n_tokens=n_tokens,
-    )
+    def fwd_hooks(self) -> FwdHooks:
+        return [
+            (attn_hook(layer, "pattern"), lambda p, hook, i=i: self._on_pattern(p, hook, i))
+            for i, layer in enumerate(self.layers)
+        ]
+
+    def observe(self, tokens: Tensor) -> None:
+        self.n_q += tokens.shape[0] * (tokens.shape[1] - self.start_pos)
+        self.n_tokens += tokens.numel()
+
+    def merge(self, other: SinkAccumulator) -> SinkAccumulator:
+        if (other.layers, other.start_pos) != (self.layers, self.start_pos):
+            raise ValueError("cannot merge sink sums over different layers or start_pos")
+        for n in self.sums:
+            self.sums[n] += other.sums[n].to(self.sums[n].device)
+        self.sep_pass += other.sep_pass.to(self.sep_pass.device)
+        self.bos_sum += other.bos_sum.to(self.bos_sum.device)
+        self.n_q += other.n_q
+        self.n_tokens += other.n_tokens
+        return self
+
+    def finalize(self) -> SinkChannels:
+        if self.n_q == 0:
+            raise ValueError(f"every window is shorter than start_pos + 1 = {self.start_pos + 1} tokens")
+        f = lambda t: (t.cpu() / self.n_q).float()  # noqa: E731
+        return SinkChannels(
+            bos_term=f(self.sums["bos"]),
+            other_term=f(self.sums["other"]),
+            bos_bound=f(self.sums["bos_b"]),
+            other_bound=f(self.sums["other_b"]),
+            separation_pass=f(self.sep_pass),
+            bos_attention=f(self.bos_sum),
+            layers=self.layers,
+            n_tokens=self.n_tokens,
+        )

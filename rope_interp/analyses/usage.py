@@ -19,8 +19,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..capture import BandStats
+from ..engine import Accumulator, run_pass
 from ..spec import RotaryBands
-from .inputs import figure, heatmap, layer_list, windows
+from .inputs import figure, heatmap, layer_list
 
 SITES = {"q": "rot_q", "k": "rot_k", "v": "v"}
 
@@ -153,16 +154,32 @@ def frequency_usage(
     >>> tuple(u.q_norm.shape), tuple(u.k_norm.shape), u.n_tokens
     ((2, 4, 8), (2, 2, 8), 32)
     """
-    layers = layer_list(model, layers)
-    spec = RotaryBands.from_model(model)
-    stats = BandStats(model, layers=layers, sites=tuple(SITES.values()), start_pos=start_pos)
-    for tokens in windows(model, data, window, progress, "frequency usage"):
-        stats.update(tokens)
-    return FrequencyUsage(
-        q_norm=stats.mean_norm("rot_q").cpu(),
-        k_norm=stats.mean_norm("rot_k").cpu(),
-        v_norm=stats.mean_norm("v").cpu(),
-        layers=layers,
-        freqs=spec.freqs[layers],
-        n_tokens=stats.n_tokens,
-    )
+    acc = UsageAccumulator(model, layer_list(model, layers), start_pos=start_pos)
+    run_pass(model, data, [acc], window=window, progress=progress, desc="frequency usage")
+    return acc.finalize()
+
+
+class UsageAccumulator(Accumulator):
+    """Shared-pass state of :func:`frequency_usage`: a :class:`BandStats` over ``rot_q``, ``rot_k``, ``v``."""
+
+    def __init__(self, model: Any, layers: list[int], start_pos: int = 0):
+        self.model, self.layers = model, list(layers)
+        self.stats = BandStats(model, layers=self.layers, sites=tuple(SITES.values()), start_pos=start_pos)
+
+    def fwd_hooks(self):
+        return self.stats.fwd_hooks()
+
+    def merge(self, other: UsageAccumulator) -> UsageAccumulator:
+        self.stats.merge(other.stats)
+        return self
+
+    def finalize(self) -> FrequencyUsage:
+        spec = RotaryBands.from_model(self.model)
+        return FrequencyUsage(
+            q_norm=self.stats.mean_norm("rot_q").cpu(),
+            k_norm=self.stats.mean_norm("rot_k").cpu(),
+            v_norm=self.stats.mean_norm("v").cpu(),
+            layers=self.layers,
+            freqs=spec.freqs[self.layers],
+            n_tokens=self.stats.n_tokens,
+        )
