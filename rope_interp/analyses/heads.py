@@ -37,10 +37,13 @@ from ..decompose import iter_band_scores
 from ..engine import Accumulator, run_pass
 from ..hooking import FwdHooks, HookSet
 from ..hooks import attn_hook
+from ..registry import Analysis, Block, Option, RunContext, literal_choices
 from ..spec import RotaryBands
 from .inputs import figure, heatmap, layer_list
 
 KIND = {0: "diagonal", 1: "previous"}
+Method = Literal["auto", "hooks", "analytic"]
+"""How :func:`causal_check` ablates: TransformerLens hooks, the analytic decomposition, or hooks when available."""
 
 
 class OffsetAttention(HookSet):
@@ -272,7 +275,7 @@ def causal_check(
     offset: int,
     k: int,
     start_pos: int = 1,
-    method: Literal["auto", "hooks", "analytic"] = "auto",
+    method: Method = "auto",
 ) -> dict:
     """Survival of head ``(layer, head)``'s attention on ``offset`` when its ``k`` highest / lowest bands are zeroed."""
     n_bands = RotaryBands.from_model(model).n_bands
@@ -314,7 +317,7 @@ def positional_heads(
     window: int | None = None,
     ablate_k: int | None = 4,
     causal_windows: int = 2,
-    method: Literal["auto", "hooks", "analytic"] = "auto",
+    method: Method = "auto",
     progress: bool = True,
 ) -> PositionalHeads:
     """Find diagonal / previous-token heads, the bands building their margin, and check causally.
@@ -342,7 +345,7 @@ def add_causal_checks(
     cache: list[Tensor],
     k: int,
     start_pos: int = 1,
-    method: Literal["auto", "hooks", "analytic"] = "auto",
+    method: Method = "auto",
     progress: bool = True,
 ) -> PositionalHeads:
     """Run :func:`causal_check` on ``cache`` (token windows) for every head ``result`` found; returns ``result``."""
@@ -424,3 +427,115 @@ class HeadsAccumulator(Accumulator):
             threshold=self.threshold,
             n_tokens=self.n_tokens,
         )
+
+
+# ---- registry record (CLI subcommand and report section) ----------------------------------------------
+def _start(ctx: RunContext, opts: dict[str, Any]) -> list[Accumulator]:
+    layers = layer_list(ctx.model, ctx.layers)
+    return [
+        HeadsAccumulator(
+            ctx.model, layers, threshold=opts["threshold"], causal_windows=opts["causal_windows"]
+        )
+    ]
+
+
+def _finish(ctx: RunContext, opts: dict[str, Any], accs: list[Accumulator]) -> PositionalHeads:
+    acc = accs[0]
+    result = acc.finalize()
+    if opts["ablate_k"]:
+        add_causal_checks(
+            ctx.model, result, acc.cache, opts["ablate_k"], method=opts["method"], progress=ctx.progress
+        )
+    return result
+
+
+_SUMMARY_COLUMNS = [
+    "layer",
+    "head",
+    "kind",
+    "score",
+    "high_band_share",
+    "top_band",
+    "survival_top_k",
+    "survival_bottom_k",
+]
+
+
+def _found_table(r: PositionalHeads):
+    df = r.to_dataframe()
+    df = df[df["positional"]].sort_values("score", ascending=False)
+    return df[_SUMMARY_COLUMNS].reset_index(drop=True)
+
+
+def _summary(r: PositionalHeads) -> dict[str, Any]:
+    rows = _found_table(r).head(20).to_dict(orient="records")
+    clean = [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()} for row in rows]
+    return {"n_tokens": r.n_tokens, "threshold": r.threshold, "positional_heads": clean}
+
+
+def _findings(r: PositionalHeads) -> list[str]:
+    found = r.found()
+    if not found:
+        i, h, j = (int(x) for x in torch.nonzero(r.scores == r.scores.max())[0])
+        return [
+            f"Positional heads: no head puts more than {r.threshold:g} of its attention on a fixed offset; the "
+            f"highest score is {float(r.scores.max()):.2f} (layer {r.layers[i]} head {h}, "
+            f"{KIND.get(r.offsets[j], r.offsets[j])})."
+        ]
+    layer, h, o, s = found[0]
+    i, j = r.layers.index(layer), r.offsets.index(o)
+    hi, _ = r.band_share()
+    text = (
+        f"Positional heads: {len(found)} (layer, head, offset) triples score above {r.threshold:g}; the strongest is "
+        f"layer {layer} head {h} ({KIND.get(o, o)}, mean attention {s:.2f}), whose margin comes "
+        f"{100 * float(hi[i, h, j]):.0f}% from the highest-frequency half of the bands"
+    )
+    c = next((c for c in r.causal if (c["layer"], c["head"], c["offset"]) == (layer, h, o)), None)
+    if c:
+        text += (
+            f"; zeroing its {c['k']} highest-frequency bands leaves {100 * c['top_k_survival']:.0f}% of that attention, "
+            f"zeroing the {c['k']} lowest leaves {100 * c['bottom_k_survival']:.0f}%"
+        )
+    return [text + "."]
+
+
+def _section(r: PositionalHeads) -> list[Block]:
+    from ..html import paragraph, table_html
+
+    blocks: list[Block] = [(None, paragraph(ANALYSIS.description)), (None, r.plot())]
+    found = _found_table(r)
+    if len(found):
+        blocks.append((None, paragraph(f"Heads above the threshold {r.threshold:g} (best 15).")))
+        blocks.append((None, table_html(found, max_rows=15)))
+    return blocks
+
+
+ANALYSIS = Analysis(
+    name="heads",
+    title="Positional heads",
+    help="Positional heads: diagonal / previous-token heads, their bands, an ablation check",
+    description=(
+        "Diagonal (offset 0) and previous-token (offset 1) heads (Barbero et al., Round and Round We Go!, 2024): "
+        "mean attention on that offset, the share of the score margin built by the highest- vs lowest-frequency "
+        "bands (exact decomposition), and how much of the pattern survives zeroing the k highest vs the k lowest "
+        "bands in that head."
+    ),
+    start=_start,
+    finish=_finish,
+    options=(
+        Option("threshold", float, 0.5, "mean attention above which a head is positional", minimum=0.0),
+        Option("ablate_k", int, 4, "bands zeroed in the causal check (0 skips it)", minimum=0),
+        Option("causal_windows", int, 2, "windows used by the causal check", minimum=1),
+        Option("method", str, "auto", "how the causal check ablates", choices=literal_choices(Method)),
+    ),
+    summary=_summary,
+    summary_doc={
+        "n_tokens": "tokens analysed",
+        "threshold": "score above which a head counts as positional",
+        "positional_heads": "records, best first (max 20): layer, head, kind, score, high_band_share, top_band, "
+        "survival_top_k, survival_bottom_k (null when not checked)",
+    },
+    findings=_findings,
+    tables=lambda r: {"positional_heads": r.to_dataframe()},
+    section=_section,
+)

@@ -27,6 +27,7 @@ from .. import adapter
 from ..engine import Accumulator, run_pass
 from ..hooking import FwdHooks, HookSet
 from ..hooks import attn_hook
+from ..registry import Analysis, Block, Option, RunContext
 from ..spec import RotaryBands
 from .inputs import figure, heatmap, layer_list, windows
 
@@ -156,7 +157,12 @@ class MassiveAccumulator(Accumulator):
             [-1 if (b := spec.band_of_dim(d)) is None else b for d in range(spec.d_head)]
         )
         return MassiveValues(
-            self.sums["rot_q"].cpu(), self.sums["rot_k"].cpu(), self.layers, band_of_dim, self.lam, self.n_tokens
+            self.sums["rot_q"].cpu(),
+            self.sums["rot_k"].cpu(),
+            self.layers,
+            band_of_dim,
+            self.lam,
+            self.n_tokens,
         )
 
 
@@ -310,3 +316,113 @@ def massive_ablation(
         raise ValueError("no window has two or more tokens: cannot measure next-token loss")
     means = (totals / count).tolist()
     return MassiveAblation(means[0], means[1], means[2:], n_dims, count)
+
+
+# ---- registry record (CLI subcommand and report section) ----------------------------------------------
+@dataclass
+class MassiveResult:
+    """What the registered ``massive`` analysis returns: the values and (unless skipped) their ablation."""
+
+    values: MassiveValues
+    ablation: MassiveAblation | None = None
+
+    def to_dataframe(self):
+        return self.values.to_dataframe()
+
+
+def _finish(ctx: RunContext, opts: dict[str, Any], accs: list[Accumulator]) -> MassiveResult:
+    values = accs[0].finalize()
+    has_any = bool(values.massive("q").any() or values.massive("k").any())
+    ablation = None
+    if opts["ablation"] and has_any:
+        ablation = massive_ablation(
+            ctx.model, ctx.data, values, n_control=opts["n_control"], window=ctx.window, progress=ctx.progress
+        )
+    return MassiveResult(values, ablation)
+
+
+def _summary(r: MassiveResult) -> dict[str, Any]:
+    v = r.values
+    q, k = v.band_counts("q").tolist(), v.band_counts("k").tolist()
+    n = len(q) - 1
+    return {
+        "n_tokens": v.n_tokens,
+        "lam": v.lam,
+        "n_massive_q": int(v.massive("q").sum()),
+        "n_massive_k": int(v.massive("k").sum()),
+        "per_band": [
+            {"band": b if b < n else "pass-through", "q": q[b], "k": k[b]}
+            for b in range(n + 1)
+            if q[b] or k[b]
+        ],
+        "ablation": [] if r.ablation is None else r.ablation.to_dataframe().to_dict(orient="records"),
+    }
+
+
+def _findings(r: MassiveResult) -> list[str]:
+    v = r.values
+    counts = v.band_counts("q") + v.band_counts("k")
+    total, n = int(counts.sum()), len(counts) - 1
+    if not total:
+        return [f"Massive values: no (head, dim) of q or k exceeds {v.lam:g} times its layer's mean norm."]
+    low = int(counts[n // 2 : n].sum())
+    text = (
+        f"Massive values: {int(v.massive('q').sum())} query and {int(v.massive('k').sum())} key (layer, head, dim) "
+        f"entries exceed {v.lam:g}× their layer's mean, {100 * low / total:.0f}% of them in the lowest-frequency "
+        "half of the bands"
+    )
+    a = r.ablation
+    if a is not None:
+        ctrl = sum(a.control) / len(a.control) if a.control else float("nan")
+        text += (
+            f"; mean-ablating those {a.n_dims} dims moves the loss from {a.baseline:.3f} to {a.massive:.3f}, "
+            f"against {ctrl:.3f} for {len(a.control)} matched random controls"
+        )
+    return [text + "."]
+
+
+def _section(r: MassiveResult) -> list[Block]:
+    from ..html import paragraph, table_html
+
+    blocks: list[Block] = [(None, paragraph(ANALYSIS.description)), (None, r.values.plot())]
+    if r.ablation is not None:
+        blocks += [(None, r.ablation.plot()), (None, table_html(r.ablation.to_dataframe(), digits=4))]
+    return blocks
+
+
+def _tables(r: MassiveResult) -> dict[str, Any]:
+    out = {"massive": r.values.to_dataframe()}
+    if r.ablation is not None:
+        out["massive_ablation"] = r.ablation.to_dataframe()
+    return out
+
+
+ANALYSIS = Analysis(
+    name="massive",
+    title="Massive values (Jin et al.)",
+    help="Massive values (Jin et al.): M > lambda*mean(M) in post-RoPE q/k, and a mean-ablation vs control",
+    description=(
+        "M[h, d] = L2 norm over the sequence of post-RoPE q/k; massive if M > lambda mean(M) (Jin et al., Massive "
+        "Values in Self-Attention Modules are the Key to Contextual Knowledge Understanding, 2025). Then the loss "
+        "with those dims mean-ablated against matched controls of as many non-massive dims."
+    ),
+    start=lambda ctx, opts: [MassiveAccumulator(ctx.model, layer_list(ctx.model, ctx.layers), opts["lam"])],
+    finish=_finish,
+    options=(
+        Option("lam", float, 5.0, "lambda of the M > lambda*mean(M) criterion", minimum=1e-9),
+        Option("n_control", int, 2, "random matched controls", minimum=0),
+        Option("ablation", bool, True, "skip the loss experiment"),
+    ),
+    summary=_summary,
+    summary_doc={
+        "n_tokens": "tokens analysed",
+        "lam": "lambda of the criterion",
+        "n_massive_q": "massive (layer, head, dim) entries of post-RoPE queries",
+        "n_massive_k": "same for keys",
+        "per_band": "records for bands with massive entries: band (or 'pass-through'), q, k counts",
+        "ablation": "records: condition, loss (empty when skipped or nothing is massive)",
+    },
+    findings=_findings,
+    tables=_tables,
+    section=_section,
+)
