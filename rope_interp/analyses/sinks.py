@@ -266,12 +266,12 @@ def _summary(r: SinkChannels) -> dict[str, Any]:
 def _findings(r: SinkChannels) -> list[str]:
     n_heads = r.bos_attention.numel()
     n_sink = int((r.bos_attention > 0.5).sum())
-    top = _top_channels(r, 1).iloc[0]
+    top = _top_channels(r, 1).to_dict(orient="records")[0]
     return [
         f"Sinks: {n_sink} of {n_heads} heads put more than half their attention on the first token; in the "
-        f"strongest (layer {int(top.layer)} head {int(top.head)}, {100 * top.bos_attention:.0f}% on it) the "
-        f"low-frequency band separating that key most is band {int(top.band)}, with a BOS term of "
-        f"{top.bos_term:.3g} against {top.other_term:.3g} for the other keys ({100 * top.bos_ratio:.0f}% of its "
+        f"strongest (layer {int(top['layer'])} head {int(top['head'])}, {100 * top['bos_attention']:.0f}% on it) the "
+        f"low-frequency band separating that key most is band {int(top['band'])}, with a BOS term of "
+        f"{top['bos_term']:.3g} against {top['other_term']:.3g} for the other keys ({100 * top['bos_ratio']:.0f}% of its "
         "Cauchy–Schwarz bound)."
     ]
 
