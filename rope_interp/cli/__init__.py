@@ -1,6 +1,6 @@
 """The ``rope-interp`` command line.
 
-Subcommands are :class:`~rope_interp.cli.commands.Command` objects (:func:`commands`):
+Subcommands are :class:`~rope_interp.cli.commands.Command` objects (:func:`all_commands`):
 ``bands``, ``summary``, one per registered analysis (:mod:`rope_interp.registry`;
 an analysis registered at run time gets its command too), ``report``, and ``sweep`` /
 ``patch`` from :mod:`rope_interp.sweeps_cli`. Shared options (``--model``, ``--text``,
@@ -29,7 +29,7 @@ EXAMPLES = """examples:
 """
 
 
-def commands() -> list[Command]:
+def all_commands() -> list[Command]:
     """Every subcommand, in ``--help`` order (the registry is read now, so late registrations count)."""
     from .. import sweeps_cli
     from ..registry import analyses
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     parents = [common_parser()]
-    for cmd in commands():
+    for cmd in all_commands():
         cmd.add_to(sub, parents)
     return parser
 
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 __all__ = [
     "EXAMPLES",
     "build_parser",
-    "commands",
+    "all_commands",
     "common_parser",
     "load_from_args",
     "main",
