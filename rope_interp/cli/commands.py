@@ -97,7 +97,32 @@ class BandsCommand(Command):
         return 0
 
 
-# ---- summary ----------------------------------------------------------------------------------------------
+# ---- summary ----
+def band_share(model: Any, tokens: Any, layer: int, window: int | None = 512, chunk_size: int = 128):
+    """Share of each band in the mean ``|score term|`` of ``layer`` over causal pairs, streamed over
+    windows of ``window`` tokens and chunks of ``chunk_size`` queries: ``[band]``, sums to 1.
+
+    Memory is one chunk, ``[batch, head, band, chunk_size, window]``, whatever the text length.
+
+    >>> import torch
+    >>> from rope_interp.testing import tiny_model
+    >>> s = band_share(tiny_model(), torch.randint(0, 50, (1, 40)), 0, window=16, chunk_size=4)
+    >>> tuple(s.shape), round(float(s.sum()), 6)
+    ((8,), 1.0)
+    """
+    from ..analyses.inputs import iter_windows
+    from ..decompose import iter_band_scores
+
+    total = None
+    for w in iter_windows(model, tokens, window):
+        for bs in iter_band_scores(model, w, layer, chunk_size=chunk_size):
+            weight = float(bs.causal_mask().sum()) * bs.per_band.shape[0]
+            part = bs.mean_abs().mean(0).double().cpu() * weight
+            total = part if total is None else total + part
+    assert total is not None
+    return total / total.sum()
+
+
 class SummaryCommand(Command):
     """Per-band share of attention scores, streamed: windows of text, chunks of queries (bounded memory)."""
 
@@ -125,8 +150,6 @@ class SummaryCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         import torch
 
-        from ..analyses.inputs import iter_windows
-        from ..decompose import iter_band_scores
         from ..spec import RotaryBands
 
         model = load_from_args(args)
@@ -139,12 +162,7 @@ class SummaryCommand(Command):
         print(f"{tokens.shape[1]} tokens; share of mean |score term| per band (bands 0 = highest frequency)")
         result = {}
         for layer in layers:
-            total = torch.zeros(spec.n_bands, dtype=torch.float64)
-            for window in iter_windows(model, tokens, args.window):
-                for bs in iter_band_scores(model, window, layer, chunk_size=args.chunk_size):
-                    weight = float(bs.causal_mask().sum()) * bs.per_band.shape[0]
-                    total += bs.mean_abs().mean(0).double().cpu() * weight
-            share = total / total.sum()
+            share = band_share(model, tokens, layer, args.window, args.chunk_size)
             top = torch.argsort(share, descending=True)[:5].tolist()
             q = spec.n_bands // 4
             high_freq, low_freq = share[:q].sum().item(), share[-q:].sum().item()
