@@ -183,6 +183,15 @@ def _item_html(item: Any, *titles: str | None) -> str:
     )
 
 
+class _TableOfContents:
+    def __repr__(self) -> str:
+        return "TOC"
+
+
+TOC = _TableOfContents()
+"""Put ``(None, TOC)`` among :func:`html_page` sections: a table of contents of the titled sections goes there."""
+
+
 def _anchor(title: str, used: set[str]) -> str:
     base = "".join(c if c.isalnum() else "-" for c in title.lower()).strip("-") or "section"
     name, i = base, 1
@@ -193,33 +202,38 @@ def _anchor(title: str, used: set[str]) -> str:
     return name
 
 
-def html_page(
-    sections: Sequence[tuple[str | None, Any]], title: str = "rope_interp", toc: bool = False
-) -> str:
+def html_page(sections: Sequence[tuple[str | None, Any]], title: str = "rope_interp") -> str:
     """One offline HTML document from ``(title, item)`` sections.
 
     Items: a :class:`View`, an HTML string (inserted as is), a matplotlib Figure
-    (embedded as a base64 PNG) or a DataFrame. The circuitsvis bundle is inlined
-    once, only if some section is a View. ``toc=True`` puts a table of contents
-    (links to every titled section) after the page title.
+    (embedded as a base64 PNG), a DataFrame, or :data:`TOC` (a table of contents linking
+    every titled section; headings then get ``id`` anchors). The circuitsvis bundle is
+    inlined once, only if some section is a View.
 
     >>> page = html_page([("Notes", "<p>hello</p>")], title="demo")
     >>> "<h2>Notes</h2>" in page and "CircuitsVis" not in page
     True
-    >>> page = html_page([("Notes", "<p>hello</p>")], toc=True)
+    >>> page = html_page([(None, TOC), ("Notes", "<p>hello</p>")])
     >>> '<a href="#notes">Notes</a>' in page and '<h2 id="notes">Notes</h2>' in page
     True
     """
-    body, links, used = [], [], set()
-    for sec_title, item in sections:
+    toc = any(item is TOC for _, item in sections)
+    used: set[str] = set()
+    anchors = [_anchor(t, used) if (t and toc) else "" for t, _ in sections]
+    links = "".join(
+        f'<li><a href="#{a}">{html_lib.escape(t)}</a></li>'
+        for (t, _), a in zip(sections, anchors, strict=True)
+        if t and a
+    )
+    body = []
+    for (sec_title, item), anchor in zip(sections, anchors, strict=True):
         if sec_title:
-            anchor = _anchor(sec_title, used) if toc else ""
-            links.append(f'<li><a href="#{anchor}">{html_lib.escape(sec_title)}</a></li>')
-            attr = f' id="{anchor}"' if toc else ""
+            attr = f' id="{anchor}"' if anchor else ""
             body.append(f"<h2{attr}>{html_lib.escape(sec_title)}</h2>")
-        body.append(_item_html(item, sec_title, title))
-    if toc and links:
-        body.insert(0, '<nav class="toc"><h2>Contents</h2><ol>' + "".join(links) + "</ol></nav>")
+        if item is TOC:
+            body.append(f'<nav class="toc"><h2>Contents</h2><ol>{links}</ol></nav>')
+        else:
+            body.append(_item_html(item, sec_title, title))
     needs_js = any(isinstance(item, View) for _, item in sections)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
@@ -250,7 +264,7 @@ def save_html_page(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        tmp.write_text(html_page(sections, title, toc), encoding="utf-8")
+        tmp.write_text(html_page(sections, title), encoding="utf-8")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -255,7 +255,7 @@ def _write_report(
     model: Any, tokens: torch.Tensor, out: Path, cfg: ReportConfig, source: str, spec: Any
 ) -> Path:
     from . import registry
-    from .html import save_html_page
+    from .html import TOC, save_html_page
 
     started = time.perf_counter()
     if cfg.max_tokens:
@@ -291,5 +291,5 @@ def _write_report(
     summary = build_summary(run, chosen, sentences, total)
     validate_summary(summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
-    page = [header_block(run, total), findings_block(sentences), *body]
-    return save_html_page(out / "report.html", page, title="rope_interp report", toc=True)
+    page = [header_block(run, total), findings_block(sentences), (None, TOC), *body]
+    return save_html_page(out / "report.html", page, title="rope_interp report")
