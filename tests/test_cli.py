@@ -89,15 +89,17 @@ def test_issue9_item5_max_tokens_must_be_a_positive_int(bad, capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_issue9_item5_long_text_is_never_cut_silently(smol, capsys):
+def test_issue9_item5_long_text_is_never_cut_silently(smol, capsys, tmp_path):
     import argparse
 
     from rope_interp.cli.common import tokens_from_args
     from rope_interp.data import load_text
 
-    n_text = smol.to_tokens(load_text(), truncate=False).shape[1]
-    assert n_text > smol.cfg.n_ctx  # the bundled corpus is longer than the context
-    args = argparse.Namespace(text=None, max_tokens=None)
+    long_text = tmp_path / "long.txt"
+    long_text.write_text(load_text() + "\n" + load_text())
+    n_text = smol.to_tokens(long_text.read_text(), truncate=False).shape[1]
+    assert n_text > smol.cfg.n_ctx  # longer than the model's context
+    args = argparse.Namespace(text=str(long_text), max_tokens=None)
     assert tokens_from_args(smol, args, windowed=True).shape[1] == n_text  # streamed commands keep it all
     capsys.readouterr()
     assert tokens_from_args(smol, args).shape[1] == smol.cfg.n_ctx

@@ -211,3 +211,19 @@ def test_spectra_accumulators_equal_the_public_functions(layout):
         got = fused["spectrum"].parts[part]
         _assert_tables_equal({"t": got.to_dataframe()}, {"t": alone.to_dataframe()}, f"{layout}/{part}")
     assert isinstance(fused["spectrum"].parts["attention"], spectral.AttentionSpectra)
+
+
+@pytest.mark.slow
+def test_fused_pass_equals_each_analysis_alone_on_smollm2(smol, english_tokens):
+    tokens = english_tokens[:, :300]
+    layers = [0, 1, 15, 29]
+    opts = {"heads": {"causal_windows": 1, "ablate_k": 2}, "massive": {"n_control": 1}}
+    names = [a.name for a in analyses()]
+    fused = registry.run(
+        smol, tokens, {n: opts.get(n, {}) for n in names}, layers=layers, window=150, progress=False
+    )
+    for n in names:
+        alone = registry.run(smol, tokens, {n: opts.get(n, {})}, layers=layers, window=150, progress=False)[n]
+        a = registry.get(n)
+        _assert_tables_equal(a.tables(fused[n]), a.tables(alone), f"smollm2/{n}")
+    assert fused["heads"].found(), "SmolLM2 has positional heads in these layers"
