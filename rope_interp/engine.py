@@ -46,6 +46,8 @@ class Accumulator:
 
     layers: list[int]
     pair_layers: list[int] = []
+    needs_loss: bool = False
+    """True: the forward runs to the end and :meth:`observe_loss` gets the per-token loss."""
 
     def accepts(self, tokens: Tensor) -> bool:
         """Whether this window counts for the accumulator (e.g. long enough); default: every window."""
@@ -60,6 +62,9 @@ class Accumulator:
 
     def observe(self, tokens: Tensor) -> None:
         """Called after the forward over ``tokens`` (counts, cached windows)."""
+
+    def observe_loss(self, tokens: Tensor, loss: Tensor) -> None:
+        """With :attr:`needs_loss`: the next-token loss ``[batch, pos - 1]`` of the (unmodified) forward."""
 
     def merge(self, other: Any) -> Any:
         """Add ``other``'s sums into this accumulator (same model, layers and options); returns self."""
@@ -93,11 +98,16 @@ def forward_window(model: Any, tokens: Tensor, accs: Sequence[Accumulator]) -> N
     if not active:
         return
     hooks = _pair_hooks(model, active) + [h for a in active for h in a.fwd_hooks()]
-    stop = max(max(a.layers) for a in active) + 1
+    want_loss = [a for a in active if a.needs_loss] if tokens.shape[1] >= 2 else []
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        model(tokens, stop_at_layer=stop)
+        if want_loss:
+            loss = model(tokens, return_type="loss", loss_per_token=True)
+        else:
+            model(tokens, stop_at_layer=max(max(a.layers) for a in active) + 1)
     for a in active:
         a.observe(tokens)
+    for a in want_loss:
+        a.observe_loss(tokens, loss)
 
 
 def run_pass(

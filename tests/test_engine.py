@@ -227,3 +227,19 @@ def test_fused_pass_equals_each_analysis_alone_on_smollm2(smol, english_tokens):
         a = registry.get(n)
         _assert_tables_equal(a.tables(fused[n]), a.tables(alone), f"smollm2/{n}")
     assert fused["heads"].found(), "SmolLM2 has positional heads in these layers"
+
+
+def test_massive_baseline_loss_from_the_shared_pass_equals_its_own_forward():
+    from rope_interp.analyses.massive import massive_ablation
+
+    model = tiny_layout_model("gqa")
+    tokens = torch.randint(0, 50, (1, 90), generator=torch.Generator().manual_seed(5))
+    r = registry.run(model, tokens, {"massive": {"lam": 1.3, "n_control": 1}}, window=30, progress=False)[
+        "massive"
+    ]
+    assert r.ablation is not None and r.ablation.n_dims > 0
+    ref = massive_ablation(model, tokens, r.values, n_control=1, window=30, progress=False)
+    assert abs(r.ablation.baseline - ref.baseline) < 1e-6
+    assert abs(r.ablation.massive - ref.massive) < 1e-6 and r.ablation.control == pytest.approx(
+        ref.control, abs=1e-6
+    )

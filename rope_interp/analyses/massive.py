@@ -118,8 +118,10 @@ class MassiveValues:
 class MassiveAccumulator(Accumulator):
     """Shared-pass state of :func:`massive_values`: per-(layer, head, dim) sums of squares of post-RoPE q/k."""
 
-    def __init__(self, model: Any, layers: list[int], lam: float = 5.0):
+    def __init__(self, model: Any, layers: list[int], lam: float = 5.0, baseline_loss: bool = False):
         self.model, self.layers, self.lam = model, list(layers), lam
+        self.needs_loss = baseline_loss  # the ablation's baseline condition, read off the shared forward
+        self.loss_sum, self.loss_count = 0.0, 0
         dev, dh = adapter.device(model), int(adapter.config(model).d_head)
         L = len(self.layers)
         self.sums = {
@@ -143,12 +145,18 @@ class MassiveAccumulator(Accumulator):
     def observe(self, tokens: Tensor) -> None:
         self.n_tokens += tokens.numel()
 
+    def observe_loss(self, tokens: Tensor, loss: Tensor) -> None:
+        self.loss_sum += float(loss.double().sum())
+        self.loss_count += int(loss.numel())
+
     def merge(self, other: MassiveAccumulator) -> MassiveAccumulator:
         if other.layers != self.layers:
             raise ValueError(f"cannot merge massive sums over layers {other.layers} into {self.layers}")
         for s in SITES:
             self.sums[s] += other.sums[s].to(self.sums[s].device)
         self.n_tokens += other.n_tokens
+        self.loss_sum += other.loss_sum
+        self.loss_count += other.loss_count
         return self
 
     def finalize(self) -> MassiveValues:
@@ -288,8 +296,14 @@ def massive_ablation(
     seed: int = 0,
     window: int | None = None,
     progress: bool = True,
+    baseline: tuple[float, int] | None = None,
 ) -> MassiveAblation:
-    """Loss with the massive q/k dims of ``found`` mean-ablated vs ``n_control`` matched random controls."""
+    """Loss with the massive q/k dims of ``found`` mean-ablated vs ``n_control`` matched random controls.
+
+    ``baseline``: ``(summed loss, token count)`` of the unmodified model on the same windows,
+    when already known (the shared pass of :mod:`rope_interp.registry` computes it), saving
+    one forward per window.
+    """
     masks = {(layer, s): found.massive(s[-1])[i] for i, layer in enumerate(found.layers) for s in SITES}
     masks = {k: v for k, v in masks.items() if v.any()}
     n_dims = int(sum(int(v.sum()) for v in masks.values()))
@@ -298,6 +312,8 @@ def massive_ablation(
     conditions = [None, MeanAblateDims(model, masks)] + [
         MeanAblateDims(model, control_masks(masks, seed + i)) for i in range(n_control)
     ]
+    if baseline is not None:
+        conditions = conditions[1:]
     totals = torch.zeros(len(conditions), dtype=torch.float64)
     count = 0
     for tokens in windows(model, data, window, progress, "massive ablation"):
@@ -315,6 +331,12 @@ def massive_ablation(
     if count == 0:
         raise ValueError("no window has two or more tokens: cannot measure next-token loss")
     means = (totals / count).tolist()
+    if baseline is not None:
+        if baseline[1] != count:
+            raise ValueError(
+                f"baseline covers {baseline[1]} tokens, the ablation {count}: not the same windows"
+            )
+        means = [baseline[0] / baseline[1], *means]
     return MassiveAblation(means[0], means[1], means[2:], n_dims, count)
 
 
@@ -335,8 +357,15 @@ def _finish(ctx: RunContext, opts: dict[str, Any], accs: list[Accumulator]) -> M
     has_any = bool(values.massive("q").any() or values.massive("k").any())
     ablation = None
     if opts["ablation"] and has_any:
+        acc = accs[0]
         ablation = massive_ablation(
-            ctx.model, ctx.data, values, n_control=opts["n_control"], window=ctx.window, progress=ctx.progress
+            ctx.model,
+            ctx.data,
+            values,
+            n_control=opts["n_control"],
+            window=ctx.window,
+            progress=ctx.progress,
+            baseline=(acc.loss_sum, acc.loss_count),
         )
     return MassiveResult(values, ablation)
 
@@ -406,7 +435,11 @@ ANALYSIS = Analysis(
         "Values in Self-Attention Modules are the Key to Contextual Knowledge Understanding, 2025). Then the loss "
         "with those dims mean-ablated against matched controls of as many non-massive dims."
     ),
-    start=lambda ctx, opts: [MassiveAccumulator(ctx.model, layer_list(ctx.model, ctx.layers), opts["lam"])],
+    start=lambda ctx, opts: [
+        MassiveAccumulator(
+            ctx.model, layer_list(ctx.model, ctx.layers), opts["lam"], baseline_loss=opts["ablation"]
+        )
+    ],
     finish=_finish,
     options=(
         Option("lam", float, 5.0, "lambda of the M > lambda*mean(M) criterion", minimum=1e-9),
