@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--quick", action="store_true", help="256 tokens, 4 layers, no report")
+    ap.add_argument("--no-alone", action="store_true", help="skip timing each analysis alone")
+    ap.add_argument("--no-report", action="store_true", help="skip timing the whole report")
     ap.add_argument("--json", default=None, help="also write the timings to this JSON file")
     args = ap.parse_args()
     if args.threads:
@@ -90,22 +92,25 @@ def main() -> None:
 
     print(
         f"{tokens.shape[1]} tokens in {len(windows)} windows of {window}; device {args.device}; "
-        f"{torch.get_num_threads()} threads; layers {layers or 'all'}"
+        f"{torch.get_num_threads()} threads; layers {layers or 'all'}",
+        flush=True,
     )
     plain()  # warm-up
     base = [timed(plain, sync)]
-    rows = {}
-    for name in names:
-        rows[name] = timed(lambda name=name: run([name]), sync)
-        base.append(timed(plain, sync))  # interleaved: the load on a shared machine drifts
-        print(f"  {name:10s} alone {rows[name]:7.2f} s")
+    print(f"  plain forwards {base[0]:7.2f} s", flush=True)
     fused_parts: dict = {}
     fused = timed(lambda: run(names, fused_parts), sync)
     base.append(timed(plain, sync))
+    print(f"  fused          {fused:7.2f} s (plain again {base[-1]:.2f} s)", flush=True)
+    rows = {}
+    for name in [] if args.no_alone else names:
+        rows[name] = timed(lambda name=name: run([name]), sync)
+        base.append(timed(plain, sync))  # interleaved: the load on a shared machine drifts
+        print(f"  {name:10s} alone {rows[name]:7.2f} s (plain again {base[-1]:.2f} s)", flush=True)
     plain_s = min(base)
     alone_total = sum(rows.values())
     report_s = None
-    if not args.quick:
+    if not (args.quick or args.no_report):
         with tempfile.TemporaryDirectory() as tmp:
             report_s = timed(lambda: build_report(model, tokens, Path(tmp) / "r", cfg), sync)
 
@@ -124,7 +129,8 @@ def main() -> None:
     s1 = min(timed(stats_one, sync) for _ in range(3))
 
     print(f"plain forwards over the windows: {plain_s:.2f} s (min of {len(base)} interleaved runs)")
-    print(f"each analysis alone, summed:     {alone_total:.2f} s = {alone_total / plain_s:.1f}x plain")
+    if rows:
+        print(f"each analysis alone, summed:     {alone_total:.2f} s = {alone_total / plain_s:.1f}x plain")
     print(f"fused analyses:                  {fused:.2f} s = {fused / plain_s:.1f}x plain (target <= 6x)")
     print(
         "  of which shared pass {:.2f} s, extra runs {}".format(
@@ -132,7 +138,8 @@ def main() -> None:
             ", ".join(f"{k} {v:.2f} s" for k, v in fused_parts.items() if k != "pass"),
         )
     )
-    print(f"fused vs alone:                  {alone_total / fused:.2f}x faster")
+    if rows:
+        print(f"fused vs alone:                  {alone_total / fused:.2f}x faster")
     if report_s is not None:
         print(f"whole report (figures, views):   {report_s:.2f} s = {report_s / plain_s:.1f}x plain")
     print(
