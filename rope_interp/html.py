@@ -98,6 +98,8 @@ _PAGE_CSS = (
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
 table { border-collapse: collapse; font-size: 0.85em; }
 td, th { border: 1px solid #ccc; padding: 2px 6px; text-align: right; }
+nav.toc ol { columns: 2; }
+.findings { background: #f6f8fa; border-left: 4px solid #4a7; padding: 0.5em 1em; }
 """
 )
 
@@ -181,22 +183,57 @@ def _item_html(item: Any, *titles: str | None) -> str:
     )
 
 
+class _TableOfContents:
+    def __repr__(self) -> str:
+        return "TOC"
+
+
+TOC = _TableOfContents()
+"""Put ``(None, TOC)`` among :func:`html_page` sections: a table of contents of the titled sections goes there."""
+
+
+def _anchor(title: str, used: set[str]) -> str:
+    base = "".join(c if c.isalnum() else "-" for c in title.lower()).strip("-") or "section"
+    name, i = base, 1
+    while name in used:
+        i += 1
+        name = f"{base}-{i}"
+    used.add(name)
+    return name
+
+
 def html_page(sections: Sequence[tuple[str | None, Any]], title: str = "rope_interp") -> str:
     """One offline HTML document from ``(title, item)`` sections.
 
     Items: a :class:`View`, an HTML string (inserted as is), a matplotlib Figure
-    (embedded as a base64 PNG) or a DataFrame. The circuitsvis bundle is inlined
-    once, only if some section is a View.
+    (embedded as a base64 PNG), a DataFrame, or :data:`TOC` (a table of contents linking
+    every titled section; headings then get ``id`` anchors). The circuitsvis bundle is
+    inlined once, only if some section is a View.
 
     >>> page = html_page([("Notes", "<p>hello</p>")], title="demo")
     >>> "<h2>Notes</h2>" in page and "CircuitsVis" not in page
     True
+    >>> page = html_page([(None, TOC), ("Notes", "<p>hello</p>")])
+    >>> '<a href="#notes">Notes</a>' in page and '<h2 id="notes">Notes</h2>' in page
+    True
     """
+    toc = any(item is TOC for _, item in sections)
+    used: set[str] = set()
+    anchors = [_anchor(t, used) if (t and toc) else "" for t, _ in sections]
+    links = "".join(
+        f'<li><a href="#{a}">{html_lib.escape(t)}</a></li>'
+        for (t, _), a in zip(sections, anchors, strict=True)
+        if t and a
+    )
     body = []
-    for sec_title, item in sections:
+    for (sec_title, item), anchor in zip(sections, anchors, strict=True):
         if sec_title:
-            body.append(f"<h2>{html_lib.escape(sec_title)}</h2>")
-        body.append(_item_html(item, sec_title, title))
+            attr = f' id="{anchor}"' if anchor else ""
+            body.append(f"<h2{attr}>{html_lib.escape(sec_title)}</h2>")
+        if item is TOC:
+            body.append(f'<nav class="toc"><h2>Contents</h2><ol>{links}</ol></nav>')
+        else:
+            body.append(_item_html(item, sec_title, title))
     needs_js = any(isinstance(item, View) for _, item in sections)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
@@ -209,16 +246,89 @@ def html_page(sections: Sequence[tuple[str | None, Any]], title: str = "rope_int
 
 
 def save_html_page(
-    path: str | Path, sections: Sequence[tuple[str | None, Any]], title: str = "rope_interp"
+    path: str | Path,
+    sections: Sequence[tuple[str | None, Any]],
+    title: str = "rope_interp",
+    toc: bool = False,
 ) -> Path:
-    """Write :func:`html_page` to ``path``; returns the path.
+    """Write :func:`html_page` to ``path`` atomically (a temporary name, then renamed); returns the path.
 
     >>> import tempfile, os
     >>> p = save_html_page(os.path.join(tempfile.mkdtemp(), "r.html"), [("A", "<p>x</p>")])
     >>> p.read_text().count("<h2>A</h2>")
     1
     """
+    import os
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(html_page(sections, title), encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.write_text(html_page(sections, title), encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+# ---------------------------------------------------------------------------- report pieces
+
+
+def paragraph(text: str) -> str:
+    """``<p>`` with the text escaped.
+
+    >>> paragraph("a < b")
+    '<p>a &lt; b</p>'
+    """
+    return f"<p>{html_lib.escape(text)}</p>"
+
+
+def bullet_list(items: Sequence[str]) -> str:
+    """An escaped ``<ul>`` of sentences.
+
+    >>> bullet_list(["x & y"])
+    '<ul><li>x &amp; y</li></ul>'
+    """
+    return "<ul>" + "".join(f"<li>{html_lib.escape(s)}</li>" for s in items) + "</ul>"
+
+
+def format_number(x: Any, digits: int = 3) -> str:
+    """A table cell: ints as is, floats to ``digits`` significant digits, NaN/None as an em dash.
+
+    >>> [format_number(v) for v in (3, 0.123456, 1234.5, float("nan"), None, True, "q")]
+    ['3', '0.123', '1.23e+03', '—', '—', 'yes', 'q']
+    """
+    import math
+    import numbers
+
+    if x is None:
+        return "—"
+    if isinstance(x, (bool,)) or type(x).__name__ == "bool_":
+        return "yes" if x else "no"
+    if isinstance(x, numbers.Integral):
+        return str(int(x))
+    if isinstance(x, numbers.Real):
+        if math.isnan(x):
+            return "—"
+        return f"{x:.{digits}g}"
+    return str(x)
+
+
+def table_html(df: Any, digits: int = 3, max_rows: int | None = None) -> str:
+    """A DataFrame as an HTML table without the pandas index, NaN shown as "—", floats rounded.
+
+    >>> import pandas as pd
+    >>> t = table_html(pd.DataFrame({"layer": [0], "share": [0.123456], "x": [float("nan")]}))
+    >>> "<td>0.123</td>" in t and "<td>—</td>" in t and "<th></th>" not in t
+    True
+    """
+    rows = df.itertuples(index=False, name=None)
+    head = "".join(f"<th>{html_lib.escape(str(c))}</th>" for c in df.columns)
+    body = []
+    for i, row in enumerate(rows):
+        if max_rows is not None and i >= max_rows:
+            break
+        body.append(
+            "<tr>" + "".join(f"<td>{html_lib.escape(format_number(v, digits))}</td>" for v in row) + "</tr>"
+        )
+    return f'<table class="dataframe"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'

@@ -1,35 +1,52 @@
-"""The main job: one offline HTML report of every rope_interp analysis on a model and a text.
+"""The main job: one offline HTML report of every registered analysis on a model and a text.
 
 ``rope-interp report --out DIR`` (embedded SmolLM2-135M and the bundled corpus by
-default) writes ``DIR/report.html`` plus the raw tables as CSV and a JSON summary.
+default) writes ``DIR/report.html``, the raw tables as CSV and ``summary.json``.
 By default it reads the first 2,048 tokens (``--max-tokens`` for more) so that it
-finishes in minutes on a 2-core CPU; spectra default to the first, middle and last
-layers. Sections: the band table; frequency usage (Barbero et al.); positional heads with
-their band attribution and ablation check; sink channels; rotary offset features
-against the bound (Jonasson; the bound is our derivation); massive values and
-their mean-ablation (Jin et al.); spectra and phase alignment (Ruscio et al.); and
+finishes in minutes on a 2-core CPU. Every analysis of :mod:`rope_interp.registry`
+runs in one shared streaming pass (:mod:`rope_interp.engine`), then its extra runs.
+
+The page: the model and text, a **Findings** block (the key numbers in sentences), a
+table of contents, the band table, one section per analysis (in registry order) and
 interactive circuitsvis views of a top-band vs bottom-band ablation.
+
+``summary.json`` holds named records (see :data:`SUMMARY_DOC` and each analysis'
+``summary_doc``); :func:`validate_summary` checks a file against them.
 """
 
 from __future__ import annotations
 
-import argparse
-import html
+import contextlib
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-SECTIONS = ("bands", "usage", "heads", "sinks", "offsets", "massive", "spectra", "views")
+from .registry import Analysis, Block, analyses
+
+FIXED_SECTIONS = ("bands", "views")
+"""Report sections that are not analyses: the band table (first) and the interactive views (last)."""
+
+SUMMARY_DOC = {
+    "schema": "format tag, 'rope_interp.report/1'",
+    "model": "model name",
+    "tokens": "tokens analysed",
+    "source": "where the text came from",
+    "layers": "analysed layers (null: all)",
+    "seconds": "records: step ('shared pass', an analysis' extra runs, a fixed section), seconds",
+    "total_seconds": "wall time of the whole report",
+    "findings": "the Findings block's sentences",
+    "analyses": "per analysis name: its summary (documented by the analysis' summary_doc)",
+}
 
 
 @dataclass
 class ReportConfig:
-    """What the report analyses. ``quick`` trims tokens and layers for a fast smoke run."""
+    """What the report analyses. ``options`` overrides analysis options, e.g. ``{"heads": {"ablate_k": 2}}``."""
 
     window: int = 512
     max_tokens: int | None = 2048
@@ -37,13 +54,25 @@ class ReportConfig:
     spectra_layers: list[int] | None = None
     view_tokens: int = 96
     n_view_bands: int = 8
-    sections: tuple[str, ...] = SECTIONS
+    sections: tuple[str, ...] | None = None  # None: every registered analysis and fixed section
     progress: bool = True
-    quick: bool = False
+    options: dict[str, dict[str, Any]] = field(default_factory=lambda: {"heads": {"causal_windows": 1}})
+
+    def wants(self, name: str) -> bool:
+        return self.sections is None or name in self.sections
 
 
-def _p(text: str) -> str:
-    return f"<p>{html.escape(text)}</p>"
+@dataclass
+class ReportRun:
+    """What the section builders read: the inputs and the analyses' results."""
+
+    model: Any
+    tokens: torch.Tensor
+    spec: Any
+    cfg: ReportConfig
+    source: str
+    results: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def _close(fig: Any) -> Any:
@@ -53,251 +82,214 @@ def _close(fig: Any) -> Any:
     return fig
 
 
-def build_report(model: Any, tokens: torch.Tensor, out: Path, cfg: ReportConfig, source: str = "") -> Path:
-    """Run the analyses and write ``out/report.html`` (+ CSV tables, ``summary.json``). Returns the HTML path."""
-    from tqdm.auto import tqdm
+@contextlib.contextmanager
+def preserved_state(model: Any) -> Iterator[None]:
+    """Run a block with gradients off and restore grad mode, default dtype and the model's train/eval mode."""
+    grad, dtype, training = torch.is_grad_enabled(), torch.get_default_dtype(), model.training
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        torch.set_grad_enabled(grad)
+        torch.set_default_dtype(dtype)
+        model.train(training)
 
-    from . import analyses as A
-    from .html import save_html_page
-    from .interventions import ablate_bands
-    from .spec import RotaryBands
-    from .vis import ablation_view
 
-    torch.set_grad_enabled(False)
-    out.mkdir(parents=True, exist_ok=True)
-    spec = RotaryBands.from_model(model)
-    if cfg.max_tokens:
-        tokens = tokens[:, : cfg.max_tokens]
-    n_tok = int(tokens.shape[1])
-    kw = dict(layers=cfg.layers, window=cfg.window, progress=cfg.progress)
-    sections: list[tuple[str | None, Any]] = []
-    summary: dict[str, Any] = {"model": spec.model_name, "tokens": n_tok, "source": source}
-    started = time.time()
+# ---- sections -------------------------------------------------------------------------------------------
+def header_block(run: ReportRun, total_seconds: float) -> Block:
+    from .html import paragraph
 
-    def table(name: str, result: Any) -> Any:
-        df = result.to_dataframe()
-        df.to_csv(out / f"{name}.csv", index=False)
-        return df
-
-    def bands() -> None:
-        df = spec.to_dataframe(0, context_length=n_tok)
-        df.to_csv(out / "bands.csv")
-        sections.append(("Rotary bands", _p(spec.describe())))
-        sections.append((None, df.style.format("{:.4g}")))
-
-    def usage() -> None:
-        res = A.frequency_usage(model, tokens, **kw)
-        table("usage", res)
-        ratio = res.low_high_ratio("q")
-        summary["usage_low_high_ratio_q"] = [round(float(r), 3) for r in ratio]
-        sections.append(
-            (
-                "Frequency usage (Barbero et al.)",
-                _p(
-                    "Mean band norm of queries, keys and (control) values per layer and band, averaged over heads. "
-                    "Values are not rotated by RoPE: a band pattern in q/k that v lacks is RoPE's doing."
-                ),
-            )
-        )
-        sections.append((None, _close(res.plot())))
-
-    def heads() -> None:
-        res = A.positional_heads(model, tokens, causal_windows=1, **kw)
-        df = table("positional_heads", res)
-        summary["positional_heads"] = [list(map(float, f)) for f in res.found()][:20]
-        sections.append(
-            (
-                "Positional heads",
-                _p(
-                    "Diagonal (offset 0) and previous-token (offset 1) heads: mean attention on that offset, the share "
-                    "of the score margin built by the highest- vs lowest-frequency bands (exact decomposition), and how "
-                    "much of the pattern survives zeroing the top-k highest vs bottom-k lowest bands in that head."
-                ),
-            )
-        )
-        sections.append((None, _close(res.plot())))
-        sections.append((None, df.sort_values("score", ascending=False).head(15)))
-
-    def sinks() -> None:
-        res = A.sink_channels(model, tokens, **kw)
-        df = table("sinks", res)
-        sections.append(
-            (
-                "Sink / semantic channels",
-                _p(
-                    "Per head, the low-frequency bands whose score term separates the first (BOS) key from the others; "
-                    "observed terms against the Cauchy-Schwarz bound |q_i||k_i|/scale."
-                ),
-            )
-        )
-        sections.append((None, _close(res.plot())))
-        sep = (df.bos_term - df.other_term).abs()
-        sections.append((None, df.assign(separation=sep).sort_values("separation", ascending=False).head(15)))
-
-    def offsets() -> None:
-        L = min(2048, spec.n_ctx)
-        res = A.offset_features(model, tokens, context_length=L, **kw)
-        table("offsets", res)
-        sections.append(
-            (
-                "Rotary offset features (Jonasson)",
-                _p(
-                    "Bands where q and k have large, consistent mean vectors. Our derivation: band i keeps one sign of "
-                    "its contribution for every causal offset only if theta_i (L-1) < pi, and then only for q-k angles "
-                    f"inside an interval of width pi - theta_i (L-1). Predicted bands (here L = {L}) are compared with the "
-                    "observed ones, per band over all analysed layers and heads."
-                ),
-            )
-        )
-        sections.append((None, _close(res.plot())))
-        sections.append((None, res.table()))
-
-    def massive() -> None:
-        found = A.massive_values(model, tokens, **kw)
-        table("massive", found)
-        sections.append(
-            (
-                "Massive values (Jin et al.)",
-                _p(
-                    "M[h, d] = L2 norm over the sequence of post-RoPE q/k; massive if M > 5 mean(M). Then the loss with "
-                    "those dims mean-ablated against matched controls of as many non-massive dims."
-                ),
-            )
-        )
-        sections.append((None, _close(found.plot())))
-        abl = A.massive_ablation(model, tokens, found, window=cfg.window, progress=cfg.progress)
-        table("massive_ablation", abl)
-        sections.append((None, _close(abl.plot())))
-        sections.append((None, abl.to_dataframe()))
-
-    def spectra() -> None:
-        sections.append(
-            (
-                "Spectra (Ruscio et al.)",
-                _p(
-                    "Power spectra over positions of band trajectories, attention rows (energy in the low/mid/high "
-                    "thirds of Nyquist; positional vs spectral entropy) and MLP activations (harmonics at integer "
-                    "multiples of band frequencies); phase alignment of q and k per band against attention sharpness."
-                ),
-            )
-        )
-        n = spec.n_layers
-        spectra_kw = dict(kw, layers=cfg.spectra_layers or cfg.layers or sorted({0, n // 2, n - 1}))
-        for name, fn in (
-            ("band_spectra", A.band_spectra),
-            ("attention_spectra", A.attention_spectra),
-            ("mlp_spectra", A.mlp_spectra),
-            ("phase_alignment", A.phase_alignment),
-        ):
-            res = fn(model, tokens, **spectra_kw)
-            if hasattr(res, "to_dataframe"):
-                table(name, res)
-            sections.append((None, _close(res.plot())))
-
-    def views() -> None:
-        nb = min(cfg.n_view_bands, spec.n_bands // 2)
-        top, bottom = list(range(nb)), list(range(spec.n_bands - nb, spec.n_bands))
-        layer = _view_layer(summary, spec.n_layers, cfg.layers)
-        view_tokens = tokens[:, : cfg.view_tokens]
-        sections.append(
-            (
-                "Interactive attention: top-band vs bottom-band ablation",
-                _p(
-                    f"Layer {layer}: clean attention, the pattern with the {nb} highest-frequency bands (left) or the "
-                    f"{nb} lowest (right) removed from this layer's scores, and the full model under a q/k zero-ablation "
-                    "of those bands in every layer; blue = more attention than clean, red = less."
-                ),
-            )
-        )
-        for label, bset in (("highest", top), ("lowest", bottom)):
-            hooks = ablate_bands(model, bset, target="qk", mode="zero")
-            v = ablation_view(
-                model, view_tokens, layer, bset, hooks=hooks, hooks_label=f"all layers, {label} bands zeroed"
-            )
-            sections.append((f"Layer {layer}, {nb} {label}-frequency bands removed", v))
-
-    steps: dict[str, Callable[[], None]] = dict(
-        bands=bands,
-        usage=usage,
-        heads=heads,
-        sinks=sinks,
-        offsets=offsets,
-        massive=massive,
-        spectra=spectra,
-        views=views,
+    s = run.spec
+    return (
+        None,
+        paragraph(
+            f"Model {s.model_name or '?'} ({s.n_layers} layers, {s.n_heads} heads, {s.n_kv_heads} kv heads, "
+            f"{s.n_bands} bands); {run.tokens.shape[1]} tokens of {run.source or 'text'}; built in "
+            f"{total_seconds:.0f} s by rope_interp."
+        ),
     )
-    bar = tqdm([s for s in SECTIONS if s in cfg.sections], desc="report", disable=not cfg.progress)
-    for name in bar:
-        bar.set_postfix_str(name)
-        t0 = time.time()
-        steps[name]()
-        summary.setdefault("seconds", {})[name] = round(time.time() - t0, 1)
-    summary["total_seconds"] = round(time.time() - started, 1)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
-    header = _p(
-        f"Model {spec.model_name or '?'} ({spec.n_layers} layers, {spec.n_heads} heads, {spec.n_kv_heads} kv "
-        f"heads, {spec.n_bands} bands); {n_tok} tokens of {source or 'text'}; "
-        f"built in {summary['total_seconds']:.0f} s by rope_interp."
-    )
-    return save_html_page(out / "report.html", [(None, header), *sections], title="rope_interp report")
 
 
-def _view_layer(summary: dict, n_layers: int, layers: list[int] | None) -> int:
-    """The layer of the strongest positional head found, else layer 1 (or the first analysed)."""
-    found = summary.get("positional_heads") or []
+def findings(run: ReportRun, chosen: list[Analysis]) -> list[str]:
+    """The key numbers of every analysis, as sentences."""
+    return [s for a in chosen for s in a.findings(run.results[a.name])]
+
+
+def findings_block(sentences: list[str]) -> Block:
+    from .html import bullet_list
+
+    return ("Findings", f'<div class="findings">{bullet_list(sentences)}</div>')
+
+
+def bands_section(run: ReportRun) -> list[Block]:
+    from .html import paragraph, table_html
+
+    df = run.spec.to_dataframe(0, context_length=int(run.tokens.shape[1])).reset_index()
+    return [("Rotary bands", paragraph(run.spec.describe())), (None, table_html(df, digits=4))]
+
+
+def analysis_section(a: Analysis, result: Any) -> list[Block]:
+    blocks = a.section(result)
+    return [(a.title, "")] + [(t, _close(item) if hasattr(item, "savefig") else item) for t, item in blocks]
+
+
+def view_layer(heads: Any, layers: list[int] | None, n_layers: int) -> int:
+    """The layer of the strongest positional head found, else the first analysed layer (else layer 1)."""
+    found = heads.found() if heads is not None else []
     if found:
-        return int(max(found, key=lambda f: f[-1])[0])
+        return int(found[0][0])
     if layers:
         return layers[0]
     return min(1, n_layers - 1)
 
 
-# ---- CLI ---------------------------------------------------------------------------------------------
-def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "report",
-        parents=parents,
-        help="the full HTML report (the main job)",
-        description="Run every analysis and write one offline HTML report (embedded SmolLM2 + bundled corpus "
-        "by default). Example: rope-interp report --out report/",
-    )
-    p.add_argument("--layers", type=int, nargs="*", default=None, help="layers to analyse (default: all)")
-    p.add_argument("--window", type=int, default=512, help="tokens per analysis window (default %(default)s)")
-    p.add_argument(
-        "--sections", nargs="*", default=list(SECTIONS), choices=SECTIONS, help="sections to include"
-    )
-    p.add_argument("--quick", action="store_true", help="a fast smoke run: 256 tokens, 4 layers")
-    p.add_argument(
-        "--spectra-layers",
-        type=int,
-        nargs="*",
-        default=None,
-        help="layers for the spectral section (default: first, middle, last)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.set_defaults(func=_cmd_report)
+def views_section(run: ReportRun) -> list[Block]:
+    from .html import paragraph
+    from .interventions import ablate_bands
+    from .vis import ablation_view
+
+    spec, cfg = run.spec, run.cfg
+    nb = min(cfg.n_view_bands, spec.n_bands // 2)
+    top, bottom = list(range(nb)), list(range(spec.n_bands - nb, spec.n_bands))
+    layer = view_layer(run.results.get("heads"), cfg.layers, spec.n_layers)
+    tokens = run.tokens[:, : min(cfg.view_tokens, spec.n_ctx)]
+    blocks: list[Block] = [
+        (
+            "Interactive attention: top-band vs bottom-band ablation",
+            paragraph(
+                f"Layer {layer}: clean attention, the pattern with the {nb} highest-frequency bands (left) or the "
+                f"{nb} lowest (right) removed from this layer's scores, and the full model under a q/k "
+                "zero-ablation of those bands in every layer; blue = more attention than clean, red = less."
+            ),
+        )
+    ]
+    for label, bset in (("highest", top), ("lowest", bottom)):
+        hooks = ablate_bands(run.model, bset, target="qk", mode="zero")
+        v = ablation_view(
+            run.model, tokens, layer, bset, hooks=hooks, hooks_label=f"all layers, {label} bands zeroed"
+        )
+        blocks.append((f"Layer {layer}, {nb} {label}-frequency bands removed", v))
+    return blocks
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
-    from .cli import load_from_args, out_dir, tokens_from_args
+# ---- summary.json ---------------------------------------------------------------------------------------
+def build_summary(
+    run: ReportRun, chosen: list[Analysis], sentences: list[str], total: float
+) -> dict[str, Any]:
+    return {
+        "schema": "rope_interp.report/1",
+        "model": run.spec.model_name,
+        "tokens": int(run.tokens.shape[1]),
+        "source": run.source,
+        "layers": run.cfg.layers,
+        "seconds": [{"step": k, "seconds": round(v, 2)} for k, v in run.seconds.items()],
+        "total_seconds": round(total, 1),
+        "findings": sentences,
+        "analyses": {a.name: a.summary(run.results[a.name]) for a in chosen},
+    }
 
-    model = load_from_args(args)
-    tokens = tokens_from_args(model, args)
-    cfg = ReportConfig(
-        window=args.window,
-        layers=args.layers,
-        sections=tuple(args.sections),
-        progress=not args.no_progress,
-        quick=args.quick,
-        spectra_layers=args.spectra_layers,
-    )
-    if args.max_tokens:
-        cfg.max_tokens = args.max_tokens
-    if args.quick:
-        cfg.max_tokens = args.max_tokens or 256
-        cfg.window = min(cfg.window, 256)
-        cfg.layers = cfg.layers or [0, 1, model.cfg.n_layers // 2, model.cfg.n_layers - 1]
-        cfg.view_tokens = 48
-    path = build_report(model, tokens, out_dir(args, "report"), cfg, source=args.text or "the bundled corpus")
-    print(f"wrote {path}")
-    return 0
+
+def validate_summary(summary: dict[str, Any]) -> None:
+    """Check a ``summary.json`` against :data:`SUMMARY_DOC` and the registered analyses' ``summary_doc``.
+
+    Raises ``ValueError`` listing every undocumented or missing key and every record list
+    that is not a list of objects.
+    """
+    problems = []
+    if set(summary) != set(SUMMARY_DOC):
+        problems.append(f"top-level keys {sorted(summary)} != documented {sorted(SUMMARY_DOC)}")
+    registry = {a.name: a for a in analyses()}
+    for name, part in summary.get("analyses", {}).items():
+        a = registry.get(name)
+        if a is None:
+            problems.append(f"unknown analysis {name!r}")
+            continue
+        extra = set(part) - set(a.summary_doc)  # documented keys may be absent (e.g. a part not run)
+        if extra:
+            problems.append(f"{name}: undocumented keys {sorted(extra)}")
+        for key, value in part.items():
+            if isinstance(value, list) and value and isinstance(value[0], (dict, list)):
+                if not all(isinstance(r, dict) and all(isinstance(k, str) for k in r) for r in value):
+                    problems.append(f"{name}.{key}: a list of records must hold objects with named fields")
+    for rec in summary.get("seconds", []):
+        if set(rec) != {"step", "seconds"}:
+            problems.append(f"seconds record {rec} is not {{step, seconds}}")
+    if problems:
+        raise ValueError("summary.json does not match its documentation: " + "; ".join(problems))
+
+
+# ---- the report -----------------------------------------------------------------------------------------
+def _selected(cfg: ReportConfig) -> list[Analysis]:
+    return [a for a in analyses() if cfg.wants(a.name)]
+
+
+def _options(a: Analysis, cfg: ReportConfig) -> dict[str, Any]:
+    opts = dict(cfg.options.get(a.name, {}))
+    if a.name == "spectrum" and cfg.spectra_layers:
+        opts["spectra_layers"] = cfg.spectra_layers
+    return {k: v for k, v in opts.items() if any(o.name == k for o in a.options)}
+
+
+def build_report(
+    model: Any, tokens: torch.Tensor, out: Path, cfg: ReportConfig | None = None, source: str = ""
+) -> Path:
+    """Run the analyses and write ``out/report.html`` (+ CSV tables, ``summary.json``). Returns the HTML path.
+
+    Grad mode, default dtype, the model's train/eval mode and its hooks are as before on return.
+    Files go to a staging folder moved into ``out`` at the end (:mod:`rope_interp.cli.output`).
+    """
+    from .cli.output import StagedOutput, current_stage
+    from .spec import RotaryBands
+
+    cfg = cfg or ReportConfig()
+    out = Path(out)
+    stage = current_stage()
+    if stage is not None and stage._folder is not None and out == stage.folder():
+        return _write_report(model, tokens, out, cfg, source, RotaryBands.from_model(model))
+    with StagedOutput(out) as st:
+        path = _write_report(model, tokens, st.folder(), cfg, source, RotaryBands.from_model(model))
+    return out / path.name
+
+
+def _write_report(
+    model: Any, tokens: torch.Tensor, out: Path, cfg: ReportConfig, source: str, spec: Any
+) -> Path:
+    from . import registry
+    from .html import TOC, save_html_page
+
+    started = time.perf_counter()
+    if cfg.max_tokens:
+        tokens = tokens[:, : cfg.max_tokens]
+    run = ReportRun(model, tokens, spec, cfg, source)
+    chosen = _selected(cfg)
+    with preserved_state(model):
+        timings: dict[str, float] = {}
+        run.results = registry.run(
+            model,
+            tokens,
+            {a.name: _options(a, cfg) for a in chosen},
+            layers=cfg.layers,
+            window=cfg.window,
+            progress=cfg.progress,
+            timings=timings,
+        )
+        run.seconds = {("shared pass" if k == "pass" else f"{k} (extra runs)"): v for k, v in timings.items()}
+        body: list[Block] = []
+        if cfg.wants("bands"):
+            body += bands_section(run)
+            run.spec.to_dataframe(0, context_length=int(tokens.shape[1])).to_csv(out / "bands.csv")
+        for a in chosen:
+            for name, df in a.tables(run.results[a.name]).items():
+                df.to_csv(out / f"{name}.csv", index=False)
+            body += analysis_section(a, run.results[a.name])
+        if cfg.wants("views"):
+            t0 = time.perf_counter()
+            body += views_section(run)
+            run.seconds["views"] = time.perf_counter() - t0
+    sentences = findings(run, chosen)
+    total = time.perf_counter() - started
+    summary = build_summary(run, chosen, sentences, total)
+    validate_summary(summary)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    page = [header_block(run, total), findings_block(sentences), (None, TOC), *body]
+    return save_html_page(out / "report.html", page, title="rope_interp report")

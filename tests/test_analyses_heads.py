@@ -156,3 +156,24 @@ def test_sink_channels_table_and_plot():
     fig = s.plot()
     assert all(ax.get_title() and ax.get_xlabel() for ax in fig.axes if ax.get_label() != "<colorbar>")
     assert not math.isnan(float(s.separation.sum()))
+
+
+def test_batched_causal_checks_equal_head_by_head_hooks():
+    """One forward per layer for all found heads gives the hooked per-head numbers (tolerance 1e-5)."""
+    from rope_interp.analyses.heads import add_causal_checks, positional_heads
+    from rope_interp.testing import tiny_model
+
+    model = tiny_model(n_heads=4, n_key_value_heads=2)
+    toks = torch.randint(0, 50, (1, 30), generator=torch.Generator().manual_seed(4))
+    r = positional_heads(model, toks, threshold=0.05, ablate_k=None, progress=False)
+    assert len(r.found()) >= 3
+    batched = add_causal_checks(model, r, [toks], 3, method="auto", progress=False).causal
+    r.causal = []
+    hooked = add_causal_checks(model, r, [toks], 3, method="hooks", progress=False).causal
+    assert [(c["layer"], c["head"], c["offset"]) for c in batched] == [
+        (c["layer"], c["head"], c["offset"]) for c in hooked
+    ]
+    for b, h in zip(batched, hooked, strict=True):
+        assert h["method"] == "hooks" and b["method"] == "analytic"
+        for key in ("top_k_survival", "bottom_k_survival"):
+            assert abs(b[key] - h[key]) < 1e-5, (b, h)

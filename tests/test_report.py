@@ -52,3 +52,79 @@ def test_quick_report_has_every_section_and_labelled_figures(tmp_path, monkeypat
     assert '"tokens": 256' in summary
     for csv in ("bands", "usage", "positional_heads", "offsets", "massive"):
         assert (tmp_path / f"{csv}.csv").stat().st_size > 0
+
+
+def _tiny_report(tmp_path, **cfg):
+    import torch
+
+    from rope_interp.report import ReportConfig, build_report
+    from rope_interp.testing import tiny_model
+
+    model = tiny_model()
+    tokens = torch.randint(0, 50, (1, 120), generator=torch.Generator().manual_seed(0))
+    cfg = ReportConfig(window=64, progress=False, **cfg)
+    return model, build_report(model, tokens, tmp_path / "r", cfg, source="random tokens")
+
+
+def test_report_reads_like_a_report(tmp_path):
+    """Findings first, a table of contents, tables without pandas indexes or NaN, summary.json as records."""
+    import json
+
+    from rope_interp.report import validate_summary
+
+    _, path = _tiny_report(tmp_path)
+    page = path.read_text()
+    assert page.index("Findings") < page.index('<nav class="toc">') < page.index("Rotary bands")
+    for title in (
+        "Frequency usage",
+        "Positional heads",
+        "Sink",
+        "Massive values",
+        "Spectra",
+        "Interactive attention",
+    ):
+        assert re.search(rf'<a href="#[\w-]+">{title}', page), title
+    assert ">nan<" not in page.lower() and "<th></th>" not in page  # no NaN cells, no unnamed index column
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    validate_summary(summary)
+    assert summary["tokens"] == 120 and len(summary["findings"]) >= 5
+    heads = summary["analyses"]["heads"]
+    assert all(isinstance(r, dict) for r in heads["positional_heads"])  # named records, not float lists
+    assert {r["layer"] for r in summary["analyses"]["usage"]["per_layer"]} == {0, 1}
+    bad = dict(summary, extra=1)
+    with pytest.raises(ValueError, match="top-level keys"):
+        validate_summary(bad)
+    bad = json.loads(json.dumps(summary))
+    bad["analyses"]["usage"]["ratios"] = [0.1]
+    with pytest.raises(ValueError, match="undocumented"):
+        validate_summary(bad)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_issue9_item8_build_report_changes_no_global_state(tmp_path, grad):
+    import torch
+
+    dtype = torch.get_default_dtype()
+    torch.set_grad_enabled(grad)
+    try:
+        from rope_interp.testing import tiny_model
+
+        model = tiny_model()
+        model.train()
+        from rope_interp.report import ReportConfig, build_report
+
+        tokens = torch.randint(0, 50, (1, 70), generator=torch.Generator().manual_seed(0))
+        build_report(
+            model,
+            tokens,
+            tmp_path / "r",
+            ReportConfig(window=64, progress=False, sections=("bands", "usage", "heads")),
+        )
+        assert torch.is_grad_enabled() is grad
+        assert torch.get_default_dtype() == dtype
+        assert model.training
+        assert all(not hp.fwd_hooks and not hp.bwd_hooks for hp in model.hook_dict.values())
+    finally:
+        torch.set_grad_enabled(True)
+    if grad:  # a user's backward still works after the report
+        model(tokens[:, :8], return_type="loss").backward()

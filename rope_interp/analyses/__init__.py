@@ -11,6 +11,11 @@
 Every analysis takes ``(model, data, ...)`` where ``data`` is text, token ids or an
 iterable of batches (:func:`.inputs.iter_windows`), shows a tqdm bar
 (``progress=False`` hides it) and returns a small dataclass with ``.plot()``.
+
+Each one is also an :class:`~rope_interp.engine.Accumulator` (its state in one shared
+streaming pass, with ``merge()``) and a registered record (``ANALYSIS`` at the end of
+its module, listed in :mod:`.catalog`) that the CLI and the report loop over; see
+:mod:`rope_interp.registry`.
 """
 
 from .heads import PositionalHeads, causal_check, positional_heads

@@ -24,8 +24,10 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from .. import adapter
+from ..engine import Accumulator, run_pass
 from ..hooking import FwdHooks, HookSet
 from ..hooks import attn_hook
+from ..registry import Analysis, Block, Option, RunContext
 from ..spec import RotaryBands
 from .inputs import figure, heatmap, layer_list, windows
 
@@ -113,15 +115,20 @@ class MassiveValues:
         return fig
 
 
-class _SquareSums(HookSet):
-    def __init__(self, model: Any, layers: list[int]):
-        super().__init__(model)
-        self.layers = layers
+class MassiveAccumulator(Accumulator):
+    """Shared-pass state of :func:`massive_values`: per-(layer, head, dim) sums of squares of post-RoPE q/k."""
+
+    def __init__(self, model: Any, layers: list[int], lam: float = 5.0, baseline_loss: bool = False):
+        self.model, self.layers, self.lam = model, list(layers), lam
+        self.needs_loss = baseline_loss  # the ablation's baseline condition, read off the shared forward
+        self.loss_sum, self.loss_count = 0.0, 0
         dev, dh = adapter.device(model), int(adapter.config(model).d_head)
+        L = len(self.layers)
         self.sums = {
-            "rot_q": torch.zeros(len(layers), adapter.n_heads(model), dh, dtype=torch.float64, device=dev),
-            "rot_k": torch.zeros(len(layers), adapter.n_kv_heads(model), dh, dtype=torch.float64, device=dev),
+            "rot_q": torch.zeros(L, adapter.n_heads(model), dh, dtype=torch.float64, device=dev),
+            "rot_k": torch.zeros(L, adapter.n_kv_heads(model), dh, dtype=torch.float64, device=dev),
         }
+        self.n_tokens = 0
 
     def fwd_hooks(self) -> FwdHooks:
         hooks: FwdHooks = []
@@ -134,6 +141,37 @@ class _SquareSums(HookSet):
 
                 hooks.append((attn_hook(layer, site), fn))
         return hooks
+
+    def observe(self, tokens: Tensor) -> None:
+        self.n_tokens += tokens.numel()
+
+    def observe_loss(self, tokens: Tensor, loss: Tensor) -> None:
+        self.loss_sum += float(loss.double().sum())
+        self.loss_count += int(loss.numel())
+
+    def merge(self, other: MassiveAccumulator) -> MassiveAccumulator:
+        if other.layers != self.layers:
+            raise ValueError(f"cannot merge massive sums over layers {other.layers} into {self.layers}")
+        for s in SITES:
+            self.sums[s] += other.sums[s].to(self.sums[s].device)
+        self.n_tokens += other.n_tokens
+        self.loss_sum += other.loss_sum
+        self.loss_count += other.loss_count
+        return self
+
+    def finalize(self) -> MassiveValues:
+        spec = RotaryBands.from_model(self.model)
+        band_of_dim = torch.tensor(
+            [-1 if (b := spec.band_of_dim(d)) is None else b for d in range(spec.d_head)]
+        )
+        return MassiveValues(
+            self.sums["rot_q"].cpu(),
+            self.sums["rot_k"].cpu(),
+            self.layers,
+            band_of_dim,
+            self.lam,
+            self.n_tokens,
+        )
 
 
 def massive_values(
@@ -155,16 +193,9 @@ def massive_values(
     """
     if lam <= 0:
         raise ValueError(f"lam must be > 0, got {lam}")
-    layers = layer_list(model, layers)
-    spec = RotaryBands.from_model(model)
-    band_of_dim = torch.tensor([-1 if (b := spec.band_of_dim(d)) is None else b for d in range(spec.d_head)])
-    acc = _SquareSums(model, layers)
-    n = 0
-    for tokens in windows(model, data, window, progress, "massive values"):
-        with torch.no_grad(), acc:
-            model(tokens, stop_at_layer=max(layers) + 1)
-        n += tokens.numel()
-    return MassiveValues(acc.sums["rot_q"].cpu(), acc.sums["rot_k"].cpu(), layers, band_of_dim, lam, n)
+    acc = MassiveAccumulator(model, layer_list(model, layers), lam)
+    run_pass(model, data, [acc], window=window, progress=progress, desc="massive values")
+    return acc.finalize()
 
 
 class MeanAblateDims(HookSet):
@@ -265,8 +296,14 @@ def massive_ablation(
     seed: int = 0,
     window: int | None = None,
     progress: bool = True,
+    baseline: tuple[float, int] | None = None,
 ) -> MassiveAblation:
-    """Loss with the massive q/k dims of ``found`` mean-ablated vs ``n_control`` matched random controls."""
+    """Loss with the massive q/k dims of ``found`` mean-ablated vs ``n_control`` matched random controls.
+
+    ``baseline``: ``(summed loss, token count)`` of the unmodified model on the same windows,
+    when already known (the shared pass of :mod:`rope_interp.registry` computes it), saving
+    one forward per window.
+    """
     masks = {(layer, s): found.massive(s[-1])[i] for i, layer in enumerate(found.layers) for s in SITES}
     masks = {k: v for k, v in masks.items() if v.any()}
     n_dims = int(sum(int(v.sum()) for v in masks.values()))
@@ -275,6 +312,8 @@ def massive_ablation(
     conditions = [None, MeanAblateDims(model, masks)] + [
         MeanAblateDims(model, control_masks(masks, seed + i)) for i in range(n_control)
     ]
+    if baseline is not None:
+        conditions = conditions[1:]
     totals = torch.zeros(len(conditions), dtype=torch.float64)
     count = 0
     for tokens in windows(model, data, window, progress, "massive ablation"):
@@ -292,4 +331,131 @@ def massive_ablation(
     if count == 0:
         raise ValueError("no window has two or more tokens: cannot measure next-token loss")
     means = (totals / count).tolist()
+    if baseline is not None:
+        if baseline[1] != count:
+            raise ValueError(
+                f"baseline covers {baseline[1]} tokens, the ablation {count}: not the same windows"
+            )
+        means = [baseline[0] / baseline[1], *means]
     return MassiveAblation(means[0], means[1], means[2:], n_dims, count)
+
+
+# ---- registry record (CLI subcommand and report section) ----------------------------------------------
+@dataclass
+class MassiveResult:
+    """What the registered ``massive`` analysis returns: the values and (unless skipped) their ablation."""
+
+    values: MassiveValues
+    ablation: MassiveAblation | None = None
+
+    def to_dataframe(self):
+        return self.values.to_dataframe()
+
+
+def _finish(ctx: RunContext, opts: dict[str, Any], accs: list[Accumulator]) -> MassiveResult:
+    values = accs[0].finalize()
+    has_any = bool(values.massive("q").any() or values.massive("k").any())
+    ablation = None
+    if opts["ablation"] and has_any:
+        acc = accs[0]
+        ablation = massive_ablation(
+            ctx.model,
+            ctx.data,
+            values,
+            n_control=opts["n_control"],
+            window=ctx.window,
+            progress=ctx.progress,
+            baseline=(acc.loss_sum, acc.loss_count),
+        )
+    return MassiveResult(values, ablation)
+
+
+def _summary(r: MassiveResult) -> dict[str, Any]:
+    v = r.values
+    q, k = v.band_counts("q").tolist(), v.band_counts("k").tolist()
+    n = len(q) - 1
+    return {
+        "n_tokens": v.n_tokens,
+        "lam": v.lam,
+        "n_massive_q": int(v.massive("q").sum()),
+        "n_massive_k": int(v.massive("k").sum()),
+        "per_band": [
+            {"band": b if b < n else "pass-through", "q": q[b], "k": k[b]}
+            for b in range(n + 1)
+            if q[b] or k[b]
+        ],
+        "ablation": [] if r.ablation is None else r.ablation.to_dataframe().to_dict(orient="records"),
+    }
+
+
+def _findings(r: MassiveResult) -> list[str]:
+    v = r.values
+    counts = v.band_counts("q") + v.band_counts("k")
+    total, n = int(counts.sum()), len(counts) - 1
+    if not total:
+        return [f"Massive values: no (head, dim) of q or k exceeds {v.lam:g} times its layer's mean norm."]
+    low = int(counts[n // 2 : n].sum())
+    text = (
+        f"Massive values: {int(v.massive('q').sum())} query and {int(v.massive('k').sum())} key (layer, head, dim) "
+        f"entries exceed {v.lam:g}× their layer's mean, {100 * low / total:.0f}% of them in the lowest-frequency "
+        "half of the bands"
+    )
+    a = r.ablation
+    if a is not None:
+        ctrl = sum(a.control) / len(a.control) if a.control else float("nan")
+        text += (
+            f"; mean-ablating those {a.n_dims} dims moves the loss from {a.baseline:.3f} to {a.massive:.3f}, "
+            f"against {ctrl:.3f} for {len(a.control)} matched random controls"
+        )
+    return [text + "."]
+
+
+def _section(r: MassiveResult) -> list[Block]:
+    from ..html import paragraph, table_html
+
+    blocks: list[Block] = [(None, paragraph(ANALYSIS.description)), (None, r.values.plot())]
+    if r.ablation is not None:
+        blocks += [(None, r.ablation.plot()), (None, table_html(r.ablation.to_dataframe(), digits=4))]
+    return blocks
+
+
+def _tables(r: MassiveResult) -> dict[str, Any]:
+    out = {"massive": r.values.to_dataframe()}
+    if r.ablation is not None:
+        out["massive_ablation"] = r.ablation.to_dataframe()
+    return out
+
+
+ANALYSIS = Analysis(
+    name="massive",
+    title="Massive values (Jin et al.)",
+    help="Massive values (Jin et al.): M > lambda*mean(M) in post-RoPE q/k, and a mean-ablation vs control",
+    description=(
+        "M[h, d] = L2 norm over the sequence of post-RoPE q/k; massive if M > lambda mean(M) (Jin et al., Massive "
+        "Values in Self-Attention Modules are the Key to Contextual Knowledge Understanding, 2025). Then the loss "
+        "with those dims mean-ablated against matched controls of as many non-massive dims."
+    ),
+    start=lambda ctx, opts: [
+        MassiveAccumulator(
+            ctx.model, layer_list(ctx.model, ctx.layers), opts["lam"], baseline_loss=opts["ablation"]
+        )
+    ],
+    finish=_finish,
+    options=(
+        Option("lam", float, 5.0, "lambda of the M > lambda*mean(M) criterion", minimum=1e-9),
+        Option("n_control", int, 2, "random matched controls", minimum=0),
+        Option("ablation", bool, True, "skip the loss experiment"),
+    ),
+    summary=_summary,
+    summary_doc={
+        "n_tokens": "tokens analysed",
+        "lam": "lambda of the criterion",
+        "n_massive_q": "massive (layer, head, dim) entries of post-RoPE queries",
+        "n_massive_k": "same for keys",
+        "per_band": "records for bands with massive entries: band (or 'pass-through'), q, k counts",
+        "ablation": "records: condition, loss (empty when skipped or nothing is massive)",
+    },
+    findings=_findings,
+    tables=_tables,
+    section=_section,
+)

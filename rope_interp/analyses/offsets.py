@@ -34,9 +34,11 @@ from torch import Tensor
 
 from ..bands import band_angles, band_norms
 from ..capture import BandStats
+from ..engine import Accumulator, run_pass
 from ..errors import ContextLengthError
+from ..registry import Analysis, Block, Option, RunContext
 from ..spec import RotaryBands
-from .inputs import figure, heatmap, layer_list, windows
+from .inputs import figure, heatmap, layer_list
 
 
 def predicted_bands(freqs: Float[Tensor, "... band"], context_length: int) -> Bool[Tensor, "... band"]:
@@ -272,22 +274,131 @@ def offset_features(
         raise ValueError(f"context_length must be >= 2, got {L}")
     if L > spec.n_ctx:
         raise ContextLengthError(f"context_length {L} exceeds the model's context of n_ctx={spec.n_ctx}")
-    stats = BandStats(model, layers=layers, sites=("q", "k"), start_pos=start_pos)
-    for tokens in windows(model, data, window, progress, "offset features"):
-        stats.update(tokens)
-    if stats.n_tokens == 0:
-        raise ValueError(f"no tokens at positions >= start_pos={start_pos}")
-    f = lambda t: t.cpu().float()  # noqa: E731
-    return OffsetFeatures(
-        q_mean=f(stats.mean_vector("q")),
-        k_mean=f(stats.mean_vector("k")),
-        q_norm=f(stats.mean_norm("q")),
-        k_norm=f(stats.mean_norm("k")),
-        layers=layers,
-        freqs=spec.freqs[layers].float(),
-        kv_map=spec.kv_map,
-        context_length=L,
-        n_tokens=stats.n_tokens,
-        min_consistency=min_consistency,
-        spike=spike,
-    )
+    acc = OffsetAccumulator(model, layers, L, start_pos, min_consistency, spike)
+    run_pass(model, data, [acc], window=window, progress=progress, desc="offset features")
+    return acc.finalize()
+
+
+class OffsetAccumulator(Accumulator):
+    """Shared-pass state of :func:`offset_features`: a :class:`BandStats` over pre-rotation ``q``, ``k``."""
+
+    def __init__(
+        self,
+        model: Any,
+        layers: list[int],
+        context_length: int,
+        start_pos: int = 1,
+        min_consistency: float = 0.9,
+        spike: float = 10.0,
+    ):
+        self.model, self.layers = model, list(layers)
+        self.options = dict(context_length=context_length, min_consistency=min_consistency, spike=spike)
+        self.start_pos = start_pos
+        self.stats = BandStats(model, layers=self.layers, sites=("q", "k"), start_pos=start_pos)
+
+    def fwd_hooks(self):
+        return self.stats.fwd_hooks()
+
+    def merge(self, other: OffsetAccumulator) -> OffsetAccumulator:
+        self.stats.merge(other.stats)
+        return self
+
+    def finalize(self) -> OffsetFeatures:
+        stats, spec = self.stats, RotaryBands.from_model(self.model)
+        if stats.n_tokens == 0:
+            raise ValueError(f"no tokens at positions >= start_pos={self.start_pos}")
+        f = lambda t: t.cpu().float()  # noqa: E731
+        return OffsetFeatures(
+            q_mean=f(stats.mean_vector("q")),
+            k_mean=f(stats.mean_vector("k")),
+            q_norm=f(stats.mean_norm("q")),
+            k_norm=f(stats.mean_norm("k")),
+            layers=self.layers,
+            freqs=spec.freqs[self.layers].float(),
+            kv_map=spec.kv_map,
+            n_tokens=stats.n_tokens,
+            **self.options,
+        )
+
+
+# ---- registry record (CLI subcommand and report section) ----------------------------------------------
+def _start(ctx: RunContext, opts: dict[str, Any]) -> list[Accumulator]:
+    n_ctx = RotaryBands.from_model(ctx.model).n_ctx
+    L = opts["context_length"] or min(2048, n_ctx)
+    if L > n_ctx:
+        raise ContextLengthError(f"context_length {L} exceeds the model's context of n_ctx={n_ctx}")
+    layers = layer_list(ctx.model, ctx.layers)
+    return [OffsetAccumulator(ctx.model, layers, L, 1, opts["min_consistency"], opts["spike"])]
+
+
+def _table(r: OffsetFeatures):
+    t = r.table().reset_index()
+    return t.rename(columns={f"sweep_over_{r.context_length}": "sweep"})
+
+
+def _summary(r: OffsetFeatures) -> dict[str, Any]:
+    pred = r.predicted[0].nonzero().flatten().tolist()
+    return {
+        "n_tokens": r.n_tokens,
+        "context_length": r.context_length,
+        "first_predicted_band": pred[0] if pred else None,
+        "per_band": _table(r).to_dict(orient="records"),
+    }
+
+
+def _findings(r: OffsetFeatures) -> list[str]:
+    t = _table(r)
+    pred = t[t.predicted]
+    n_obs, n_in = int(t.observed_heads.sum()), int(pred.observed_heads.sum())
+    bound = f"bands {int(pred.band.min())}–{int(t.band.max())}" if len(pred) else "no band"
+    share = f" ({100 * n_in / n_obs:.0f}%)" if n_obs else ""
+    return [
+        f"Offset features: the bound θ(L−1) < π for L = {r.context_length} allows them in {bound}; "
+        f"{n_obs} (layer, head, band) features are observed, {n_in} of them inside that range{share}."
+    ]
+
+
+def _section(r: OffsetFeatures) -> list[Block]:
+    from ..html import paragraph, table_html
+
+    return [
+        (None, paragraph(ANALYSIS.description + f" Here L = {r.context_length}.")),
+        (None, r.plot()),
+        (None, table_html(_table(r))),
+    ]
+
+
+ANALYSIS = Analysis(
+    name="offsets",
+    title="Rotary offset features (Jonasson)",
+    help="Rotary offset features (Jonasson) against the bound theta*(L-1) < pi (our derivation)",
+    description=(
+        "Bands where q and k have large, consistent mean vectors (Jonasson, Rotary Offset Features in Large "
+        "Language Models, 2025). Our derivation: band i keeps one sign of its contribution for every causal "
+        "offset only if theta_i (L-1) < pi, and then only for q-k angles inside an interval of width "
+        "pi - theta_i (L-1). Predicted bands are compared with the observed ones, per band over all analysed "
+        "layers and heads."
+    ),
+    start=_start,
+    finish=lambda ctx, opts, accs: accs[0].finalize(),
+    options=(
+        Option(
+            "context_length", int, None, "context length L of the bound (None: min(2048, n_ctx))", minimum=2
+        ),
+        Option("min_consistency", float, 0.9, "q and k consistency needed for a feature", minimum=0.0),
+        Option(
+            "spike", float, 10.0, "strength over the head's median band needed for a feature", minimum=0.0
+        ),
+    ),
+    summary=_summary,
+    summary_doc={
+        "n_tokens": "tokens analysed",
+        "context_length": "L of the bound theta (L-1) < pi",
+        "first_predicted_band": "lowest band index the bound allows (null: none)",
+        "per_band": "records, one per band: band, theta, sweep (theta (L-1)), predicted, observed_heads, "
+        "observed_share, observed_sign_stable, q/k_consistency, q/k_norm_ratio",
+    },
+    findings=_findings,
+    tables=lambda r: {"offsets": r.to_dataframe(), "offsets_table": _table(r)},
+    section=_section,
+)

@@ -30,9 +30,12 @@ from torch import Tensor
 
 from .. import adapter
 from ..bands import band_norms
+from ..engine import Accumulator, run_pass
+from ..hooking import FwdHooks
 from ..hooks import attn_hook
+from ..registry import Analysis, Block, Option
 from ..spec import RotaryBands
-from .inputs import figure, heatmap, layer_list, prefix_mean, qk_pair_hooks, windows
+from .inputs import figure, heatmap, layer_list, prefix_mean
 
 
 @dataclass
@@ -151,19 +154,32 @@ def sink_channels(
     """
     if start_pos < 1:
         raise ValueError("start_pos must be >= 1 (query 0 has no key other than BOS)")
-    layers = layer_list(model, layers)
-    spec = RotaryBands.from_model(model)
-    adapter.check_decomposable(model)
-    dev = adapter.device(model)
-    L, H, B = len(layers), spec.n_heads, spec.n_bands
-    sums = {
-        n: torch.zeros(L, H, B, dtype=torch.float64, device=dev) for n in ("bos", "other", "bos_b", "other_b")
-    }
-    sep_pass = torch.zeros(L, H, dtype=torch.float64, device=dev)
-    n_q = 0
+    acc = SinkAccumulator(model, layer_list(model, layers), start_pos)
+    run_pass(model, data, [acc], window=window, progress=progress, desc="sink channels")
+    return acc.finalize()
 
-    def on_pair(layer: int, q: Tensor, k: Tensor, qp: Tensor, kp: Tensor) -> None:
-        i, scale = layers.index(layer), float(spec.attn_scale[layer])
+
+class SinkAccumulator(Accumulator):
+    """Shared-pass state of :func:`sink_channels`: per-band BOS / other-key term sums, bounds, BOS attention."""
+
+    def __init__(self, model: Any, layers: list[int], start_pos: int = 1):
+        adapter.check_decomposable(model)
+        self.spec = RotaryBands.from_model(model)
+        self.layers = self.pair_layers = list(layers)
+        self.start_pos = start_pos
+        dev = adapter.device(model)
+        L, H, B = len(layers), self.spec.n_heads, self.spec.n_bands
+        z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=dev)  # noqa: E731
+        self.sums = {n: z(L, H, B) for n in ("bos", "other", "bos_b", "other_b")}
+        self.sep_pass, self.bos_sum = z(L, H), z(L, H)
+        self.n_q = self.n_tokens = 0
+
+    def accepts(self, tokens: Tensor) -> bool:
+        return tokens.shape[1] > self.start_pos
+
+    def on_pair(self, layer: int, q: Tensor, k: Tensor, qp: Tensor, kp: Tensor) -> None:
+        spec, start_pos, sums = self.spec, self.start_pos, self.sums
+        i, scale = self.layers.index(layer), float(spec.attn_scale[layer])
         kv = spec.kv_map.to(k.device)
         q, qp = q.double()[:, start_pos:], qp.double()[:, start_pos:]
         k, kp = k.double()[:, :, kv], kp.double()[:, :, kv]
@@ -175,38 +191,124 @@ def sink_channels(
         sums["other_b"][i] += (
             torch.einsum("bmhi,bmhi->hi", qn, prefix_mean(kn, start=1)[:, start_pos:]) / scale
         )
-        sep_pass[i] += torch.einsum("bmhd,bhd->h", qp, kp[:, 0]) / scale
-        sep_pass[i] -= torch.einsum("bmhd,bmhd->h", qp, kp_mean) / scale
+        self.sep_pass[i] += torch.einsum("bmhd,bhd->h", qp, kp[:, 0]) / scale
+        self.sep_pass[i] -= torch.einsum("bmhd,bmhd->h", qp, kp_mean) / scale
 
-    hooks = qk_pair_hooks(model, layers, on_pair)
-    bos_sum = torch.zeros(L, H, dtype=torch.float64, device=dev)
-
-    def on_pattern(p: Tensor, hook: Any, i: int) -> Tensor:
-        bos_sum[i] += p[:, :, start_pos:, 0].double().sum((0, 2))
+    def _on_pattern(self, p: Tensor, hook: Any, i: int) -> Tensor:
+        self.bos_sum[i] += p[:, :, self.start_pos :, 0].double().sum((0, 2))
         return p
 
-    pat_hooks = [
-        (attn_hook(layer, "pattern"), lambda p, hook, i=i: on_pattern(p, hook, i))
-        for i, layer in enumerate(layers)
+    def fwd_hooks(self) -> FwdHooks:
+        return [
+            (attn_hook(layer, "pattern"), lambda p, hook, i=i: self._on_pattern(p, hook, i))
+            for i, layer in enumerate(self.layers)
+        ]
+
+    def observe(self, tokens: Tensor) -> None:
+        self.n_q += tokens.shape[0] * (tokens.shape[1] - self.start_pos)
+        self.n_tokens += tokens.numel()
+
+    def merge(self, other: SinkAccumulator) -> SinkAccumulator:
+        if (other.layers, other.start_pos) != (self.layers, self.start_pos):
+            raise ValueError("cannot merge sink sums over different layers or start_pos")
+        for n in self.sums:
+            self.sums[n] += other.sums[n].to(self.sums[n].device)
+        self.sep_pass += other.sep_pass.to(self.sep_pass.device)
+        self.bos_sum += other.bos_sum.to(self.bos_sum.device)
+        self.n_q += other.n_q
+        self.n_tokens += other.n_tokens
+        return self
+
+    def finalize(self) -> SinkChannels:
+        if self.n_q == 0:
+            raise ValueError(f"every window is shorter than start_pos + 1 = {self.start_pos + 1} tokens")
+        f = lambda t: (t.cpu() / self.n_q).float()  # noqa: E731
+        return SinkChannels(
+            bos_term=f(self.sums["bos"]),
+            other_term=f(self.sums["other"]),
+            bos_bound=f(self.sums["bos_b"]),
+            other_bound=f(self.sums["other_b"]),
+            separation_pass=f(self.sep_pass),
+            bos_attention=f(self.bos_sum),
+            layers=self.layers,
+            n_tokens=self.n_tokens,
+        )
+
+
+# ---- registry record (CLI subcommand and report section) ----------------------------------------------
+_COLUMNS = [
+    "layer",
+    "head",
+    "band",
+    "bos_attention",
+    "bos_term",
+    "other_term",
+    "bos_ratio",
+    "share_of_separation",
+]
+
+
+def _top_channels(r: SinkChannels, n: int = 10):
+    ch = r.channels(top=1).sort_values("bos_attention", ascending=False)
+    return ch[_COLUMNS].head(n).reset_index(drop=True)
+
+
+def _summary(r: SinkChannels) -> dict[str, Any]:
+    rows = _top_channels(r).to_dict(orient="records")
+    clean = [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()} for row in rows]
+    return {
+        "n_tokens": r.n_tokens,
+        "n_sink_heads": int((r.bos_attention > 0.5).sum()),
+        "top_sink_heads": clean,
+    }
+
+
+def _findings(r: SinkChannels) -> list[str]:
+    n_heads = r.bos_attention.numel()
+    n_sink = int((r.bos_attention > 0.5).sum())
+    top = _top_channels(r, 1).to_dict(orient="records")[0]
+    return [
+        f"Sinks: {n_sink} of {n_heads} heads put more than half their attention on the first token; in the "
+        f"strongest (layer {int(top['layer'])} head {int(top['head'])}, {100 * top['bos_attention']:.0f}% on it) the "
+        f"low-frequency band separating that key most is band {int(top['band'])}, with a BOS term of "
+        f"{top['bos_term']:.3g} against {top['other_term']:.3g} for the other keys ({100 * top['bos_ratio']:.0f}% of its "
+        "Cauchy–Schwarz bound)."
     ]
-    n_tokens = 0
-    for tokens in windows(model, data, window, progress, "sink channels"):
-        if tokens.shape[1] <= start_pos:
-            continue
-        with torch.no_grad(), model.hooks(fwd_hooks=hooks + pat_hooks):
-            model(tokens, stop_at_layer=max(layers) + 1)
-        n_q += tokens.shape[0] * (tokens.shape[1] - start_pos)
-        n_tokens += tokens.numel()
-    if n_q == 0:
-        raise ValueError(f"every window is shorter than start_pos + 1 = {start_pos + 1} tokens")
-    f = lambda t: (t.cpu() / n_q).float()  # noqa: E731
-    return SinkChannels(
-        bos_term=f(sums["bos"]),
-        other_term=f(sums["other"]),
-        bos_bound=f(sums["bos_b"]),
-        other_bound=f(sums["other_b"]),
-        separation_pass=f(sep_pass),
-        bos_attention=f(bos_sum),
-        layers=layers,
-        n_tokens=n_tokens,
-    )
+
+
+def _section(r: SinkChannels) -> list[Block]:
+    from ..html import paragraph, table_html
+
+    return [
+        (None, paragraph(ANALYSIS.description)),
+        (None, r.plot()),
+        (None, paragraph("The ten heads with the most attention on the first token and their sink channel.")),
+        (None, table_html(_top_channels(r))),
+    ]
+
+
+ANALYSIS = Analysis(
+    name="sinks",
+    title="Sink / semantic channels",
+    help="Sink channels: per head, the bands separating the BOS key, observed vs Cauchy-Schwarz bound",
+    description=(
+        "Per head, the low-frequency bands whose score term separates the first (BOS) key from the others "
+        "(Barbero et al., Round and Round We Go!, 2024, Tables 3–5); observed terms against the Cauchy–Schwarz "
+        "bound |q_i||k_i|/scale."
+    ),
+    start=lambda ctx, opts: [
+        SinkAccumulator(ctx.model, layer_list(ctx.model, ctx.layers), opts["start_pos"])
+    ],
+    finish=lambda ctx, opts, accs: accs[0].finalize(),
+    options=(Option("start_pos", int, 1, "first query position counted", minimum=1),),
+    summary=_summary,
+    summary_doc={
+        "n_tokens": "tokens analysed",
+        "n_sink_heads": "heads with more than half their attention on the first token",
+        "top_sink_heads": "records (10 heads with most attention on BOS): layer, head, band (its sink channel), "
+        "bos_attention, bos_term, other_term, bos_ratio (term / bound), share_of_separation",
+    },
+    findings=_findings,
+    tables=lambda r: {"sinks": r.to_dataframe(), "sink_channels": r.channels(top=1)},
+    section=_section,
+)

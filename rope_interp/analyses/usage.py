@@ -19,8 +19,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..capture import BandStats
+from ..engine import Accumulator, run_pass
+from ..registry import Analysis, Block, Option, RunContext
 from ..spec import RotaryBands
-from .inputs import figure, heatmap, layer_list, windows
+from .inputs import figure, heatmap, layer_list
 
 SITES = {"q": "rot_q", "k": "rot_k", "v": "v"}
 
@@ -153,16 +155,104 @@ def frequency_usage(
     >>> tuple(u.q_norm.shape), tuple(u.k_norm.shape), u.n_tokens
     ((2, 4, 8), (2, 2, 8), 32)
     """
-    layers = layer_list(model, layers)
-    spec = RotaryBands.from_model(model)
-    stats = BandStats(model, layers=layers, sites=tuple(SITES.values()), start_pos=start_pos)
-    for tokens in windows(model, data, window, progress, "frequency usage"):
-        stats.update(tokens)
-    return FrequencyUsage(
-        q_norm=stats.mean_norm("rot_q").cpu(),
-        k_norm=stats.mean_norm("rot_k").cpu(),
-        v_norm=stats.mean_norm("v").cpu(),
-        layers=layers,
-        freqs=spec.freqs[layers],
-        n_tokens=stats.n_tokens,
-    )
+    acc = UsageAccumulator(model, layer_list(model, layers), start_pos=start_pos)
+    run_pass(model, data, [acc], window=window, progress=progress, desc="frequency usage")
+    return acc.finalize()
+
+
+class UsageAccumulator(Accumulator):
+    """Shared-pass state of :func:`frequency_usage`: a :class:`BandStats` over ``rot_q``, ``rot_k``, ``v``."""
+
+    def __init__(self, model: Any, layers: list[int], start_pos: int = 0):
+        self.model, self.layers = model, list(layers)
+        self.stats = BandStats(model, layers=self.layers, sites=tuple(SITES.values()), start_pos=start_pos)
+
+    def fwd_hooks(self):
+        return self.stats.fwd_hooks()
+
+    def merge(self, other: UsageAccumulator) -> UsageAccumulator:
+        self.stats.merge(other.stats)
+        return self
+
+    def finalize(self) -> FrequencyUsage:
+        spec = RotaryBands.from_model(self.model)
+        return FrequencyUsage(
+            q_norm=self.stats.mean_norm("rot_q").cpu(),
+            k_norm=self.stats.mean_norm("rot_k").cpu(),
+            v_norm=self.stats.mean_norm("v").cpu(),
+            layers=self.layers,
+            freqs=spec.freqs[self.layers],
+            n_tokens=self.stats.n_tokens,
+        )
+
+
+# ---- registry record (CLI subcommand and report section) ----------------------------------------------
+def _start(ctx: RunContext, opts: dict[str, Any]) -> list[Accumulator]:
+    return [UsageAccumulator(ctx.model, layer_list(ctx.model, ctx.layers), start_pos=opts["start_pos"])]
+
+
+def _summary(r: FrequencyUsage) -> dict[str, Any]:
+    ratio = {s: r.low_high_ratio(s).tolist() for s in SITES}
+    arg = {s: r.per_layer(s).argmax(-1).tolist() for s in ("q", "k")}
+    return {
+        "n_tokens": r.n_tokens,
+        "per_layer": [
+            {
+                "layer": layer,
+                "low_high_ratio_q": round(ratio["q"][i], 4),
+                "low_high_ratio_k": round(ratio["k"][i], 4),
+                "low_high_ratio_v": round(ratio["v"][i], 4),
+                "top_band_q": arg["q"][i],
+                "top_band_k": arg["k"][i],
+            }
+            for i, layer in enumerate(r.layers)
+        ],
+    }
+
+
+def _findings(r: FrequencyUsage) -> list[str]:
+    q, v = r.low_high_ratio("q"), r.low_high_ratio("v")
+    n_low = int((q > 1).sum())
+    return [
+        f"Frequency usage: in {n_low} of {len(r.layers)} layers the lowest-frequency quarter of bands carries "
+        f"more query norm than the highest quarter (median ratio {float(q.median()):.2g}, range "
+        f"{float(q.min()):.2g}–{float(q.max()):.2g}); the values, which RoPE does not rotate, give "
+        f"{float(v.median()):.2g}."
+    ]
+
+
+def _section(r: FrequencyUsage) -> list[Block]:
+    import pandas as pd
+
+    from ..html import paragraph, table_html
+
+    rows = pd.DataFrame(_summary(r)["per_layer"])
+    return [
+        (None, paragraph(ANALYSIS.description)),
+        (None, r.plot()),
+        (None, paragraph("Per layer: norm share of the lowest over the highest quarter of bands.")),
+        (None, table_html(rows)),
+    ]
+
+
+ANALYSIS = Analysis(
+    name="usage",
+    title="Frequency usage (Barbero et al.)",
+    help="Frequency usage (Barbero et al.): mean band norms of q, k and v",
+    description=(
+        "Mean band norm of queries, keys and (control) values per layer, head and band (Barbero et al., "
+        "Round and Round We Go!, 2024). Values are not rotated by RoPE: a band pattern in q/k that v lacks "
+        "is RoPE's doing."
+    ),
+    start=_start,
+    finish=lambda ctx, opts, accs: accs[0].finalize(),
+    options=(Option("start_pos", int, 0, "first position counted (1 leaves out BOS)", minimum=0),),
+    summary=_summary,
+    summary_doc={
+        "n_tokens": "tokens averaged over",
+        "per_layer": "records: layer, low/high-quarter norm ratio of q, k, v, and the band of largest q/k norm",
+    },
+    findings=_findings,
+    tables=lambda r: {"usage": r.to_dataframe()},
+    section=_section,
+)

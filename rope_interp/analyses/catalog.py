@@ -1,0 +1,19 @@
+"""The built-in analyses, in report order: one line per analysis.
+
+To add one, write ``rope_interp/analyses/<name>.py`` ending in ``ANALYSIS = Analysis(...)``
+(see :mod:`rope_interp.registry`) and add its record below; the CLI gets a
+``rope-interp <name>`` subcommand and the report a section.
+"""
+
+from __future__ import annotations
+
+from . import heads, massive, offsets, sinks, spectra, usage
+
+BUILTIN = (
+    usage.ANALYSIS,
+    heads.ANALYSIS,
+    sinks.ANALYSIS,
+    offsets.ANALYSIS,
+    massive.ANALYSIS,
+    spectra.ANALYSIS,
+)

@@ -1,0 +1,7 @@
+"""``python -m rope_interp.cli``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

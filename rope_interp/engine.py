@@ -1,0 +1,132 @@
+"""The fused streaming engine: one forward per window feeds every analysis' accumulator.
+
+An :class:`Accumulator` is the state one analysis keeps during the shared pass:
+its own hooks (attention patterns, MLP activations, band statistics), an optional
+``on_pair`` consumer of the post-rotation band views of one layer's queries and keys,
+and ``observe`` (called after each window's forward, e.g. to count tokens or keep the
+first windows for a later causal check). Accumulators of the same kind ``merge()``
+(sums add up), so a pass split over processes or over chunks of text gives the
+same result.
+
+:func:`run_pass` runs the model once per window with the hooks of all accumulators
+attached together. The band views of ``hook_rot_q``/``hook_rot_k`` are built once per
+layer and handed to every accumulator that reads that layer (:func:`qk_pair_hooks`).
+The forward stops after the deepest layer any accumulator reads.
+
+>>> import torch
+>>> from rope_interp.testing import tiny_model
+>>> from rope_interp.analyses.usage import UsageAccumulator
+>>> from rope_interp.analyses.massive import MassiveAccumulator
+>>> model = tiny_model()
+>>> accs = [UsageAccumulator(model, [0, 1]), MassiveAccumulator(model, [1])]
+>>> run_pass(model, torch.randint(0, 50, (2, 16)), accs, window=8, progress=False)  # two windows of [2, 8]
+2
+>>> accs[0].finalize().n_tokens, accs[1].finalize().n_tokens
+(32, 32)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .hooking import FwdHooks
+
+
+class Accumulator:
+    """Base class of one analysis' state in the shared pass (override what you need).
+
+    Attributes:
+        layers: the layers this accumulator reads (the forward runs up to ``max(layers)``).
+        pair_layers: layers whose post-rotation ``(q, k)`` band views :meth:`on_pair` receives.
+    """
+
+    layers: list[int]
+    pair_layers: list[int] = []
+    needs_loss: bool = False
+    """True: the forward runs to the end and :meth:`observe_loss` gets the per-token loss."""
+
+    def accepts(self, tokens: Tensor) -> bool:
+        """Whether this window counts for the accumulator (e.g. long enough); default: every window."""
+        return True
+
+    def fwd_hooks(self) -> FwdHooks:
+        """Hooks (read-only: they return the activation unchanged) to attach during the forward."""
+        return []
+
+    def on_pair(self, layer: int, q: Tensor, k: Tensor, q_pass: Tensor, k_pass: Tensor) -> None:
+        """Receive one layer's post-rotation band views ``[batch, pos, head, band, 2]`` and pass-through dims."""
+
+    def observe(self, tokens: Tensor) -> None:
+        """Called after the forward over ``tokens`` (counts, cached windows)."""
+
+    def observe_loss(self, tokens: Tensor, loss: Tensor) -> None:
+        """With :attr:`needs_loss`: the next-token loss ``[batch, pos - 1]`` of the (unmodified) forward."""
+
+    def merge(self, other: Any) -> Any:
+        """Add ``other``'s sums into this accumulator (same model, layers and options); returns self."""
+        raise NotImplementedError
+
+    def finalize(self) -> Any:
+        """The analysis' result object."""
+        raise NotImplementedError
+
+
+def _pair_hooks(model: Any, accs: Sequence[Accumulator]) -> FwdHooks:
+    from .analyses.inputs import qk_pair_hooks
+
+    by_layer: dict[int, list[Accumulator]] = {}
+    for a in accs:
+        for layer in a.pair_layers:
+            by_layer.setdefault(layer, []).append(a)
+    if not by_layer:
+        return []
+
+    def dispatch(layer: int, q: Tensor, k: Tensor, qp: Tensor, kp: Tensor) -> None:
+        for a in by_layer[layer]:
+            a.on_pair(layer, q, k, qp, kp)
+
+    return qk_pair_hooks(model, sorted(by_layer), dispatch)
+
+
+def forward_window(model: Any, tokens: Tensor, accs: Sequence[Accumulator]) -> None:
+    """One forward over ``tokens`` feeding the accumulators that accept it, then their ``observe``."""
+    active = [a for a in accs if a.accepts(tokens)]
+    if not active:
+        return
+    hooks = _pair_hooks(model, active) + [h for a in active for h in a.fwd_hooks()]
+    want_loss = [a for a in active if a.needs_loss] if tokens.shape[1] >= 2 else []
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        if want_loss:
+            loss = model(tokens, return_type="loss", loss_per_token=True)
+        else:
+            model(tokens, stop_at_layer=max(max(a.layers) for a in active) + 1)
+    for a in active:
+        a.observe(tokens)
+    for a in want_loss:
+        a.observe_loss(tokens, loss)
+
+
+def run_pass(
+    model: Any,
+    data: Any,
+    accs: Sequence[Accumulator],
+    *,
+    window: int | None = None,
+    progress: bool = True,
+    desc: str = "analyses",
+) -> int:
+    """Stream ``data`` (text, token ids or batches; see :func:`~rope_interp.analyses.inputs.iter_windows`)
+    through the model once, feeding every accumulator. Returns the number of windows."""
+    from .analyses.inputs import windows
+
+    n = 0
+    if not accs:
+        return n
+    for tokens in windows(model, data, window, progress, desc):
+        forward_window(model, tokens, accs)
+        n += 1
+    return n
