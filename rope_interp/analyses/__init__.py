@@ -6,6 +6,7 @@
 * :mod:`.offsets` — rotary offset features (Jonasson) against our frequency bound.
 * :mod:`.massive` — massive values (Jin et al.) and their mean-ablation vs a matched control.
 * :mod:`.spectral` — spectra of band trajectories, attention rows, MLP activations; phase alignment (Ruscio et al.).
+* :mod:`.carrier` — θ_i lines in the sink attention and the MLP input (ours; precondition of Ruscio v1/v2).
 * :mod:`.synthetic` — the papers' constructions checked numerically.
 
 Every analysis takes ``(model, data, ...)`` where ``data`` is text, token ids or an
@@ -13,6 +14,7 @@ iterable of batches (:func:`.inputs.iter_windows`), shows a tqdm bar
 (``progress=False`` hides it) and returns a small dataclass with ``.plot()``.
 """
 
+from .carrier import CarrierLines, CarrierSurvey, carrier_lines, carrier_survey
 from .heads import PositionalHeads, causal_check, positional_heads
 from .inputs import EmptyInputError, iter_windows
 from .massive import MassiveAblation, MassiveValues, MeanAblateDims, massive_ablation, massive_values
@@ -33,6 +35,8 @@ from .usage import FrequencyUsage, frequency_usage
 
 __all__ = [
     "AttentionSpectra",
+    "CarrierLines",
+    "CarrierSurvey",
     "BandSpectra",
     "EmptyInputError",
     "FrequencyUsage",
@@ -46,6 +50,8 @@ __all__ = [
     "SinkChannels",
     "attention_spectra",
     "band_spectra",
+    "carrier_lines",
+    "carrier_survey",
     "causal_check",
     "diagonal_head_sharpness",
     "frequency_usage",
