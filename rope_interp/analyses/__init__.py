@@ -7,6 +7,7 @@
 * :mod:`.massive` — massive values (Jin et al.) and their mean-ablation vs a matched control.
 * :mod:`.spectral` — spectra of band trajectories, attention rows, MLP activations; phase alignment (Ruscio et al.).
 * :mod:`.carrier` — θ_i lines in the sink attention and the MLP input (ours; precondition of Ruscio v1/v2).
+* :mod:`.harmonics` — harmonic generation in the real FFN under a synthetic rotating drive (Ruscio v1/v2 claim).
 * :mod:`.synthetic` — the papers' constructions checked numerically.
 
 Every analysis takes ``(model, data, ...)`` where ``data`` is text, token ids or an
@@ -15,6 +16,7 @@ iterable of batches (:func:`.inputs.iter_windows`), shows a tqdm bar
 """
 
 from .carrier import CarrierLines, CarrierSurvey, carrier_lines, carrier_survey
+from .harmonics import FFNHarmonics, ffn_harmonics
 from .heads import PositionalHeads, causal_check, positional_heads
 from .inputs import EmptyInputError, iter_windows
 from .massive import MassiveAblation, MassiveValues, MeanAblateDims, massive_ablation, massive_values
@@ -39,6 +41,7 @@ __all__ = [
     "CarrierSurvey",
     "BandSpectra",
     "EmptyInputError",
+    "FFNHarmonics",
     "FrequencyUsage",
     "MLPSpectra",
     "MassiveAblation",
@@ -54,6 +57,7 @@ __all__ = [
     "carrier_survey",
     "causal_check",
     "diagonal_head_sharpness",
+    "ffn_harmonics",
     "frequency_usage",
     "iter_windows",
     "massive_ablation",
