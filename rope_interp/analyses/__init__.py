@@ -8,6 +8,7 @@
 * :mod:`.spectral` — spectra of band trajectories, attention rows, MLP activations; phase alignment (Ruscio et al.).
 * :mod:`.carrier` — θ_i lines in the sink attention and the MLP input (ours; precondition of Ruscio v1/v2).
 * :mod:`.harmonics` — harmonic generation in the real FFN under a synthetic rotating drive (Ruscio v1/v2 claim).
+* :mod:`.alignment` — phase alignment, causally: shift one band of one head by Δφ (Ruscio v1/v2 claim).
 * :mod:`.synthetic` — the papers' constructions checked numerically.
 
 Every analysis takes ``(model, data, ...)`` where ``data`` is text, token ids or an
@@ -15,6 +16,7 @@ iterable of batches (:func:`.inputs.iter_windows`), shows a tqdm bar
 (``progress=False`` hides it) and returns a small dataclass with ``.plot()``.
 """
 
+from .alignment import CausalAlignment, causal_alignment
 from .carrier import CarrierLines, CarrierSurvey, carrier_lines, carrier_survey
 from .harmonics import FFNHarmonics, ffn_harmonics
 from .heads import PositionalHeads, causal_check, positional_heads
@@ -38,6 +40,7 @@ from .usage import FrequencyUsage, frequency_usage
 __all__ = [
     "AttentionSpectra",
     "CarrierLines",
+    "CausalAlignment",
     "CarrierSurvey",
     "BandSpectra",
     "EmptyInputError",
@@ -55,6 +58,7 @@ __all__ = [
     "band_spectra",
     "carrier_lines",
     "carrier_survey",
+    "causal_alignment",
     "causal_check",
     "diagonal_head_sharpness",
     "ffn_harmonics",
