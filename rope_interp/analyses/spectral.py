@@ -36,6 +36,7 @@ PSD bins are in radians per token ``2πf/nfft``.
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .. import adapter
+from ..errors import ParameterError
 from ..hooks import attn_hook, mlp_hook
 from ..spec import RotaryBands
 from .inputs import figure, heatmap, layer_list, prefix_mean, qk_pair_hooks, windows
@@ -76,6 +78,21 @@ PROVENANCE: dict[str, dict[str, str]] = {
     },
 }
 """Which paper version each measure here follows (or that it is ours), and what it can and cannot show."""
+
+
+def provenance_html(name: str) -> str:
+    """One HTML paragraph for the report: which version ``name`` follows, what it can and cannot show.
+
+    >>> provenance_html("phase_alignment")[:60]
+    '<p><b>phase_alignment</b> follows: ours; not the v1/v2 align'
+    """
+    if name not in PROVENANCE:
+        raise ParameterError(f"no provenance for {name!r}; known measures: {sorted(PROVENANCE)}")
+    p = PROVENANCE[name]
+    return (
+        f"<p><b>{html.escape(name)}</b> follows: {html.escape(p['follows'])}. It can {html.escape(p['can'])}; "
+        f"it cannot {html.escape(p['cannot'])}.</p>"
+    )
 
 
 def _nfft(n: int) -> int:
