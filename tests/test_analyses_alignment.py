@@ -7,8 +7,14 @@ import math
 import pytest
 import torch
 
-from rope_interp.analyses import causal_alignment
-from rope_interp.analyses.alignment import band_usage, report_section, sharpness
+from rope_interp.analyses import causal_alignment, weighted_alignment
+from rope_interp.analyses.alignment import (
+    band_usage,
+    partial_corr,
+    report_section,
+    sharpness,
+    weighted_band_alignment,
+)
 from rope_interp.errors import LayerError, ParameterError
 from rope_interp.interventions import ablate_bands
 from rope_interp.spec import RotaryBands
@@ -123,3 +129,43 @@ def test_causal_alignment_validation():
         causal_alignment(model, toks, layer=0, head=0, bands=[99], progress=False)
     with pytest.raises(ParameterError, match="skip"):
         sharpness(torch.ones(3, 3), skip=0)
+
+
+# ---- the observational version ----------------------------------------------------------------------
+def test_weighted_alignment_by_brute_force():
+    model = tiny_model()
+    toks = torch.randint(0, 50, (1, 10), generator=torch.Generator().manual_seed(1))
+    spec = RotaryBands.from_model(model)
+    _, cache = model.run_with_cache(toks)
+    q = cache["blocks.1.attn.hook_rot_q"][0].double()[..., spec.dims]  # [pos, h, band, 2]
+    k = cache["blocks.1.attn.hook_rot_k"][0].double()[..., spec.dims][:, spec.kv_map]
+    p = cache["blocks.1.attn.hook_pattern"][0].double()  # [h, m, n]
+    h, band, m = 3, 5, 7
+    num = sum(p[h, m, n] * (q[m, h, band] @ k[n, h, band]) for n in range(1, m + 1))
+    den = sum(p[h, m, n] * q[m, h, band].norm() * k[n, h, band].norm() for n in range(1, m + 1))
+    got = weighted_band_alignment(q[None], k[None], p[None])[0, m, h, band]
+    assert float(got) == pytest.approx(float(num / den), rel=1e-9)
+    w = weighted_alignment(model, toks, layers=[1], progress=False)
+    want = weighted_band_alignment(q[None, 1:], k[None], p[None, :, 1:])[0].mean(0)
+    torch.testing.assert_close(w.alignment[0].double(), want, atol=1e-5, rtol=1e-4)
+    assert w.n_queries == 9 and bool((w.pcorr_entropy.abs() <= 1 + 1e-6).all())
+
+
+def test_partial_corr_equals_correlation_of_residuals():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(400, generator=g, dtype=torch.float64)
+    x = 2 * z + torch.randn(400, generator=g, dtype=torch.float64)
+    y = -z + 0.5 * x + torch.randn(400, generator=g, dtype=torch.float64)
+    c = torch.corrcoef(torch.stack([x, y, z]))
+    design = torch.stack([torch.ones_like(z), z], 1)
+    res = [v - design @ torch.linalg.lstsq(design, v[:, None]).solution[:, 0] for v in (x, y)]
+    want = torch.corrcoef(torch.stack(res))[0, 1]
+    assert float(partial_corr(c[0, 1], c[0, 2], c[1, 2])) == pytest.approx(float(want), rel=1e-9)
+
+
+def test_weighted_alignment_outputs():
+    w = weighted_alignment(tiny_model(), torch.randint(0, 50, (2, 24)), progress=False)
+    assert w.to_dataframe().shape == (2 * 4 * 8, 6) and set(w.summary()) >= {"median_abs_pcorr_entropy"}
+    fig = w.plot()
+    assert all(ax.get_title() and ax.get_xlabel() for ax in fig.axes if ax.get_label() != "<colorbar>")
+    assert "cannot show" in report_section(w)[0]

@@ -16,7 +16,7 @@ iterable of batches (:func:`.inputs.iter_windows`), shows a tqdm bar
 (``progress=False`` hides it) and returns a small dataclass with ``.plot()``.
 """
 
-from .alignment import CausalAlignment, causal_alignment
+from .alignment import CausalAlignment, WeightedAlignment, causal_alignment, weighted_alignment
 from .carrier import CarrierLines, CarrierSurvey, carrier_lines, carrier_survey
 from .harmonics import FFNHarmonics, ffn_harmonics
 from .heads import PositionalHeads, causal_check, positional_heads
@@ -54,6 +54,7 @@ __all__ = [
     "PhaseAlignment",
     "PositionalHeads",
     "SinkChannels",
+    "WeightedAlignment",
     "attention_spectra",
     "band_spectra",
     "carrier_lines",
@@ -75,4 +76,5 @@ __all__ = [
     "rotary_decay",
     "sign_stable",
     "sink_channels",
+    "weighted_alignment",
 ]

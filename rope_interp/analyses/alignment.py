@@ -17,6 +17,10 @@ Conditions: the head's most-used bands (largest mean ``|q_i|·|k_i|`` on the dat
 least-used band, and rotations of the same angle in random 2-planes of the head's query
 (a perturbation of equal size that follows no band).
 
+:func:`weighted_alignment` is the observational companion (ours too): per head and band, the
+attention- and norm-weighted cosine of the q–k band angle over the non-sink keys, correlated
+across queries with sharpness after partialling out ``log(m + 1)``.
+
 What it can show: how much this head's sharpness and the next MLP depend on the phase
 of one band, against equal-sized controls. What it cannot show: why (a shift in a
 high-frequency band also moves the head's preferred offset, which changes sharpness
@@ -41,7 +45,8 @@ from ..hooks import attn_hook, mlp_hook
 from ..interventions import ablate_bands
 from ..spec import RotaryBands
 from ..validate import finite, indices, positive_int
-from .inputs import figure, iter_windows
+from .inputs import figure, heatmap, iter_windows, layer_list, qk_pair_hooks, windows
+from .spectral import _add_sums, corr_from_sums
 
 METRICS = ("entropy", "max_weight", "mlp_norm")
 
@@ -282,7 +287,7 @@ CAN_AND_CANNOT = (
 )
 
 
-def report_section(result: CausalAlignment) -> list:
+def report_section(result: CausalAlignment | WeightedAlignment) -> list:
     """Items for the report page: the can/cannot text, the changes at the largest Δφ, the figure, the table.
 
     >>> import torch
@@ -294,6 +299,17 @@ def report_section(result: CausalAlignment) -> list:
     """
     import matplotlib.pyplot as plt
 
+    if isinstance(result, WeightedAlignment):
+        fig = result.plot()
+        plt.close(fig)
+        s = result.summary()
+        return [
+            f"<p>{html.escape(OBSERVATIONAL_CAN_AND_CANNOT)}</p>",
+            f"<p>{s['n_queries']} queries; median |partial corr| with entropy per layer: "
+            f"{html.escape(str(s['median_abs_pcorr_entropy']))}.</p>",
+            fig,
+            result.to_dataframe().sort_values("pcorr_entropy").head(15),
+        ]
     s = result.summary()
     changes = "; ".join(
         f"{k}: Δentropy {v['d_entropy']:+.3f}, Δmax {v['d_max_weight']:+.3f}, MLP norm {v['d_mlp_norm_pct']:+.2f}%"
@@ -309,3 +325,175 @@ def report_section(result: CausalAlignment) -> list:
         fig,
         result.to_dataframe(),
     ]
+
+
+# ---- the observational version -----------------------------------------------------------------------------
+def partial_corr(r_xy: Tensor, r_xz: Tensor, r_yz: Tensor) -> Tensor:
+    """Correlation of x and y with z partialled out, from the three pairwise correlations.
+
+    >>> import torch
+    >>> float(partial_corr(torch.tensor(0.5), torch.tensor(0.0), torch.tensor(0.0)))
+    0.5
+    """
+    den = ((1 - r_xz.square()) * (1 - r_yz.square())).clamp_min(1e-30).sqrt()
+    return (r_xy - r_xz * r_yz) / den
+
+
+def weighted_band_alignment(
+    q: Float[Tensor, "batch m head band 2"],
+    k: Float[Tensor, "batch n head band 2"],
+    pattern: Float[Tensor, "batch head m n"],
+) -> Float[Tensor, "batch m head band"]:
+    """``Σ_{n>=1} p[m,n] q_i(m)·k_i(n) / Σ_{n>=1} p[m,n] |q_i(m)||k_i(n)|``: the mean cos of band ``i``'s
+    q–k angle, weighted by attention and by norms, the first (sink) key left out. ``k`` per query head.
+
+    >>> import torch
+    >>> q = torch.tensor([[[[[1.0, 0.0]]], [[[1.0, 0.0]]]]])        # [1, 2, 1, 1, 2]
+    >>> k = torch.tensor([[[[[5.0, 5.0]]], [[[0.0, 2.0]]]]])
+    >>> p = torch.tensor([[[[1.0, 0.0], [0.3, 0.7]]]])
+    >>> weighted_band_alignment(q, k, p)[0, 1, 0, 0].item()            # key 1: angle π/2; the sink is ignored
+    0.0
+    """
+    p = pattern.clone()
+    p[..., 0] = 0
+    kbar = torch.einsum("bhmn,bnhic->bmhic", p, k)
+    kn = torch.einsum("bhmn,bnhi->bmhi", p, k.norm(dim=-1))
+    return (q * kbar).sum(-1) / (q.norm(dim=-1) * kn).clamp_min(1e-30)
+
+
+@dataclass
+class WeightedAlignment:
+    """Per layer × head × band: mean weighted alignment and its partial correlations (given log(m+1))
+    across queries with the normalised entropy and with the max weight off the sink."""
+
+    alignment: Float[Tensor, "layer head band"]
+    pcorr_entropy: Float[Tensor, "layer head band"]
+    pcorr_max: Float[Tensor, "layer head band"]
+    layers: list[int]
+    n_queries: int
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        L, H, B = self.alignment.shape
+        idx = torch.cartesian_prod(torch.arange(L), torch.arange(H), torch.arange(B))
+        return pd.DataFrame(
+            {
+                "layer": [self.layers[i] for i in idx[:, 0].tolist()],
+                "head": idx[:, 1].tolist(),
+                "band": idx[:, 2].tolist(),
+                "alignment": self.alignment.flatten().tolist(),
+                "pcorr_entropy": self.pcorr_entropy.flatten().tolist(),
+                "pcorr_max_weight": self.pcorr_max.flatten().tolist(),
+            }
+        )
+
+    def summary(self) -> dict[str, Any]:
+        pe = self.pcorr_entropy.flatten(1).nan_to_num()
+        return {
+            "n_queries": self.n_queries,
+            "median_abs_pcorr_entropy": {
+                layer: round(float(pe[i].abs().median()), 3) for i, layer in enumerate(self.layers)
+            },
+            "share_pcorr_entropy_below_-0.3": {
+                layer: round(float((pe[i] < -0.3).float().mean()), 3) for i, layer in enumerate(self.layers)
+            },
+        }
+
+    def plot(self, layer: int | None = None):
+        i = 0 if layer is None else self.layers.index(layer)
+        fig, axes = figure(2, width=5.5, height=4.2)
+        for ax, v, what in zip(
+            axes, (self.pcorr_entropy, self.pcorr_max), ("entropy", "max weight off sink"), strict=True
+        ):
+            heatmap(
+                ax,
+                v[i],
+                f"L{self.layers[i]}: partial corr(weighted alignment, {what} | log(m+1))",
+                "band (0 = highest frequency)",
+                "head",
+                cmap="coolwarm",
+                vmin=-1,
+                vmax=1,
+            )
+        fig.tight_layout()
+        return fig
+
+
+def weighted_alignment(
+    model: Any,
+    data: Any,
+    *,
+    layers: int | Sequence[int] | None = None,
+    window: int | None = None,
+    skip: int = 1,
+    progress: bool = True,
+) -> WeightedAlignment:
+    """Observational alignment (ours): :func:`weighted_band_alignment` per query ``m >= skip``, correlated
+    across queries with normalised entropy and max weight off the sink, ``log(m + 1)`` partialled out.
+
+    >>> import torch
+    >>> from rope_interp.testing import tiny_model
+    >>> w = weighted_alignment(tiny_model(), torch.randint(0, 50, (1, 16)), progress=False)
+    >>> tuple(w.pcorr_entropy.shape), w.n_queries
+    ((2, 4, 8), 15)
+    """
+    layers = layer_list(model, layers)
+    skip = positive_int("skip", skip, minimum=1)
+    spec = RotaryBands.from_model(model)
+    L, H, B = len(layers), spec.n_heads, spec.n_bands
+    sums = {key: torch.zeros(6, L, H, B, dtype=torch.float64) for key in ("xe", "xm", "xz", "ez", "mz")}
+    mean = torch.zeros(L, H, B, dtype=torch.float64)
+    held: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def on_pair(layer: int, q: Tensor, k: Tensor, qp: Tensor, kp: Tensor) -> None:
+        held[layer] = (q.double(), k[:, :, spec.kv_map.to(k.device)].double())
+
+    def on_pattern(pat: Tensor, hook: Any, layer: int) -> Tensor:
+        q, k = held.pop(layer)
+        p = pat.detach().double()
+        a = weighted_band_alignment(q[:, skip:], k, p[:, :, skip:]).cpu()  # [b, m, h, B]
+        rows = p[:, :, skip:]
+        m = torch.arange(skip, p.shape[-2], dtype=torch.float64, device=p.device)
+        ent = (
+            (-(rows * rows.clamp_min(1e-30).log()).sum(-1) / torch.log(m + 1)).transpose(1, 2).cpu()
+        )  # [b, m, h]
+        mxw = rows[..., 1:].amax(-1).transpose(1, 2).cpu()
+        z = torch.log(m + 1).cpu()[None, :, None].expand_as(ent)
+        i = layers.index(layer)
+        E, M, Z = (t[..., None].expand_as(a) for t in (ent, mxw, z))
+        _add_sums(sums["xe"][:, i], a, E, (0, 1))
+        _add_sums(sums["xm"][:, i], a, M, (0, 1))
+        _add_sums(sums["xz"][:, i], a, Z, (0, 1))
+        _add_sums(sums["ez"][:, i], E, Z, (0, 1))
+        _add_sums(sums["mz"][:, i], M, Z, (0, 1))
+        mean[i] += a.sum((0, 1))
+        return pat
+
+    hooks = qk_pair_hooks(model, layers, on_pair) + [
+        (attn_hook(layer, "pattern"), lambda p, hook, layer=layer: on_pattern(p, hook, layer))
+        for layer in layers
+    ]
+    for tokens in windows(model, data, window, progress, "weighted alignment"):
+        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+            model(tokens, stop_at_layer=max(layers) + 1)
+    n = int(sums["xe"][0, 0, 0, 0])
+    if n == 0:
+        raise ParameterError(f"no query at position >= skip={skip}: pass longer windows")
+    r = {key: corr_from_sums(v) for key, v in sums.items()}
+    return WeightedAlignment(
+        (mean / n).float(),
+        partial_corr(r["xe"], r["xz"], r["ez"]).float(),
+        partial_corr(r["xm"], r["xz"], r["mz"]).float(),
+        layers,
+        n,
+    )
+
+
+OBSERVATIONAL_CAN_AND_CANNOT = (
+    "Our own observational companion to the causal test: per head and band, the cosine of the q-k band angle "
+    "averaged over the non-sink keys with weights attention x |q_i||k_i|, correlated across queries with "
+    "sharpness after partialling out log(m+1). It can show whether queries whose attended keys are better "
+    "aligned in a band are also sharper, position aside. It cannot show cause, and weighting by attention "
+    "ties the alignment to the scores that make the attention, so some correlation is expected by construction."
+)

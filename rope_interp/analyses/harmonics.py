@@ -219,7 +219,7 @@ class FFNHarmonics:
         """Log-log slope of each harmonic's amplitude against ``a`` over the ``n_fit`` smallest amplitudes."""
         return loglog_slope(
             self.a_rel[: self.n_fit], self.amp1[:, STAGES.index(stage), : self.n_fit].movedim(1, -1)
-        )
+        ).float()
 
     def to_dataframe(self):
         import pandas as pd
