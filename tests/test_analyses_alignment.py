@@ -24,7 +24,7 @@ F, M = 3, 7  # filler and marker tokens
 USED, SUPPORT, UNUSED = 6, 7, 3  # two low-frequency bands (θ ≤ 1e-3: rotation over 32 tokens < 0.04 rad)
 
 
-def marker_head(head=0):
+def marker_head(head=0, angle=0.0):
     """Layer 0 head ``head`` attends to the marker token M: score 3 from band 6 plus 4 from band 7, 0 elsewhere.
 
     q is a bias (the same for every query); k is non-zero only for M, whose embedding is orthogonal to F's.
@@ -45,7 +45,10 @@ def marker_head(head=0):
             d0 = int(spec.dims[band, 0])
             a = math.sqrt(score * scale)
             attn.b_Q[head, d0] = a
-            attn._W_K[kv, 1, d0] = a / math.sqrt(d)  # normalised x of M is sqrt(d)·e_1 (RMSNorm, w = 1)
+            d1 = int(spec.dims[band, 1])
+            turn = angle if band == USED else 0.0  # the marker key's USED band sits at `angle` from q
+            attn._W_K[kv, 1, d0] = a * math.cos(turn) / math.sqrt(d)  # normalised x of M is sqrt(d)·e_1
+            attn._W_K[kv, 1, d1] = a * math.sin(turn) / math.sqrt(d)
     toks = torch.full((2, 32), F)
     toks[:, 1] = M
     return model, toks
@@ -169,3 +172,17 @@ def test_weighted_alignment_outputs():
     fig = w.plot()
     assert all(ax.get_title() and ax.get_xlabel() for ax in fig.axes if ax.get_label() != "<colorbar>")
     assert "cannot show" in report_section(w)[0]
+
+
+def test_sharpest_shift_is_the_aligning_shift_for_a_misaligned_band():
+    model, toks = marker_head(angle=2.0)  # clean: band 6 of the marker key 2 rad away from q
+    phases = torch.cat([torch.zeros(1), torch.linspace(-math.pi, math.pi, 25)])
+    r = causal_alignment(
+        model, toks, layer=0, head=0, bands=[USED, UNUSED], phases=phases, n_random=0, progress=False
+    )
+    assert float(r.clean_alignment[USED]) == pytest.approx(math.cos(2.0), abs=0.02)
+    assert float(r.aligning_shift[USED]) == pytest.approx(-2.0, abs=0.05)  # Δφ = −angle(C)
+    assert float(r.sharpest_shift()[0]) == pytest.approx(-2.0, abs=math.pi / 24 + 0.05)  # grid step π/12
+    assert float(r.clean_alignment[UNUSED]) == 0.0
+    s = r.summary()[r.labels[0]]
+    assert s["aligning_shift"] == pytest.approx(-2.0, abs=0.05) and "clean_alignment" in s

@@ -99,6 +99,31 @@ def _plane_hooks(layer: int, head: int, e1: Tensor, e2: Tensor, phi: float) -> l
     return [(attn_hook(layer, "rot_q"), fn)]
 
 
+def complex_band_alignment(
+    q: Float[Tensor, "batch m band 2"],
+    k: Float[Tensor, "batch n band 2"],
+    pattern: Float[Tensor, "batch m n"],
+) -> tuple[Tensor, Tensor]:
+    """``C_i = Σ_m Σ_{n>=1} p[m,n] conj(q_i(m)) k_i(n)`` (bands as complex numbers, sink key left out) and
+    ``D_i = Σ p[m,n] |q_i(m)||k_i(n)|``. ``Re C / D`` is the weighted alignment; shifting the q–k angle by
+    ``Δφ`` turns ``C`` into ``C e^{iΔφ}``, so ``Δφ = −angle(C)`` aligns the band.
+
+    >>> import torch, math
+    >>> q = torch.tensor([[[[1.0, 0.0]]]])                                    # [1, 1 query, 1 band, 2]
+    >>> k = torch.tensor([[[[0.0, 0.0]], [[math.cos(0.5), math.sin(0.5)]]]])  # key 1 at +0.5 rad
+    >>> c, d = complex_band_alignment(q, k, torch.tensor([[[0.0, 1.0]]]))     # the query attends key 1
+    >>> round(float(c.angle()[0]), 3), round(float(c.real[0] / d[0]), 3)
+    (0.5, 0.878)
+    """
+    p = pattern.clone()
+    p[..., 0] = 0
+    zq = torch.complex(q[..., 0], q[..., 1])
+    zk = torch.complex(k[..., 0], k[..., 1])
+    kbar = torch.einsum("bmn,bni->bmi", p.to(zk.dtype), zk)
+    kn = torch.einsum("bmn,bni->bmi", p, zk.abs())
+    return (zq.conj() * kbar).sum((0, 1)), (zq.abs() * kn).sum((0, 1))
+
+
 @dataclass
 class CausalAlignment:
     """Sharpness of one head and its layer's MLP activation norm against the phase shift Δφ.
@@ -116,6 +141,12 @@ class CausalAlignment:
     max_weight: Float[Tensor, "cond phase"]
     mlp_norm: Float[Tensor, "cond phase"]
     n_queries: int
+    clean_alignment: Float[Tensor, " band"] | None = None
+    aligning_shift: Float[Tensor, " band"] | None = None
+
+    def sharpest_shift(self) -> Float[Tensor, " cond"]:
+        """Per condition, the tested Δφ with the lowest normalised entropy."""
+        return self.phases[self.entropy.argmin(-1)]
 
     def to_dataframe(self):
         import pandas as pd
@@ -132,28 +163,46 @@ class CausalAlignment:
         return pd.DataFrame(rows)
 
     def summary(self) -> dict[str, Any]:
-        """Per condition: change of each metric from Δφ = 0 to the largest Δφ (MLP norm in %)."""
+        """Per condition: change of each metric from Δφ = 0 to the last Δφ (MLP norm in %), the sharpest
+        tested Δφ and, for bands, the clean weighted alignment and the shift that would align the band."""
         out: dict[str, Any] = {"layer": self.layer, "head": self.head, "n_queries": self.n_queries}
+        best = self.sharpest_shift()
         for c, label in enumerate(self.labels):
             out[label] = {
                 "d_entropy": round(float(self.entropy[c, -1] - self.entropy[c, 0]), 4),
                 "d_max_weight": round(float(self.max_weight[c, -1] - self.max_weight[c, 0]), 4),
                 "d_mlp_norm_pct": round(float(100 * (self.mlp_norm[c, -1] / self.mlp_norm[c, 0] - 1)), 3),
+                "sharpest_shift": round(float(best[c]), 3),
             }
+            b = self.bands[c]
+            if b is not None and self.clean_alignment is not None and self.aligning_shift is not None:
+                out[label]["clean_alignment"] = round(float(self.clean_alignment[b]), 3)
+                out[label]["aligning_shift"] = round(float(self.aligning_shift[b]), 3)
         return out
 
     def plot(self):
         fig, axes = figure(3, width=4.6, height=4.0)
-        ph = self.phases.numpy()
+        order = torch.argsort(self.phases)
+        ph = self.phases[order].numpy()
         titles = ("normalised entropy H / log(m+1)", "max weight off the sink key", "MLP activation norm")
         for ax, name, title in zip(axes, METRICS, titles, strict=True):
             v = getattr(self, name)
             for c, label in enumerate(self.labels):
-                ax.plot(
-                    ph, v[c].numpy(), "--" if self.bands[c] is None else "-", marker="o", ms=3, label=label
+                (line,) = ax.plot(
+                    ph,
+                    v[c, order].numpy(),
+                    "--" if self.bands[c] is None else "-",
+                    marker="o",
+                    ms=3,
+                    label=label,
                 )
+                b = self.bands[c]
+                if b is not None and self.aligning_shift is not None:
+                    x = float(self.aligning_shift[b])
+                    if ph.min() <= x <= ph.max():
+                        ax.axvline(x, color=line.get_color(), lw=0.8, ls=":")
             ax.set_title(f"L{self.layer} H{self.head}: {title}")
-            ax.set_xlabel("phase shift Δφ of the q–k angle (rad)")
+            ax.set_xlabel("phase shift Δφ of the q–k angle (rad); dotted: aligning shift")
             ax.set_ylabel(name)
         axes[0].legend(fontsize=7)
         fig.tight_layout()
@@ -196,25 +245,43 @@ def causal_alignment(
     finite("phases", ph)
     if ph.ndim != 1 or len(ph) < 2 or float(ph[0]) != 0.0:
         raise ParameterError(f"phases must be a 1-d list starting at 0.0 (the clean run), got {ph.tolist()}")
+    if bool((ph.abs() > math.pi + 1e-6).any()):
+        raise ParameterError(f"phases must lie in [-π, π] radians, got {ph.tolist()}")
     wins = list(iter_windows(model, data, window))
     kv = int(spec.kv_map[head])
 
-    # band usage on the clean run
-    got: dict[str, list[Tensor]] = {"q": [], "k": []}
+    # band usage and the clean alignment of each band on the clean run
+    got: dict[str, Tensor] = {}
     dims = spec.dims.to(adapter.device(model))
+    acc = {"q": [], "k": [], "C": 0.0, "D": 0.0}
 
     def grab(side: str, idx: int):
         def fn(x: Tensor, hook: Any) -> Tensor:
-            got[side].append(x[:, skip:, idx].detach().double()[..., dims])
+            got[side] = x[:, :, idx].detach().double()[..., dims]  # [b, pos, band, 2]
             return x
 
         return fn
 
-    cap = [(attn_hook(layer, "rot_q"), grab("q", head)), (attn_hook(layer, "rot_k"), grab("k", kv))]
+    def on_clean_pattern(p: Tensor, hook: Any) -> Tensor:
+        q, k = got.pop("q"), got.pop("k")
+        acc["q"].append(q[:, skip:])
+        acc["k"].append(k[:, skip:])
+        c, d = complex_band_alignment(q[:, skip:], k, p[:, head, skip:].detach().double())
+        acc["C"], acc["D"] = acc["C"] + c, acc["D"] + d
+        return p
+
+    cap = [
+        (attn_hook(layer, "rot_q"), grab("q", head)),
+        (attn_hook(layer, "rot_k"), grab("k", kv)),
+        (attn_hook(layer, "pattern"), on_clean_pattern),
+    ]
     for tokens in wins:
         with torch.no_grad(), model.hooks(fwd_hooks=cap):
             model(tokens, stop_at_layer=layer + 1)
-    usage = band_usage(torch.cat(got["q"], 1), torch.cat(got["k"], 1)).cpu()
+    usage = band_usage(torch.cat(acc["q"], 1), torch.cat(acc["k"], 1)).cpu()
+    C = torch.as_tensor(acc["C"]).cpu()
+    clean = (C.real / torch.as_tensor(acc["D"]).cpu().clamp_min(1e-30)).float()
+    aligning = (-C.angle()).float()
     if bands is None:
         order = torch.argsort(usage, descending=True).tolist()
         n_used = positive_int("n_used", n_used)
@@ -274,7 +341,9 @@ def causal_alignment(
     if n_q == 0:
         raise ParameterError(f"no query at position >= skip={skip}: pass longer windows")
     v = (sums / n_q).float()
-    return CausalAlignment(layer, head, ph.float(), labels, conds, usage.float(), v[0], v[1], v[2], n_q)
+    return CausalAlignment(
+        layer, head, ph.float(), labels, conds, usage.float(), v[0], v[1], v[2], n_q, clean, aligning
+    )
 
 
 CAN_AND_CANNOT = (

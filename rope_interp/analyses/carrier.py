@@ -39,7 +39,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .. import adapter
-from ..errors import ParameterError
+from ..errors import ParameterError, RopeInterpError
 from ..hooks import attn_hook
 from ..spec import RotaryBands
 from ..validate import finite, positive_int
@@ -234,6 +234,11 @@ def carrier_lines(
     >>> tuple(c.ratio_sink.shape), c.summary()["sink_checked"] > 0
     ((2, 4, 8), True)
     """
+    if adapter.is_bridge(model):
+        raise RopeInterpError(
+            "carrier_lines reads ln2.hook_normalized of a HookedTransformer: load the model with "
+            "rope_interp.load_model(..., bridge=False)"
+        )
     layers = layer_list(model, layers)
     skip = positive_int("skip", skip, minimum=1)
     finite("threshold", threshold)
