@@ -13,6 +13,11 @@ key under grouped-query attention. Measured, over queries ``m >= skip``:
 * ``max_weight``: the largest weight on a key other than the first (sink) key;
 * ``mlp_norm``: the mean norm of layer ``L``'s MLP activation (``hook_post``), downstream.
 
+The claim's prediction is sharpest at the **aligning shift** ``Δφ = −angle(C_i)``, with
+``C_i = Σ p[m,n] conj(q_i(m)) k_i(n)`` over the clean run (sink key left out): for a band
+already aligned that is 0 and sharpness falls with ``|Δφ|``; pass ``phases`` over ``[−π, π]``
+to locate it for a band that is not.
+
 Conditions: the head's most-used bands (largest mean ``|q_i|·|k_i|`` on the data), its
 least-used band, and rotations of the same angle in random 2-planes of the head's query
 (a perturbation of equal size that follows no band).
@@ -349,10 +354,12 @@ def causal_alignment(
 CAN_AND_CANNOT = (
     "Ruscio et al. v1/v2's alignment claim (phase alignment sharpens attention and amplifies activations; "
     "dropped in v3/v4), tested causally (our experiment): one band of one head has its q-k angle shifted by "
-    "Δφ in [0, π] at every query-key pair, against its least-used band and a rotation of equal angle in a random "
-    "plane. It can show how much the head's sharpness (entropy / log(m+1), max weight off the sink) and the next "
-    "MLP's activation norm depend on that band's phase. It cannot show why: a shift in a high-frequency band "
-    "also moves the offset the head prefers, which changes sharpness without any alignment story."
+    "Δφ at every query-key pair, against its least-used band and a rotation of equal angle in a random plane. "
+    "The claim predicts the sharpest Δφ to be the one that aligns the band (Δφ = −angle of the attention- and "
+    "norm-weighted q-k band product, dotted in the figure). It can show how much the head's sharpness "
+    "(entropy / log(m+1), max weight off the sink) and the next MLP's activation norm depend on that band's "
+    "phase. It cannot show why: a shift in a high-frequency band also moves the offset the head prefers, "
+    "which changes sharpness without any alignment story."
 )
 
 
@@ -381,7 +388,13 @@ def report_section(result: CausalAlignment | WeightedAlignment) -> list:
         ]
     s = result.summary()
     changes = "; ".join(
-        f"{k}: Δentropy {v['d_entropy']:+.3f}, Δmax {v['d_max_weight']:+.3f}, MLP norm {v['d_mlp_norm_pct']:+.2f}%"
+        f"{k}: Δentropy {v['d_entropy']:+.3f}, Δmax {v['d_max_weight']:+.3f}, MLP norm {v['d_mlp_norm_pct']:+.2f}%, "
+        f"sharpest at Δφ = {v['sharpest_shift']:+.2f}"
+        + (
+            f" (clean alignment {v['clean_alignment']:+.2f}, aligning shift {v['aligning_shift']:+.2f})"
+            if "aligning_shift" in v
+            else ""
+        )
         for k, v in s.items()
         if isinstance(v, dict)
     )
