@@ -139,3 +139,19 @@ def test_nonlinearity_of_a_cosine_has_harmonics(fn, present, absent):
 def test_relu_without_bias_has_no_odd_harmonics():
     h = nonlinearity_harmonics("relu", bias=0.0, harmonics=4)
     assert float(h.share[1]) > 1e-3 and float(h.share[2]) < 1e-12  # relu(cos) = 1/pi + cos/2 + even terms
+
+
+def test_every_spectral_measure_names_its_paper_version_or_says_ours():
+    from rope_interp.analyses import spectral
+    from rope_interp.errors import ParameterError
+
+    assert set(spectral.PROVENANCE) == {"band_spectra", "attention_spectra", "mlp_spectra", "phase_alignment"}
+    for name, p in spectral.PROVENANCE.items():
+        assert "ours" in p["follows"] or "v3/v4" in p["follows"] or "v1/v2" in p["follows"], name
+        assert p["can"] and p["cannot"]
+        assert "cannot" in spectral.provenance_html(name)
+    # the two old measures that do not test the v1/v2 claims say so where a user reads them
+    assert "not a test" in mlp_spectra.__doc__ + spectral.MLPSpectra.__doc__
+    assert "Ours" in phase_alignment.__doc__ and "causal_alignment" in phase_alignment.__doc__
+    with pytest.raises(ParameterError, match="known measures"):
+        spectral.provenance_html("wavelets")

@@ -6,6 +6,9 @@
 * :mod:`.offsets` — rotary offset features (Jonasson) against our frequency bound.
 * :mod:`.massive` — massive values (Jin et al.) and their mean-ablation vs a matched control.
 * :mod:`.spectral` — spectra of band trajectories, attention rows, MLP activations; phase alignment (Ruscio et al.).
+* :mod:`.carrier` — θ_i lines in the sink attention and the MLP input (ours; precondition of Ruscio v1/v2).
+* :mod:`.harmonics` — harmonic generation in the real FFN under a synthetic rotating drive (Ruscio v1/v2 claim).
+* :mod:`.alignment` — phase alignment, causally: shift one band of one head by Δφ (Ruscio v1/v2 claim).
 * :mod:`.synthetic` — the papers' constructions checked numerically.
 
 Every analysis takes ``(model, data, ...)`` where ``data`` is text, token ids or an
@@ -18,6 +21,9 @@ its module, listed in :mod:`.catalog`) that the CLI and the report loop over; se
 :mod:`rope_interp.registry`.
 """
 
+from .alignment import CausalAlignment, WeightedAlignment, causal_alignment, weighted_alignment
+from .carrier import CarrierLines, CarrierSurvey, carrier_lines, carrier_survey
+from .harmonics import FFNHarmonics, ffn_harmonics
 from .heads import PositionalHeads, causal_check, positional_heads
 from .inputs import EmptyInputError, iter_windows
 from .massive import MassiveAblation, MassiveValues, MeanAblateDims, massive_ablation, massive_values
@@ -38,8 +44,12 @@ from .usage import FrequencyUsage, frequency_usage
 
 __all__ = [
     "AttentionSpectra",
+    "CarrierLines",
+    "CausalAlignment",
+    "CarrierSurvey",
     "BandSpectra",
     "EmptyInputError",
+    "FFNHarmonics",
     "FrequencyUsage",
     "MLPSpectra",
     "MassiveAblation",
@@ -49,10 +59,15 @@ __all__ = [
     "PhaseAlignment",
     "PositionalHeads",
     "SinkChannels",
+    "WeightedAlignment",
     "attention_spectra",
     "band_spectra",
+    "carrier_lines",
+    "carrier_survey",
+    "causal_alignment",
     "causal_check",
     "diagonal_head_sharpness",
+    "ffn_harmonics",
     "frequency_usage",
     "iter_windows",
     "massive_ablation",
@@ -66,4 +81,5 @@ __all__ = [
     "rotary_decay",
     "sign_stable",
     "sink_channels",
+    "weighted_alignment",
 ]

@@ -1,26 +1,42 @@
-"""Spectral analysis (Ruscio et al., "Beyond position: how rotary embeddings shape representations and memory").
+"""Spectra over positions: band trajectories, attention rows, MLP activations; an observational phase alignment.
 
-Four measures, each streamed over windows with memory independent of the token count:
+arXiv 2410.18067 (Ruscio et al.) is two papers under one ID (``/work/shared/SCIENCE.md``):
+**v1/v2** (Oct 2024, "Beyond position: how rotary embeddings shape representations and
+memory") claim that FFN nonlinearities make harmonics of RoPE's oscillations and that q–k
+phase alignment sharpens attention, for a model that rotates the token embedding itself;
+**v3/v4** (ACL 2025, "Beyond Position: the emergence of wavelet-like properties in
+Transformers") drop both claims and measure attention heads as wavelets. Each measure
+below says which it follows, or that it is ours, and what it can and cannot show
+(:data:`PROVENANCE`). The faithful tests of the v1/v2 claims live in :mod:`.carrier`,
+:mod:`.harmonics` and :mod:`.alignment`.
 
-* :func:`band_spectra` — PSD over positions of each band's post-RoPE q/k trajectory
-  ``x0 + i·x1`` (Hann window, zero padding). A band whose pre-rotation vector is
-  steady shows a peak at its own frequency ``θ_i``.
-* :func:`attention_spectra` — PSD of attention rows over key positions; energy in
-  the low (0–0.25), mid (0.25–0.75) and high (0.75–1) fractions of Nyquist; the
-  positional entropy ``H_p`` of the row and the spectral entropy ``H_s`` of its
-  PSD, and their correlation per head (Ruscio et al. report ρ between −0.42 and −0.74).
-* :func:`mlp_spectra` — PSD over positions of MLP pre/post activations (mean over
-  neurons of the per-neuron PSD) and harmonic detection: the power at ``k·θ_i``
-  over the local median, for the bands whose frequency the window resolves.
-* :func:`phase_alignment` — per band, the cos of the q–k angle averaged over the
-  causal keys of each query, correlated across queries with the attention
-  entropy and the max attention weight.
+* :func:`band_spectra` — **ours** (a sanity check): PSD over positions of each band's
+  post-RoPE q/k trajectory ``x0 + i·x1`` (Hann window, zero padding). A band whose
+  pre-rotation vector is steady peaks at its own ``θ_i`` — true by construction, so it
+  shows RoPE is wired as expected and nothing about either paper's claims.
+* :func:`attention_spectra` — **v3/v4** style: PSD (Hann) of attention rows over key
+  positions; energy in the low (0–0.25), mid (0.25–0.75) and high (0.75–1) fractions of
+  Nyquist (these cut points are ours; the paper's split is not verified here); positional
+  entropy ``H_p`` vs spectral entropy ``H_s`` and their correlation (the paper reports ρ
+  between −0.42 and −0.74; not verified by us).
+* :func:`mlp_spectra` — **ours**, kept for the report; *not* a test of v1/v2's harmonic
+  claim. PSD of MLP pre/post activations over natural text and power at ``k·θ_i`` over the
+  local median. In a Llama-style model no θ_i carrier enters the MLP on text (see
+  :mod:`.carrier`), so a missing "harmonic" mostly reports a missing fundamental; pre and
+  post are tested separately rather than as generation; the first-position massive
+  activation raises the floor. Use :func:`.harmonics.ffn_harmonics` for the claim.
+* :func:`phase_alignment` — **ours**, kept for the report; *not* a test of v1/v2's alignment
+  claim: an unweighted mean over all causal keys of ``cos`` of the q–k band angle (no norms,
+  sink included) correlated with raw entropy and max weight across queries. Both sides
+  depend on absolute position, the sink dominates the max weight and ignored keys dominate
+  the mean, so a correlation near 0 says little. Use :func:`.alignment.causal_alignment`.
 
 PSD bins are in radians per token ``2πf/nfft``.
 """
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,11 +47,52 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .. import adapter
+from ..errors import ParameterError
 from ..hooks import attn_hook, mlp_hook
 from ..spec import RotaryBands
 from .inputs import figure, heatmap, layer_list, prefix_mean, qk_pair_hooks, windows
 
 THIRDS = ((0.0, 0.25), (0.25, 0.75), (0.75, 1.0 + 1e-9))
+
+PROVENANCE: dict[str, dict[str, str]] = {
+    "band_spectra": {
+        "follows": "ours (sanity check)",
+        "can": "show each band's post-RoPE trajectory peaks at θ_i, i.e. RoPE is applied as the spec says",
+        "cannot": "say anything about harmonics, alignment or wavelets: the peak is there by construction",
+    },
+    "attention_spectra": {
+        "follows": "arXiv 2410.18067 v3/v4 (ACL 2025), with our own 0.25/0.75-of-Nyquist cut points",
+        "can": "show how attention-row energy splits over frequency per layer/head and how H_p and H_s co-vary",
+        "cannot": "show wavelet-like multi-resolution processing by itself, nor reproduce the paper's exact numbers",
+    },
+    "mlp_spectra": {
+        "follows": "ours; not the v1/v2 harmonic test (see carrier_survey, ffn_harmonics)",
+        "can": "show whether MLP activations over text have power at k·θ_i above the local median",
+        "cannot": "test harmonic generation: on text no θ_i carrier enters the MLP of a Llama-style model",
+    },
+    "phase_alignment": {
+        "follows": "ours; not the v1/v2 alignment test (see causal_alignment)",
+        "can": "show an unweighted q-k band-angle cosine and its correlation with sharpness across queries",
+        "cannot": "show that alignment sharpens attention: position confounds both sides, the sink and ignored keys "
+        "dominate, and correlation is not cause",
+    },
+}
+"""Which paper version each measure here follows (or that it is ours), and what it can and cannot show."""
+
+
+def provenance_html(name: str) -> str:
+    """One HTML paragraph for the report: which version ``name`` follows, what it can and cannot show.
+
+    >>> provenance_html("phase_alignment")[:60]
+    '<p><b>phase_alignment</b> follows: ours; not the v1/v2 align'
+    """
+    if name not in PROVENANCE:
+        raise ParameterError(f"no provenance for {name!r}; known measures: {sorted(PROVENANCE)}")
+    p = PROVENANCE[name]
+    return (
+        f"<p><b>{html.escape(name)}</b> follows: {html.escape(p['follows'])}. It can {html.escape(p['can'])}; "
+        f"it cannot {html.escape(p['cannot'])}.</p>"
+    )
 
 
 def _nfft(n: int) -> int:
@@ -153,7 +210,7 @@ def band_spectra(
     nfft: int | None = None,
     progress: bool = True,
 ) -> BandSpectra:
-    """PSD over positions of each band's complex trajectory ``x0 + i x1`` (post-RoPE q and k).
+    """PSD over positions of each band's complex trajectory ``x0 + i x1`` (post-RoPE q and k). Ours: a sanity check.
 
     >>> import torch
     >>> from rope_interp.testing import tiny_model
@@ -277,6 +334,8 @@ def attention_spectra(
 ) -> AttentionSpectra:
     """Energy split and entropies of attention-row spectra for every ``row_stride``-th query ``>= min_row``.
 
+    Follows Ruscio et al. v3/v4 (ACL 2025) with our own cut points (see :data:`PROVENANCE`).
+
     >>> import torch
     >>> from rope_interp.testing import tiny_model
     >>> a = attention_spectra(tiny_model(), torch.randint(0, 50, (1, 40)), min_row=8, progress=False)
@@ -321,7 +380,10 @@ def attention_spectra(
 # ---- MLP activations ------------------------------------------------------------------------------------
 @dataclass
 class MLPSpectra:
-    """Mean per-neuron PSD of MLP pre/post activations ``[layer, 2 (pre, post), freq]`` (one-sided, 0..π)."""
+    """Mean per-neuron PSD of MLP pre/post activations ``[layer, 2 (pre, post), freq]`` (one-sided, 0..π).
+
+    Our own measure, not a test of Ruscio et al. v1/v2's harmonic claim: see :data:`PROVENANCE`.
+    """
 
     psd: Float[Tensor, "layer site freq"]
     theta: Float[Tensor, "layer band"]
@@ -377,7 +439,7 @@ class MLPSpectra:
         for th in self.theta[i].tolist():
             if th * self.window_len >= 2 * math.pi * self.min_cycles and th <= math.pi:
                 ax.axvline(th, color="grey", lw=0.4)
-        ax.set_title(f"layer {self.layers[i]}: mean neuron PSD (grey: band frequencies θ_i)")
+        ax.set_title(f"layer {self.layers[i]}: mean neuron PSD on text (ours; grey: θ_i)")
         ax.set_xlabel("frequency (rad/token)")
         ax.set_ylabel("power")
         ax.legend()
@@ -396,6 +458,8 @@ def mlp_spectra(
     progress: bool = True,
 ) -> MLPSpectra:
     """Mean PSD over neurons of MLP pre/post activations (each neuron's mean over positions removed).
+
+    Ours; on text it mostly reports that no θ_i fundamental reaches the MLP (see :data:`PROVENANCE`).
 
     >>> import torch
     >>> from rope_interp.testing import tiny_model
@@ -444,7 +508,12 @@ def mlp_spectra(
 @dataclass
 class PhaseAlignment:
     """Per layer × head × band: mean q–k phase alignment and its correlation over queries with
-    the attention entropy and max weight."""
+    the attention entropy and max weight.
+
+    Our own observational measure, not a test of Ruscio et al. v1/v2's alignment claim (position
+    confounds both sides; the sink and ignored keys dominate): see :data:`PROVENANCE` and
+    :func:`rope_interp.analyses.causal_alignment`.
+    """
 
     alignment: Float[Tensor, "layer head band"]
     corr_entropy: Float[Tensor, "layer head band"]
@@ -473,7 +542,7 @@ class PhaseAlignment:
         heatmap(
             axes[0],
             self.corr_entropy.mean(1),
-            "corr(alignment, entropy), head mean",
+            "corr(alignment, entropy), head mean (ours, observational)",
             "band (0 = highest frequency)",
             "layer position",
             cmap="coolwarm",
@@ -483,7 +552,7 @@ class PhaseAlignment:
         heatmap(
             axes[1],
             self.corr_max.mean(1),
-            "corr(alignment, max weight), head mean",
+            "corr(alignment, max weight), head mean (ours, observational)",
             "band (0 = highest frequency)",
             "layer position",
             cmap="coolwarm",
@@ -504,6 +573,8 @@ def phase_alignment(
     progress: bool = True,
 ) -> PhaseAlignment:
     """Per band ``mean_n cos(angle(q_i(m)) − angle(k_i(n)))`` over causal keys, vs attention sharpness.
+
+    Ours and observational (see :data:`PROVENANCE`); the causal test is :func:`.alignment.causal_alignment`.
 
     >>> import torch
     >>> from rope_interp.testing import tiny_model

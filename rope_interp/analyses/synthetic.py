@@ -6,8 +6,10 @@
 * :func:`diagonal_head_sharpness` — their Thm 5.3 construction: ``q = k = ψ`` in a
   single band ``g`` gives scores ``‖ψ‖² cos((n − m) θ_g)``, maximal at ``n = m``; the
   higher the frequency, the sharper the diagonal.
-* :func:`nonlinearity_harmonics` — Ruscio et al.: a pointwise nonlinearity of
-  ``a·cos(θm) + b`` has energy at ``2θ, 3θ, …`` (a linear map has none).
+* :func:`nonlinearity_harmonics` — the mechanism behind Ruscio et al.'s harmonic claim
+  (arXiv 2410.18067 v1/v2 only; v3/v4 drop it): a pointwise nonlinearity of
+  ``a·cos(θm) + b`` has energy at ``2θ, 3θ, …`` (a linear map has none). The same test
+  on the model's own FFN is :func:`rope_interp.analyses.ffn_harmonics`.
 """
 
 from __future__ import annotations
