@@ -7,6 +7,7 @@
 * :mod:`.massive` — massive values (Jin et al.) and their mean-ablation vs a matched control.
 * :mod:`.spectral` — spectra of band trajectories, attention rows, MLP activations; phase alignment (Ruscio et al.).
 * :mod:`.synthetic` — the papers' constructions checked numerically.
+* :mod:`.induction` — induction heads, their circuit through the bands, frequency entropy of band q norms.
 
 Every analysis takes ``(model, data, ...)`` where ``data`` is text, token ids or an
 iterable of batches (:func:`.inputs.iter_windows`), shows a tqdm bar
@@ -14,6 +15,14 @@ iterable of batches (:func:`.inputs.iter_windows`), shows a tqdm bar
 """
 
 from .heads import PositionalHeads, causal_check, positional_heads
+from .induction import (
+    FrequencyEntropy,
+    InductionCircuit,
+    InductionHeads,
+    frequency_entropy,
+    induction_circuit,
+    induction_heads,
+)
 from .inputs import EmptyInputError, iter_windows
 from .massive import MassiveAblation, MassiveValues, MeanAblateDims, massive_ablation, massive_values
 from .offsets import OffsetFeatures, offset_features, predicted_bands, sign_stable
@@ -35,7 +44,10 @@ __all__ = [
     "AttentionSpectra",
     "BandSpectra",
     "EmptyInputError",
+    "FrequencyEntropy",
     "FrequencyUsage",
+    "InductionCircuit",
+    "InductionHeads",
     "MLPSpectra",
     "MassiveAblation",
     "MassiveValues",
@@ -48,7 +60,10 @@ __all__ = [
     "band_spectra",
     "causal_check",
     "diagonal_head_sharpness",
+    "frequency_entropy",
     "frequency_usage",
+    "induction_circuit",
+    "induction_heads",
     "iter_windows",
     "massive_ablation",
     "massive_values",
