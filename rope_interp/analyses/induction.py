@@ -394,12 +394,17 @@ class InductionCircuit:
         return self.rows[0]
 
     def to_dataframe(self):
-        """One row per condition; ``delta_repeat_loss`` is against the unablated model."""
+        """One row per condition; the deltas are against the unablated model.
+
+        ``delta_first_half_loss`` is the damage where nothing can be copied: an ablation
+        that hurts copying in particular raises ``delta_repeat_loss`` well above it.
+        """
         import pandas as pd
 
         df = pd.DataFrame(self.rows)
         base = self.baseline()
         df["delta_repeat_loss"] = df["repeat_loss"] - base["repeat_loss"]
+        df["delta_first_half_loss"] = df["first_half_loss"] - base["first_half_loss"]
         df["score_survival"] = df["induction_score"] / base["induction_score"]
         return df
 
@@ -804,6 +809,7 @@ def frequency_entropy(
     layers = layer_list(model, layers)
     start_pos = positive_int("start_pos", start_pos, minimum=0)
     n_control = positive_int("n_control", n_control, minimum=0)
+    ablation_windows = positive_int("ablation_windows", ablation_windows)
     spec = RotaryBands.from_model(model)
     if ablate_k is not None:
         ablate_k = positive_int("ablate_k", ablate_k)
