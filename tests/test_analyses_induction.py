@@ -323,3 +323,15 @@ def test_smol_induction_heads(smol):
     found = [(layer, h) for layer, h, _ in r.found()]
     assert (18, 6) in found and (17, 3) in found
     assert r.scores[18, 6] > 0.5 and r.scores[17, 3] > 0.5
+    # L18H6's QK margin lives in the lowest-frequency bands: dropping the 8 lowest band terms from its
+    # scores (exact decomposition, this head only) kills its induction attention, the 8 highest do not
+    n = r.n
+    bs = band_scores(smol, r.tokens, 18, heads=[6])
+    q = torch.arange(n + 1, 2 * n + 1)
+
+    def score(drop):
+        return float(bs.pattern(drop=drop)[:, 0, q, q - n + 1].mean())
+
+    assert score([]) == pytest.approx(float(r.scores[18, 6]), abs=1e-3)
+    assert score(list(range(24, 32))) < 0.2 < 0.7 < score(list(range(8)))
+    assert r.shares()[0][r.layers.index(18), 6, 16:].sum() > 0.9
