@@ -3,7 +3,7 @@
 Three measurements, each a function returning a small result dataclass:
 
 * :func:`induction_heads` — the standard repeated-random-tokens test (Olsson et al.,
-  "In-context Learning and Induction Heads", 2022; the TransformerLens tutorial's
+  "In-context Learning and Induction Heads", 2022; the ARENA / TransformerLens induction tutorial's
   score): a batch of ``[BOS, t_1..t_n, t_1..t_n]`` sequences. A query at position
   ``p`` of the repeat (``p = n+1+i``) should attend to the token *after* the previous
   occurrence of its token, key ``p − n + 1`` — a fixed offset ``n − 1``. The score of a
@@ -429,8 +429,14 @@ class InductionCircuit:
         """Repeat loss and mean induction score per condition."""
         df = self.to_dataframe()
         fig, axes = figure(2, width=7.0, height=5.0)
-        colors = {"none": "grey", "induction heads": "tab:green", "previous-token heads": "tab:orange"}
-        c = [colors.get(g, "tab:red" if "massive" in g else "tab:blue") for g in df["group"]]
+        colors = {
+            "none": "grey",
+            "induction heads": "tab:green",
+            "previous-token heads": "tab:orange",
+            "massive dims (Jin)": "tab:red",
+            "massive control": "tab:blue",
+        }
+        c = [colors.get(g, "tab:purple") for g in df["group"]]
         for ax, col, label in (
             (axes[0], "repeat_loss", "mean next-token loss on the repeat (nats)"),
             (axes[1], "induction_score", "mean induction score of the top induction heads"),
@@ -714,7 +720,7 @@ class FrequencyEntropy:
         axes[1].legend(fontsize=7)
         if self.ablation:
             df = self.ablation_dataframe()
-            axes[2].barh(range(len(df)), df["loss"], color=["grey"] + ["tab:red", "tab:blue"] * len(df))
+            axes[2].barh(range(len(df)), df["loss"], color=[_cond_color(c) for c in df["condition"]])
             axes[2].set_yticks(range(len(df)), list(df["condition"]))
             axes[2].tick_params(axis="y", labelsize=7)
             axes[2].invert_yaxis()
@@ -727,6 +733,12 @@ class FrequencyEntropy:
         )
         fig.tight_layout()
         return fig
+
+
+def _cond_color(condition: str) -> str:
+    return (
+        "grey" if condition == "unablated" else "tab:blue" if condition.startswith("control") else "tab:red"
+    )
 
 
 def extreme_entries(entropy: Tensor, k: int, lowest: bool) -> list[tuple[int, int, int]]:
