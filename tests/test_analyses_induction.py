@@ -257,6 +257,29 @@ def test_frequency_entropy_matches_direct_computation():
         want = -(p * p.log()).sum(0) / math.log(psd.shape[0])
         torch.testing.assert_close(fe.entropy[layer], want.float(), atol=1e-5, rtol=1e-5)
     assert fe.seq_len == 40 and fe.n_tokens == 120
+    period, share = fe.peak()
+    assert ((period >= 39 / 19) & (period <= 39) & (share > 0) & (share <= 1)).all()
+
+
+def test_peak_of_a_tone_in_the_model_pipeline():
+    """A tone planted in the q norm of one band is found at its period with entropy ~0 (a pure-tone check end to end)."""
+    model = tiny_model(n_ctx=128)
+    spec = RotaryBands.from_model(model)
+    n = 65  # 64 positions after BOS: period 8 is bin 8 exactly
+    amp = 2.0 + torch.cos(2 * math.pi * torch.arange(n) / 8)
+
+    def plant(q, hook):
+        q = q.clone()
+        d0, d1 = spec.dims[3]
+        q[:, :, 1, d0], q[:, :, 1, d1] = amp, 0.0  # band 3 of head 1: norm = amp(m)
+        return q
+
+    with model.hooks(fwd_hooks=[("blocks.0.attn.hook_rot_q", plant)]):
+        fe = frequency_entropy(model, torch.randint(0, 50, (2, n)), layers=[0], ablate_k=None, progress=False)
+    period, share = fe.peak()
+    assert float(fe.entropy[0, 1, 3]) < 1e-6 and float(period[0, 1, 3]) == pytest.approx(8.0)
+    assert float(share[0, 1, 3]) == pytest.approx(1.0)
+    assert fe.entropy[0, 1, 3] < fe.entropy[0].nan_to_num(1).flatten().sort().values[1]  # the single minimum
 
 
 def test_frequency_entropy_skips_and_counts_a_short_window():

@@ -662,17 +662,36 @@ class FrequencyEntropy:
     layers: list[int]
     seq_len: int
     n_tokens: int
+    start_pos: int = 1
     n_skipped_windows: int = 0
     ablation: list[dict] = field(default_factory=list)
     extremes: dict = field(default_factory=dict)
 
+    def peak(self) -> tuple[Float[Tensor, "layer head band"], Float[Tensor, "layer head band"]]:
+        """Period in tokens of each spectrum's strongest bin, and that bin's share of the power.
+
+        A peak period near the window length is a slow drift, not a tone.
+        """
+        n_pos = self.seq_len - self.start_pos
+        tot = self.psd.sum(-1)
+        share, j = (self.psd / torch.where(tot > 0, tot, torch.ones_like(tot))[..., None]).max(-1)
+        return n_pos / (j + 1).float(), share
+
     def to_dataframe(self):
-        """One row per (layer, head, band): entropy."""
+        """One row per (layer, head, band): entropy, period of the spectral peak and its power share."""
         import pandas as pd
 
         L, H, B = self.entropy.shape
+        period, share = self.peak()
         rows = [
-            {"layer": self.layers[i], "head": h, "band": b, "entropy": float(self.entropy[i, h, b])}
+            {
+                "layer": self.layers[i],
+                "head": h,
+                "band": b,
+                "entropy": float(self.entropy[i, h, b]),
+                "peak_period_tokens": float(period[i, h, b]),
+                "peak_power_share": float(share[i, h, b]),
+            }
             for i in range(L)
             for h in range(H)
             for b in range(B)
@@ -858,7 +877,9 @@ def frequency_entropy(
         if len(cache) < ablation_windows:
             cache.append(tokens)
     psd = torch.stack([acc[layer].cpu() for layer in layers]).float()
-    result = FrequencyEntropy(spectral_entropy(psd).float(), psd, layers, seq_len[0], n_tok, skipped)
+    result = FrequencyEntropy(
+        spectral_entropy(psd).float(), psd, layers, seq_len[0], n_tok, start_pos, skipped
+    )
     if ablate_k is None:
         return result
     H, B = spec.n_heads, spec.n_bands
@@ -976,8 +997,10 @@ def report_section(result: InductionHeads | InductionCircuit | FrequencyEntropy)
                 f"tone, about 0.9 = white noise. Mean {s['mean_entropy']}, minimum {s['min_entropy']}."
             ),
             _p(
-                "Can show: where a band's query energy is periodic in position (low entropy) rather than "
-                "content-driven. Cannot show: what the periodicity is for; the norm ignores the band's phase, so it "
+                "Can show: where a band's query energy is concentrated in few frequencies over position (low "
+                "entropy) rather than spread like content-driven noise. Cannot show: that low entropy is a periodic "
+                "tone (a slow drift over the window also piles power into the first bins: read the spectrum), what "
+                "it is for; the norm ignores the band's phase, so it "
                 "is blind to the rotation itself; on short windows the frequency resolution is coarse. The ablation "
                 "zeroes the extreme entries in q against heads of the same layer and band (matched frequency), "
                 "measured on a few windows only."
