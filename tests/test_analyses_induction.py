@@ -202,7 +202,7 @@ def test_circuit_massive_dims_and_controls_on_a_random_model():
     c = induction_circuit(model, r, top=2, k=2, lam=2.0, n_control=2, previous_threshold=0.0, progress=False)
     groups = [row["group"] for row in c.rows]
     assert groups.count("massive dims (Jin)") == 1 and groups.count("massive control") == 2
-    assert c.n_massive_dims > 0
+    assert c.n_massive_dims > 0 and sum(c.massive_per_band) == c.n_massive_dims
     assert all(math.isfinite(row["repeat_loss"]) for row in c.rows)
     with pytest.raises(ParameterError, match="k <= 4"):
         induction_circuit(model, r, k=5, progress=False)

@@ -380,6 +380,7 @@ class InductionCircuit:
     ``repeat_loss`` (mean next-token loss predicting repeat tokens 2..n),
     ``first_half_loss`` (the same for the random first half: nothing to copy),
     ``induction_score`` (mean over ``induction`` heads).
+    ``massive_per_band``: massive q/k (layer, head, dim) entries per band (last slot: pass-through dims).
     """
 
     rows: list[dict]
@@ -389,6 +390,7 @@ class InductionCircuit:
     n_bands: int
     n: int
     n_massive_dims: int
+    massive_per_band: list[int] = field(default_factory=list)
 
     def baseline(self) -> dict:
         return self.rows[0]
@@ -415,6 +417,7 @@ class InductionCircuit:
             k=self.k,
             n_bands=self.n_bands,
             n_massive_dims=self.n_massive_dims,
+            massive_dims_per_band=self.massive_per_band,
             conditions={
                 r["condition"]: dict(
                     repeat_loss=round(r["repeat_loss"], 4),
@@ -565,7 +568,8 @@ def induction_circuit(
     for group, cond, hooks in tqdm(conditions, desc="induction circuit", disable=not progress, leave=False):
         rl, fl, sc = _measure(model, tokens, n, ind, hooks)
         rows.append(dict(group=group, condition=cond, repeat_loss=rl, first_half_loss=fl, induction_score=sc))
-    return InductionCircuit(rows, ind, prev, k, spec.n_bands, n, n_dims)
+    per_band = (mv.band_counts("q") + mv.band_counts("k")).tolist()  # last slot: pass-through dims
+    return InductionCircuit(rows, ind, prev, k, spec.n_bands, n, n_dims, per_band)
 
 
 def _group(pairs: Sequence[tuple[int, int]]) -> dict[int, list[int]]:
@@ -925,6 +929,14 @@ def _p(text: str) -> str:
     return f"<p>{html.escape(text)}</p>"
 
 
+def _massive_bands_text(c: InductionCircuit) -> str:
+    counts = c.massive_per_band[: c.n_bands]
+    if not sum(counts):
+        return ""
+    top = sorted(range(len(counts)), key=lambda b: -counts[b])[:3]
+    return "; most massive dims sit in bands " + ", ".join(f"{b} ({counts[b]})" for b in top if counts[b])
+
+
 def report_section(result: InductionHeads | InductionCircuit | FrequencyEntropy) -> list:
     """Items for the report page (HTML strings, a matplotlib figure, DataFrames), with what the numbers can and cannot show.
 
@@ -972,7 +984,7 @@ def report_section(result: InductionHeads | InductionCircuit | FrequencyEntropy)
                 f"{result.n_bands}), which removes exactly those score terms of that head only. Repeat loss = mean "
                 "next-token loss on repeat tokens 2..n; first-half loss (random tokens, nothing to copy) is the "
                 f"no-induction reference. Massive dims: {result.n_massive_dims} (Jin et al., lambda = 5) mean-ablated "
-                "vs matched random non-massive dims of the same heads."
+                f"vs matched random non-massive dims of the same heads{_massive_bands_text(result)}."
             ),
             _p(
                 "Can show: whether these bands of these heads are necessary for copying on this task, and whether "
