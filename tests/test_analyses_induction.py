@@ -193,7 +193,9 @@ def test_circuit_hand_built(hand):
     ko = df.loc[("induction heads", "knocked out (z = 0)")]
     assert ko.repeat_loss == pytest.approx(math.log(V), abs=1e-3)  # uniform logits: nothing copied
     assert ko.induction_score == pytest.approx(base.induction_score)  # its own pattern is untouched
-    json.dumps(c.summary())
+    summary = json.loads(json.dumps(c.summary()))
+    assert len(summary["conditions"]) == len(c.rows)  # one record per (group, condition)
+    assert summary["conditions"]["previous-token heads: 4 highest bands zeroed in q"]["repeat_loss"] > 1.0
 
 
 def test_circuit_massive_dims_and_controls_on_a_random_model():
@@ -280,6 +282,8 @@ def test_peak_of_a_tone_in_the_model_pipeline():
     assert float(fe.entropy[0, 1, 3]) < 1e-6 and float(period[0, 1, 3]) == pytest.approx(8.0)
     assert float(share[0, 1, 3]) == pytest.approx(1.0)
     assert fe.entropy[0, 1, 3] < fe.entropy[0].nan_to_num(1).flatten().sort().values[1]  # the single minimum
+    lowest = fe.summary()["lowest"][0]
+    assert (lowest["layer"], lowest["head"], lowest["band"], lowest["peak_period_tokens"]) == (0, 1, 3, 8.0)
 
 
 def test_frequency_entropy_skips_and_counts_a_short_window():

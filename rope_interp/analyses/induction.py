@@ -28,7 +28,7 @@ Three measurements, each a function returning a small result dataclass:
   submission; their exact preprocessing was not available to us, so the normalisation
   here is **ours**: mean removed, no window, periodogram ``|rfft|²`` summed over
   sequences, DC bin dropped, normalised to a distribution over the ``pos//2`` remaining
-  bins, entropy divided by ``log(pos//2)``: 0 = one pure tone, ~0.9 = white noise).
+  bins, entropy divided by ``log(pos//2)``: 0 = one pure tone, white noise: ~0.9 for one sequence, near 1 summed over many).
   Then the ``k`` lowest- and ``k`` highest-entropy (layer, head, band) entries zeroed in
   q against a matched control (per entry a random other head of the same layer and band).
 
@@ -419,7 +419,7 @@ class InductionCircuit:
             n_massive_dims=self.n_massive_dims,
             massive_dims_per_band=self.massive_per_band,
             conditions={
-                r["condition"]: dict(
+                f"{r['group']}: {r['condition']}": dict(
                     repeat_loss=round(r["repeat_loss"], 4),
                     first_half_loss=round(r["first_half_loss"], 4),
                     induction_score=round(r["induction_score"], 4),
@@ -655,7 +655,7 @@ class FrequencyEntropy:
     """Per (layer, head, band) spectral entropy of the query-norm signal, and extreme-entropy ablations.
 
     Attributes:
-        entropy: ``[layer, head, band]`` normalised entropy (0 = one tone, ~0.9 = white noise).
+        entropy: ``[layer, head, band]`` normalised entropy (0 = one tone, near 1 = white noise summed over sequences).
         psd: ``[layer, head, band, freq]`` the summed periodograms the entropy is computed from.
         ablation: one dict per condition (condition, loss, n_entries); empty when skipped.
         extremes: ``{"lowest": [(layer, head, band)...], "highest": [...]}`` the ablated entries.
@@ -719,7 +719,25 @@ class FrequencyEntropy:
             lowest_entropy_band=int(by_band.nan_to_num(9).argmin()),
             highest_entropy_band=int(by_band.nan_to_num(-9).argmax()),
             ablation={r["condition"]: round(r["loss"], 4) for r in self.ablation},
+            lowest=self._lowest(5),
         )
+
+    def _lowest(self, k: int) -> list[dict]:
+        """The ``k`` lowest-entropy entries with the period of their spectral peak (window length = drift)."""
+        if int((~self.entropy.isnan()).sum()) < k:
+            return []
+        period, share = self.peak()
+        return [
+            dict(
+                layer=self.layers[i],
+                head=h,
+                band=b,
+                entropy=round(float(self.entropy[i, h, b]), 4),
+                peak_period_tokens=round(float(period[i, h, b]), 2),
+                peak_power_share=round(float(share[i, h, b]), 4),
+            )
+            for i, h, b in extreme_entries(self.entropy, k, lowest=True)
+        ]
 
     def plot(self):
         """Entropy per layer × band (mean over heads), per band, and the ablation losses."""
@@ -929,6 +947,10 @@ def _p(text: str) -> str:
     return f"<p>{html.escape(text)}</p>"
 
 
+def _n_pos(fe: FrequencyEntropy) -> int:
+    return fe.seq_len - fe.start_pos
+
+
 def _massive_bands_text(c: InductionCircuit) -> str:
     counts = c.massive_per_band[: c.n_bands]
     if not sum(counts):
@@ -1006,7 +1028,10 @@ def report_section(result: InductionHeads | InductionCircuit | FrequencyEntropy)
                 "Per layer, head and band: the entropy of the power spectrum over positions of ||q_i(m)|| (mean removed, "
                 "no window, periodograms summed over sequences, DC dropped, entropy / log(number of bins); our "
                 "normalisation, after 'Probing Rotary Position Embeddings through Frequency Entropy'). 0 = one pure "
-                f"tone, about 0.9 = white noise. Mean {s['mean_entropy']}, minimum {s['min_entropy']}."
+                f"tone, near 1 = white noise. Mean {s['mean_entropy']}, minimum {s['min_entropy']}; the period of the "
+                "spectral peak of the lowest entries: "
+                + (", ".join(f"{e['peak_period_tokens']:g}" for e in s["lowest"]) or "n/a")
+                + f" tokens (analysed length {_n_pos(result)}: a peak at that length is a drift, not a tone)."
             ),
             _p(
                 "Can show: where a band's query energy is concentrated in few frequencies over position (low "
