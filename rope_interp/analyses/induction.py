@@ -746,7 +746,7 @@ class FrequencyEntropy:
         heatmap(
             axes[0],
             self.entropy.nanmean(1),
-            "q-norm frequency entropy (mean over heads)",
+            "q-norm entropy, mean over heads",
             "band (0 = highest frequency)",
             "layer",
         )
@@ -766,7 +766,7 @@ class FrequencyEntropy:
             axes[2].tick_params(axis="y", labelsize=7)
             axes[2].invert_yaxis()
             axes[2].set_xlim(df["loss"].min() * 0.98, df["loss"].max() * 1.01)
-            axes[2].set_title("extreme-entropy bands zeroed in q vs matched control")
+            axes[2].set_title("extremes zeroed in q vs control")
             axes[2].set_xlabel("mean next-token loss (nats)")
             axes[2].set_ylabel("condition")
         fig.suptitle(
@@ -920,7 +920,7 @@ def frequency_entropy(
             ctrl = matched_control(ent, H, seed + c)
             conds.append(
                 (
-                    f"control {c} for {label} (same layer & band, other head)",
+                    f"control {c} for {label} (other head, same layer & band)",
                     ZeroQueryBands(model, _entry_masks(ctrl, layers, H, B)),
                     ablate_k,
                 )
