@@ -5,11 +5,12 @@
 * :mod:`.sinks` — sink / semantic channels: bands separating the BOS key, vs Cauchy–Schwarz bounds.
 * :mod:`.offsets` — rotary offset features (Jonasson) against our frequency bound.
 * :mod:`.massive` — massive values (Jin et al.) and their mean-ablation vs a matched control.
-* :mod:`.spectral` — spectra of band trajectories, attention rows, MLP activations; phase alignment (Ruscio et al.).
+* :mod:`.spectral` — spectra of band trajectories (ours), attention rows (Ruscio v3/v4 style, our cut points), MLP activations and observational phase alignment (ours; see ``spectral.PROVENANCE``).
 * :mod:`.carrier` — θ_i lines in the sink attention and the MLP input (ours; precondition of Ruscio v1/v2).
 * :mod:`.harmonics` — harmonic generation in the real FFN under a synthetic rotating drive (Ruscio v1/v2 claim).
 * :mod:`.alignment` — phase alignment, causally: shift one band of one head by Δφ (Ruscio v1/v2 claim).
 * :mod:`.synthetic` — the papers' constructions checked numerically.
+* :mod:`.induction` — induction heads, their circuit through the bands, frequency entropy of band q norms.
 
 Every analysis takes ``(model, data, ...)`` where ``data`` is text, token ids or an
 iterable of batches (:func:`.inputs.iter_windows`), shows a tqdm bar
@@ -25,6 +26,14 @@ from .alignment import CausalAlignment, WeightedAlignment, causal_alignment, wei
 from .carrier import CarrierLines, CarrierSurvey, carrier_lines, carrier_survey
 from .harmonics import FFNHarmonics, ffn_harmonics
 from .heads import PositionalHeads, causal_check, positional_heads
+from .induction import (
+    FrequencyEntropy,
+    InductionCircuit,
+    InductionHeads,
+    frequency_entropy,
+    induction_circuit,
+    induction_heads,
+)
 from .inputs import EmptyInputError, iter_windows
 from .massive import MassiveAblation, MassiveValues, MeanAblateDims, massive_ablation, massive_values
 from .offsets import OffsetFeatures, offset_features, predicted_bands, sign_stable
@@ -50,7 +59,10 @@ __all__ = [
     "BandSpectra",
     "EmptyInputError",
     "FFNHarmonics",
+    "FrequencyEntropy",
     "FrequencyUsage",
+    "InductionCircuit",
+    "InductionHeads",
     "MLPSpectra",
     "MassiveAblation",
     "MassiveValues",
@@ -68,7 +80,10 @@ __all__ = [
     "causal_check",
     "diagonal_head_sharpness",
     "ffn_harmonics",
+    "frequency_entropy",
     "frequency_usage",
+    "induction_circuit",
+    "induction_heads",
     "iter_windows",
     "massive_ablation",
     "massive_values",
