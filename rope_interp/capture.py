@@ -250,12 +250,13 @@ class BandStats(HookSet):
         i = self._layer_pos[a.layer]
         xw = x * w[:, None, None, None]
         norms = band_norms(x)
-        m.sum_norm[i] += torch.einsum("t,thn->hn", w, norms)
-        m.sum_sq_norm[i] += torch.einsum("t,thn->hn", w, norms * norms)
-        m.sum_vec[i] += xw.sum(0)
-        m.sum_outer[i] += torch.einsum("thnc,thnd->hncd", xw, x)
+        dev = m.sum_norm.device  # sums stay where made: a copy per layer only if the model spans devices
+        m.sum_norm[i] += torch.einsum("t,thn->hn", w, norms).to(dev)
+        m.sum_sq_norm[i] += torch.einsum("t,thn->hn", w, norms * norms).to(dev)
+        m.sum_vec[i] += xw.sum(0).to(dev)
+        m.sum_outer[i] += torch.einsum("thnc,thnd->hncd", xw, x).to(dev)
         if a.layer == self.layers[0] and a.site == self.sites[0]:
-            self._count += w.sum()
+            self._count += w.sum().to(dev)
 
     def fwd_hooks(self) -> FwdHooks:
         return band_hooks(self.model, self._accumulate, self.layers, self.sites)
@@ -266,7 +267,7 @@ class BandStats(HookSet):
         tokens = adapter.to_tokens(self.model, tokens)
         if mask is not None and mask.shape != tokens.shape:
             raise ValueError(f"mask shape {tuple(mask.shape)} != tokens shape {tuple(tokens.shape)}")
-        self._mask = mask
+        self._mask = None if mask is None else mask.to(tokens.device)  # once here, not in every hook
         try:
             with self:
                 self.model(tokens, stop_at_layer=max(self.layers) + 1)

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 HookFn = Callable[..., Any]
 FwdHooks = list[tuple[str, HookFn]]
 
@@ -50,6 +52,32 @@ class HookSet:
         """``model(*args, **kwargs)`` with these hooks attached, removed afterwards."""
         with self:
             return self.model(*args, **kwargs)
+
+
+def per_device(
+    table: torch.Tensor, first: torch.device | None = None
+) -> Callable[[torch.device], torch.Tensor]:
+    """``table`` on a device, copied there once: for small tables that hooks index activations with.
+
+    A hook asks for the table on its activation's device (``on(x.device)``), so a model spread over
+    several devices works; passing ``first`` (the model's device) makes the usual copy now, outside
+    the hooks, so a one-device model never copies inside a hook.
+
+    >>> import torch
+    >>> on = per_device(torch.arange(3), torch.device("cpu"))
+    >>> on(torch.device("cpu")) is on(torch.device("cpu"))
+    True
+    """
+    copies: dict[torch.device, torch.Tensor] = {}
+
+    def on(device: torch.device) -> torch.Tensor:
+        if device not in copies:
+            copies[device] = table.to(device)
+        return copies[device]
+
+    if first is not None:
+        on(torch.device(first))
+    return on
 
 
 class ComposedHooks(HookSet):

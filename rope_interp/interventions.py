@@ -386,27 +386,28 @@ class BandIntervention(HookSet):
         return self._alpha is not None and not self._from_tables
 
     def _select(self, v: Tensor, side: str) -> Tensor:
-        h = self._head_idx[side]
+        h, b = self._head_idx[side], self._band_idx.to(v.device)  # no-op unless the model spans devices
         if h is None:
-            return v[..., self._band_idx, :]
-        return v[:, :, h[:, None], self._band_idx[None, :]]
+            return v[..., b, :]
+        return v[:, :, h.to(v.device)[:, None], b[None, :]]
 
     def _write(self, v: Tensor, side: str, new: Tensor) -> None:
-        h = self._head_idx[side]
+        h, b = self._head_idx[side], self._band_idx.to(v.device)
         if h is None:
-            v[..., self._band_idx, :] = new
+            v[..., b, :] = new
         else:
-            v[:, :, h[:, None], self._band_idx[None, :]] = new
+            v[:, :, h.to(v.device)[:, None], b[None, :]] = new
 
     def _transform(self, x: Tensor, layer: int, side: str, pos: Tensor | None) -> Tensor:
         if self.mode == "zero":
             return zero_bands(x)
         if self.mode == "mean":
-            return mean_bands(x, self._reference.get((layer, side)))
+            ref = self._reference.get((layer, side))
+            return mean_bands(x, None if ref is None else ref.to(x.device))
         if self._phase is not None:
-            return _rotate_cs(x, self._phase[layer])
+            return _rotate_cs(x, self._phase[layer].to(x.device))
         assert self._alpha is not None and pos is not None
-        return _rotate_cs(x, position_angles(self._alpha[layer], pos))
+        return _rotate_cs(x, position_angles(self._alpha[layer].to(x.device), pos))
 
     def _apply(self, act: Tensor, layer: int, side: str, start: int = 0, pos: Tensor | None = None) -> None:
         """``pos``: positions ``[pos]`` or ``[batch, pos]``; default ``start .. start + n - 1``."""

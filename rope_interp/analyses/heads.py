@@ -34,7 +34,7 @@ from torch import Tensor
 
 from .. import adapter
 from ..decompose import iter_band_scores
-from ..hooking import FwdHooks, HookSet
+from ..hooking import FwdHooks, HookSet, per_device
 from ..hooks import attn_hook
 from ..spec import RotaryBands
 from .inputs import figure, heatmap, layer_list, qk_pair_hooks, windows
@@ -64,7 +64,8 @@ class OffsetAttention(HookSet):
     def _hook(self, pattern: Tensor, hook: Any, index: int) -> Tensor:
         for j, o in enumerate(self.offsets):
             diag = pattern.diagonal(offset=-o, dim1=-2, dim2=-1)  # [b, h, q - o], entry t is query m = t + o
-            self.sums[index, :, j] += diag[..., self._first(o) - o :].to(torch.float64).sum((0, 2))
+            part = diag[..., self._first(o) - o :].to(torch.float64).sum((0, 2))
+            self.sums[index, :, j] += part.to(self.sums.device)
         return pattern
 
     def fwd_hooks(self) -> FwdHooks:
@@ -338,13 +339,15 @@ def positional_heads(
     margin = torch.zeros(L, H, n_off, B, dtype=torch.float64, device=dev)
     margin_pass = torch.zeros(L, H, n_off, dtype=torch.float64, device=dev)
     n_q = torch.zeros(n_off, dtype=torch.float64)
+    kv_on = per_device(spec.kv_map, dev)
 
     def on_pair(layer: int, q: Tensor, k: Tensor, qp: Tensor, kp: Tensor) -> None:
         i = layers.index(layer)
         for j, o in enumerate(offsets):
-            mb, mp, n = offset_margins(q, k, qp, kp, spec.kv_map, float(spec.attn_scale[layer]), o, start_pos)
-            margin[i, :, j] += mb
-            margin_pass[i, :, j] += mp
+            kv, scale = kv_on(k.device), float(spec.attn_scale[layer])
+            mb, mp, n = offset_margins(q, k, qp, kp, kv, scale, o, start_pos)
+            margin[i, :, j] += mb.to(dev)
+            margin_pass[i, :, j] += mp.to(dev)
             if i == 0:
                 n_q[j] += n
 

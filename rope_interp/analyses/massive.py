@@ -24,7 +24,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from .. import adapter
-from ..hooking import FwdHooks, HookSet
+from ..hooking import FwdHooks, HookSet, per_device
 from ..hooks import attn_hook
 from ..spec import RotaryBands
 from .inputs import figure, heatmap, layer_list, windows
@@ -129,7 +129,8 @@ class _SquareSums(HookSet):
             for site in SITES:
 
                 def fn(x: Tensor, hook: Any, i: int = i, site: str = site) -> Tensor:
-                    self.sums[site][i] += x.detach().double().square().sum((0, 1))
+                    acc = self.sums[site]
+                    acc[i] += x.detach().double().square().sum((0, 1)).to(acc.device)
                     return x
 
                 hooks.append((attn_hook(layer, site), fn))
@@ -194,9 +195,10 @@ class MeanAblateDims(HookSet):
     def fwd_hooks(self) -> FwdHooks:
         hooks: FwdHooks = []
         for (layer, site), mask in self.masks.items():
+            on = per_device(mask, adapter.device(self.model))  # copied now, not in every hook call
 
-            def fn(x: Tensor, hook: Any, mask: Tensor = mask) -> Tensor:
-                return torch.where(mask.to(x.device), x.mean(1, keepdim=True), x)
+            def fn(x: Tensor, hook: Any, on: Any = on) -> Tensor:
+                return torch.where(on(x.device), x.mean(1, keepdim=True), x)
 
             hooks.append((attn_hook(layer, site), fn))
         return hooks

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from .. import adapter
 from ..bands import band_norms
+from ..hooking import per_device
 from ..hooks import attn_hook
 from ..spec import RotaryBands
 from .inputs import figure, heatmap, layer_list, prefix_mean, qk_pair_hooks, windows
@@ -161,28 +162,29 @@ def sink_channels(
     }
     sep_pass = torch.zeros(L, H, dtype=torch.float64, device=dev)
     n_q = 0
+    kv_on = per_device(spec.kv_map, dev)
 
     def on_pair(layer: int, q: Tensor, k: Tensor, qp: Tensor, kp: Tensor) -> None:
         i, scale = layers.index(layer), float(spec.attn_scale[layer])
-        kv = spec.kv_map.to(k.device)
+        kv = kv_on(k.device)
         q, qp = q.double()[:, start_pos:], qp.double()[:, start_pos:]
         k, kp = k.double()[:, :, kv], kp.double()[:, :, kv]
         k_mean, kp_mean = prefix_mean(k, start=1)[:, start_pos:], prefix_mean(kp, start=1)[:, start_pos:]
         qn, kn = band_norms(q), band_norms(k)
-        sums["bos"][i] += torch.einsum("bmhic,bhic->hi", q, k[:, 0]) / scale
-        sums["other"][i] += torch.einsum("bmhic,bmhic->hi", q, k_mean) / scale
-        sums["bos_b"][i] += torch.einsum("bmhi,bhi->hi", qn, kn[:, 0]) / scale
+        sums["bos"][i] += (torch.einsum("bmhic,bhic->hi", q, k[:, 0]) / scale).to(dev)
+        sums["other"][i] += (torch.einsum("bmhic,bmhic->hi", q, k_mean) / scale).to(dev)
+        sums["bos_b"][i] += (torch.einsum("bmhi,bhi->hi", qn, kn[:, 0]) / scale).to(dev)
         sums["other_b"][i] += (
             torch.einsum("bmhi,bmhi->hi", qn, prefix_mean(kn, start=1)[:, start_pos:]) / scale
-        )
-        sep_pass[i] += torch.einsum("bmhd,bhd->h", qp, kp[:, 0]) / scale
-        sep_pass[i] -= torch.einsum("bmhd,bmhd->h", qp, kp_mean) / scale
+        ).to(dev)
+        sep_pass[i] += (torch.einsum("bmhd,bhd->h", qp, kp[:, 0]) / scale).to(dev)
+        sep_pass[i] -= (torch.einsum("bmhd,bmhd->h", qp, kp_mean) / scale).to(dev)
 
     hooks = qk_pair_hooks(model, layers, on_pair)
     bos_sum = torch.zeros(L, H, dtype=torch.float64, device=dev)
 
     def on_pattern(p: Tensor, hook: Any, i: int) -> Tensor:
-        bos_sum[i] += p[:, :, start_pos:, 0].double().sum((0, 2))
+        bos_sum[i] += p[:, :, start_pos:, 0].double().sum((0, 2)).to(dev)
         return p
 
     pat_hooks = [

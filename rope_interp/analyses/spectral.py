@@ -31,6 +31,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .. import adapter
+from ..hooking import per_device
 from ..hooks import attn_hook, mlp_hook
 from ..spec import RotaryBands
 from .inputs import figure, heatmap, layer_list, prefix_mean, qk_pair_hooks, windows
@@ -79,7 +80,7 @@ def _add_sums(acc: Tensor, x: Tensor, y: Tensor, dims: tuple[int, ...]) -> None:
             (y * y).sum(dims),
             (x * y).sum(dims),
         ]
-    )
+    ).to(acc.device)
 
 
 # ---- per-band q/k trajectories ---------------------------------------------------------------------------
@@ -291,7 +292,7 @@ def attention_spectra(
     def on_pattern(pat: Tensor, hook: Any, i: int) -> Tensor:
         for m in range(min_row, pat.shape[-2], row_stride):
             e, hp, hs = row_spectrum_stats(pat[:, :, m, : m + 1])
-            energy[i] += e.sum(0)
+            energy[i] += e.sum(0).to(dev)
             _add_sums(sums[:, i], hp, hs, (0,))
         return pat
 
@@ -518,13 +519,14 @@ def phase_alignment(
     s_ent = torch.zeros(6, L, H, B, dtype=torch.float64, device=dev)
     s_max = torch.zeros(6, L, H, B, dtype=torch.float64, device=dev)
     held: dict[int, Tensor] = {}
+    kv_on = per_device(spec.kv_map, dev)
 
     def unit(x: Tensor) -> Tensor:
         z = torch.complex(x[..., 0].double(), x[..., 1].double())
         return z / z.abs().clamp_min(1e-30)
 
     def on_pair(layer: int, q: Tensor, k: Tensor, qp: Tensor, kp: Tensor) -> None:
-        uk = unit(k[:, :, spec.kv_map.to(k.device)])
+        uk = unit(k[:, :, kv_on(k.device)])
         held[layer] = (unit(q) * prefix_mean(uk).conj()).real[:, start_pos:]  # [b, m, h, B]
 
     def on_pattern(pat: Tensor, hook: Any, layer: int) -> Tensor:
