@@ -15,12 +15,13 @@ against one plain forward.
 
     python scripts/bench_sweep.py --quick              # subset, < 1 minute on 2 CPU cores
     python scripts/bench_sweep.py --threads 1          # the full 30 × 32 grid
-    python scripts/bench_sweep.py --device cuda
+    python scripts/bench_sweep.py --device cuda --json bench.json   # also the numbers as JSON
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
@@ -57,6 +58,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     ap.add_argument("--batch-size", type=int, default=None, help="conditions per forward for exact/B")
     ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -86,6 +88,8 @@ def main() -> None:
         model(clean)
         _, t_fwd = timed(lambda: model(clean), repeat=5, sync=sync)
     print(f"one plain forward: {t_fwd * 1e3:.1f} ms\n")
+    results: dict = {"model": args.model, "device": args.device, "threads": torch.get_num_threads()}
+    results.update(prompt_tokens=clean.shape[1], forward_ms=t_fwd * 1e3, sweeps={})
 
     def sweep_block(name: str, source, grid) -> None:
         layers, bands = grid
@@ -114,6 +118,14 @@ def main() -> None:
         rho_abs = spearman(attr.effect.abs(), exb.effect.abs())
         print(f"max |exact - naive|: {err1:.2e} (1 per forward), {errb:.2e} (batched)")
         print(f"attribution vs exact Spearman: {rho:.3f} (signed), {rho_abs:.3f} (|effect|)\n")
+        results["sweeps"][name] = dict(
+            conditions=n_cond,
+            batch_size=bs,
+            seconds=dict(naive=t_naive, exact_1=t_ex1, exact_batched=t_exb, attribution=t_attr),
+            max_abs_exact_minus_naive=max(err1, errb),
+            spearman_attribution_vs_exact=rho,
+            spearman_abs=rho_abs,
+        )
 
     sweep_block("zero-ablation sweep [layer, band]", None, zero_grid)
     sweep_block("patching sweep France→Italy [layer, band]", clean, patch_grid)
@@ -126,6 +138,10 @@ def main() -> None:
         f"{t_de * 1e3:.1f} ms = {t_de / t_fwd:.2f}× one plain forward (pattern tensor {tuple(pats.shape)})"
     )
     print(f"total benchmark time {time.perf_counter() - t0:.1f} s")
+    if args.json:
+        results.update(direct_effect_ms=t_de * 1e3, total_seconds=time.perf_counter() - t0)
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":
