@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import threading
 
 import pytest
 import torch
@@ -89,7 +88,6 @@ class DeviceGuard(TorchDispatchMode):
         self.allow_copies = allow_copies
         self.depth = 0  # > 0 while a hook runs
         self.hook_calls = 0
-        self.thread = threading.get_ident()
 
     @contextlib.contextmanager
     def in_hook(self):
@@ -269,6 +267,9 @@ def _found(model, t):
 ANALYSES = {
     "frequency_usage": lambda m, t: frequency_usage(m, t, start_pos=1, progress=False),
     "positional_heads": lambda m, t: heads_mod.positional_heads(m, t, progress=False),
+    "causal_check": lambda m, t: heads_mod.causal_check(
+        m, [t], layer=1, head=2, offset=1, k=2, method="hooks"
+    ),
     "sink_channels": lambda m, t: sink_channels(m, t, progress=False),
     "offset_features": lambda m, t: offset_features(m, t, progress=False),
     "massive_values": lambda m, t: massive_values(m, t, progress=False),
@@ -318,8 +319,9 @@ def meta_bridge():
     return model.to(META), spec
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["meta", "split"])
 @pytest.mark.parametrize("case", BRIDGE_CASES)
-def test_bridge_hooks_stay_on_the_activation_device(case, meta_bridge, guard, monkeypatch):
+def test_bridge_hooks_stay_on_the_activation_device(case, split, meta_bridge, guard, monkeypatch):
     """The bridge paths, incl. the positions no_rotation/scale_freq/prope read from hook_cos/hook_sin.
 
     The band layout (frequencies) is host-side metadata computed from the rotary tables; on meta there
@@ -329,6 +331,9 @@ def test_bridge_hooks_stay_on_the_activation_device(case, meta_bridge, guard, mo
 
     model, spec = meta_bridge
     monkeypatch.setattr(RotaryBands, "from_model", classmethod(lambda cls, m: spec))
+    if split:  # a bridge loaded with a device_map over several GPUs
+        guard.allow_copies = True
+        monkeypatch.setattr(adapter, "device", lambda model: torch.device("cpu"))
     run(guard, CASES[case], model, toks())
 
 
