@@ -123,21 +123,27 @@ def test_every_intervention_mode_matches(name, mode, params, dev):
 
 def test_prope_and_cached_generation_match(dev):
     cpu, gpu = pair("neox", dev)
+    prompt, n_new = TOKENS[:1, :6], 6
     with torch.no_grad():
         _close(prope(gpu, 0.5).run(TOKENS.to(dev)), prope(cpu, 0.5).run(TOKENS), **F32)
         gen = []
         for model in (cpu, gpu):
-            with ablate_bands(model, [3, 4], mode="no_rotation"):
-                gen.append(
-                    model.generate(
-                        TOKENS[:1, :6].to(adapter.device(model)),
-                        max_new_tokens=6,
-                        do_sample=False,
-                        stop_at_eos=False,
-                        verbose=False,
-                    )
+            with ablate_bands(model, [3, 4], mode="no_rotation"):  # the KV-cache path (deferred q)
+                out = model.generate(
+                    prompt.to(adapter.device(model)),
+                    max_new_tokens=n_new,
+                    do_sample=False,
+                    stop_at_eos=False,
+                    verbose=False,
                 )
-    assert torch.equal(gen[1].cpu(), gen[0])
+            gen.append(out.cpu())
+        # greedy tokens are only comparable across devices while the top two logits are not tied to rounding
+        logits = ablate_bands(cpu, [3, 4], mode="no_rotation").run(gen[0])[0, prompt.shape[1] - 1 : -1]
+        top2 = logits.topk(2, dim=-1).values
+        margin = top2[:, 0] - top2[:, 1]
+        n_sure = int((margin > 1e-3).long().cumprod(0).sum())
+    assert n_sure >= 1, f"CPU greedy margins {margin.tolist()} too small to compare"
+    assert torch.equal(gen[1][:, : prompt.shape[1] + n_sure], gen[0][:, : prompt.shape[1] + n_sure])
 
 
 @pytest.mark.parametrize("mode,params", [("no_rotation", {}), ("scale_freq", {"factor": 2.0}), ("zero", {})])
