@@ -19,8 +19,9 @@ DEST=${OUT:-$ROOT}
 JSON=$DEST/gpu_check.json
 say() { echo "[gpu_check] $*" >&2; }
 
-if ! command -v nvidia-smi >/dev/null 2>&1 && ! ls /dev/nvidia0 >/dev/null 2>&1; then
-  say "no CUDA device: neither nvidia-smi nor /dev/nvidia0 on this machine; run this on a GPU machine"
+if ! command -v nvidia-smi >/dev/null 2>&1 && ! ls /dev/nvidia* >/dev/null 2>&1 &&
+  ! python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" >/dev/null 2>&1; then
+  say "no CUDA device: no nvidia-smi, no /dev/nvidia*, and python3's torch (if any) sees none; run this on a GPU machine"
   exit 3
 fi
 
@@ -30,13 +31,14 @@ elif [ -x .venv/bin/python ]; then
   PY=.venv/bin/python
 else
   say "no .venv: making one on top of $(command -v python3) (keeps the machine's CUDA torch)"
-  python3 -m venv --system-site-packages .venv || { say "could not create .venv"; exit 2; }
+  fail() { say "$1"; rm -rf .venv; exit 2; }  # leave no half-made .venv for the next run to trust
+  python3 -m venv --system-site-packages .venv || fail "could not create .venv"
   WHEELS=${WHEELS:-.whl}
   if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
     say "installing the wheels in $WHEELS (offline)"
-    .venv/bin/python -m pip install -q --no-index --no-deps "$WHEELS"/*.whl || { say "wheel install failed"; exit 2; }
+    .venv/bin/python -m pip install -q --no-index --no-deps "$WHEELS"/*.whl || fail "wheel install failed"
   else
-    bash scripts/bootstrap.sh || { say "scripts/bootstrap.sh failed (no package registry here? bring wheels in $WHEELS)"; exit 2; }
+    bash scripts/bootstrap.sh || fail "scripts/bootstrap.sh failed (no package registry here? bring wheels in $WHEELS)"
   fi
   PY=.venv/bin/python
 fi
@@ -59,11 +61,11 @@ step() {  # step NAME COMMAND...: run it, log to $LOGS/NAME.log, remember rc and
   local name=$1 t0 rc
   shift
   say "$name: $*"
-  t0=$EPOCHREALTIME
+  t0=${EPOCHREALTIME:-$(date +%s)}
   "$@" >"$LOGS/$name.log" 2>&1
   rc=$?
   RC[$name]=$rc
-  SECS[$name]=$(awk "BEGIN { print $EPOCHREALTIME - $t0 }")
+  SECS[$name]=$(awk "BEGIN { print ${EPOCHREALTIME:-$(date +%s)} - $t0 }")
   say "$name: exit $rc"
   tail -n 5 "$LOGS/$name.log" >&2
 }
