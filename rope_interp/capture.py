@@ -296,12 +296,13 @@ class BandStats(HookSet):
         sn, ssq, vec, outer = window_sums(x, w)
         m = self.moments[a.site]
         i = self._layer_pos[a.layer]
-        m.sum_norm[i] += sn
-        m.sum_sq_norm[i] += ssq
-        m.sum_vec[i] += vec
-        m.sum_outer[i] += outer
+        dev = m.sum_norm.device  # sums stay where made: a copy per layer only if the model spans devices
+        m.sum_norm[i] += sn.to(dev)
+        m.sum_sq_norm[i] += ssq.to(dev)
+        m.sum_vec[i] += vec.to(dev)
+        m.sum_outer[i] += outer.to(dev)
         if a.layer == self.layers[0] and a.site == self.sites[0]:
-            self._count += x.shape[0] * x.shape[1] if w is None else w.sum()
+            self._count += x.shape[0] * x.shape[1] if w is None else w.sum().to(dev)
 
     def fwd_hooks(self) -> FwdHooks:
         return band_hooks(self.model, self._accumulate, self.layers, self.sites)
@@ -325,7 +326,7 @@ class BandStats(HookSet):
                 raise ParameterError(f"mask shape {tuple(mask.shape)} != tokens shape {tuple(tokens.shape)}")
         else:
             mask = text_mask
-        self._mask = mask
+        self._mask = None if mask is None else mask.to(tokens.device)  # once here, not in every hook
         try:
             with self:
                 self.model(tokens, stop_at_layer=max(self.layers) + 1)

@@ -281,6 +281,7 @@ class MaskedBands(HookSet):
         mask = self.masks[side]
         if mask is None:
             return act
+        mask = mask.to(act.device)  # no-op unless the model spans devices
         rd, adj, K = self.spec.rotary_dim, self.spec.adjacent_pairs, mask.shape[0]
         if act.shape[0] % K:
             raise RopeInterpError(f"batch {act.shape[0]} is not a multiple of the {K} stacked conditions")

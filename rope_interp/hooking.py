@@ -49,6 +49,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from .errors import HookStateError, RopeInterpError
 
 HookFn = Callable[..., Any]
@@ -139,6 +141,32 @@ def _call(fn: HookFn, act: Any, hook: Any) -> Any:
     """Run one hook function; an in-place result is kept, a returned tensor replaces ``act``."""
     out = fn(act, hook=hook)
     return act if out is None else out
+
+
+def per_device(
+    table: torch.Tensor, first: torch.device | None = None
+) -> Callable[[torch.device], torch.Tensor]:
+    """``table`` on a device, copied there once: for small tables that hooks index activations with.
+
+    A hook asks for the table on its activation's device (``on(x.device)``), so a model spread over
+    several devices works; passing ``first`` (the model's device) makes the usual copy now, outside
+    the hooks, so a one-device model never copies inside a hook.
+
+    >>> import torch
+    >>> on = per_device(torch.arange(3), torch.device("cpu"))
+    >>> on(torch.device("cpu")) is on(torch.device("cpu"))
+    True
+    """
+    copies: dict[torch.device, torch.Tensor] = {}
+
+    def on(device: torch.device) -> torch.Tensor:
+        if device not in copies:
+            copies[device] = table.to(device)
+        return copies[device]
+
+    if first is not None:
+        on(torch.device(first))
+    return on
 
 
 class ComposedHooks(HookSet):

@@ -269,17 +269,17 @@ class BandIntervention(HookSet):
         return self._positional and not self._from_tables
 
     def _select(self, v: Tensor, side: str) -> Tensor:
-        h = self._head_idx[side]
+        h, b = self._head_idx[side], self._band_idx.to(v.device)  # no-op unless the model spans devices
         if h is None:
-            return v[..., self._band_idx, :]
-        return v[:, :, h[:, None], self._band_idx[None, :]]
+            return v[..., b, :]
+        return v[:, :, h.to(v.device)[:, None], b[None, :]]
 
     def _write(self, v: Tensor, side: str, new: Tensor) -> None:
-        h = self._head_idx[side]
+        h, b = self._head_idx[side], self._band_idx.to(v.device)
         if h is None:
-            v[..., self._band_idx, :] = new
+            v[..., b, :] = new
         else:
-            v[:, :, h[:, None], self._band_idx[None, :]] = new
+            v[:, :, h.to(v.device)[:, None], b[None, :]] = new
 
     def _transform(self, x: Tensor, layer: int, side: str, pos: Tensor | None) -> Tensor:
         ctx = BandContext(self._freqs[layer], pos, self._reference.get((layer, side)))

@@ -75,6 +75,7 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=20, help="top-k for recall and the refine tier")
     ap.add_argument("--prompts", nargs="*", default=list(PROMPTS), choices=list(PROMPTS))
     ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -162,6 +163,10 @@ def main() -> None:
         f"{t_de * 1e3:.1f} ms = {t_de / t_fwd:.2f}× one plain forward"
     )
     print(f"total benchmark time {time.perf_counter() - t0:.1f} s")
+    if args.json:
+        results.update(direct_effect_ms=t_de * 1e3, total_seconds=time.perf_counter() - t0)
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,18 @@ import torch
 from rope_interp.testing import LAYOUTS, tiny_layout_model
 
 
+def pytest_collection_modifyitems(config, items):
+    """Skip ``gpu``-marked tests where there is no CUDA device (they compare CPU with CUDA)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(
+        reason="no CUDA device (torch.cuda.is_available() is False); see scripts/gpu_check.sh"
+    )
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(params=sorted(LAYOUTS))
 def layout_model(request):
     """A tiny random rotary model, once per layout family (NeoX, GPT-J, partial, GQA, scalings...)."""

@@ -68,7 +68,8 @@ class OffsetAttention(HookSet):
     def _hook(self, pattern: Tensor, hook: Any, index: int) -> Tensor:
         for j, o in enumerate(self.offsets):
             diag = pattern.diagonal(offset=-o, dim1=-2, dim2=-1)  # [b, h, q - o], entry t is query m = t + o
-            self.sums[index, :, j] += diag[..., self._first(o) - o :].to(torch.float64).sum((0, 2))
+            part = diag[..., self._first(o) - o :].to(torch.float64).sum((0, 2))
+            self.sums[index, :, j] += part.to(self.sums.device)
         return pattern
 
     def fwd_hooks(self) -> FwdHooks:

@@ -136,7 +136,8 @@ class MassiveAccumulator(Accumulator):
             for site in SITES:
 
                 def fn(x: Tensor, hook: Any, i: int = i, site: str = site) -> Tensor:
-                    self.sums[site][i] += x.detach().double().square().sum((0, 1))
+                    acc = self.sums[site]
+                    acc[i] += x.detach().double().square().sum((0, 1)).to(acc.device)
                     return x
 
                 hooks.append((attn_hook(layer, site), fn))
@@ -225,9 +226,10 @@ class MeanAblateDims(HookSet):
     def fwd_hooks(self) -> FwdHooks:
         hooks: FwdHooks = []
         for (layer, site), mask in self.masks.items():
+            on = per_device(mask, adapter.device(self.model))  # copied now, not in every hook call
 
-            def fn(x: Tensor, hook: Any, mask: Tensor = mask) -> Tensor:
-                return torch.where(mask.to(x.device), x.mean(1, keepdim=True), x)
+            def fn(x: Tensor, hook: Any, on: Any = on) -> Tensor:
+                return torch.where(on(x.device), x.mean(1, keepdim=True), x)
 
             hooks.append((attn_hook(layer, site), fn))
         return hooks

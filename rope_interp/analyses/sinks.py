@@ -185,9 +185,9 @@ class SinkAccumulator(Accumulator):
         k, kp = k.double()[:, :, kv], kp.double()[:, :, kv]
         k_mean, kp_mean = prefix_mean(k, start=1)[:, start_pos:], prefix_mean(kp, start=1)[:, start_pos:]
         qn, kn = band_norms(q), band_norms(k)
-        sums["bos"][i] += torch.einsum("bmhic,bhic->hi", q, k[:, 0]) / scale
-        sums["other"][i] += torch.einsum("bmhic,bmhic->hi", q, k_mean) / scale
-        sums["bos_b"][i] += torch.einsum("bmhi,bhi->hi", qn, kn[:, 0]) / scale
+        sums["bos"][i] += (torch.einsum("bmhic,bhic->hi", q, k[:, 0]) / scale).to(dev)
+        sums["other"][i] += (torch.einsum("bmhic,bmhic->hi", q, k_mean) / scale).to(dev)
+        sums["bos_b"][i] += (torch.einsum("bmhi,bhi->hi", qn, kn[:, 0]) / scale).to(dev)
         sums["other_b"][i] += (
             torch.einsum("bmhi,bmhi->hi", qn, prefix_mean(kn, start=1)[:, start_pos:]) / scale
         )

@@ -136,7 +136,7 @@ def _add_sums(acc: Tensor, x: Tensor, y: Tensor, dims: tuple[int, ...]) -> None:
             (y * y).sum(dims),
             (x * y).sum(dims),
         ]
-    )
+    ).to(acc.device)
 
 
 # ---- per-band q/k trajectories ---------------------------------------------------------------------------
@@ -350,7 +350,7 @@ def attention_spectra(
     def on_pattern(pat: Tensor, hook: Any, i: int) -> Tensor:
         for m in range(min_row, pat.shape[-2], row_stride):
             e, hp, hs = row_spectrum_stats(pat[:, :, m, : m + 1])
-            energy[i] += e.sum(0)
+            energy[i] += e.sum(0).to(dev)
             _add_sums(sums[:, i], hp, hs, (0,))
         return pat
 
@@ -589,13 +589,14 @@ def phase_alignment(
     s_ent = torch.zeros(6, L, H, B, dtype=torch.float64, device=dev)
     s_max = torch.zeros(6, L, H, B, dtype=torch.float64, device=dev)
     held: dict[int, Tensor] = {}
+    kv_on = per_device(spec.kv_map, dev)
 
     def unit(x: Tensor) -> Tensor:
         z = torch.complex(x[..., 0].double(), x[..., 1].double())
         return z / z.abs().clamp_min(1e-30)
 
     def on_pair(layer: int, q: Tensor, k: Tensor, qp: Tensor, kp: Tensor) -> None:
-        uk = unit(k[:, :, spec.kv_map.to(k.device)])
+        uk = unit(k[:, :, kv_on(k.device)])
         held[layer] = (unit(q) * prefix_mean(uk).conj()).real[:, start_pos:]  # [b, m, h, B]
 
     def on_pattern(pat: Tensor, hook: Any, layer: int) -> Tensor:
