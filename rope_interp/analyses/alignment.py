@@ -330,7 +330,9 @@ def causal_alignment(
     for tokens in wins:
         for c, band in enumerate(conds):
             for p, phi in enumerate(ph.tolist()):
-                if band is not None:
+                if band is not None and math.remainder(phi, 2 * math.pi) == 0:
+                    hooks = []  # Δφ = 0 (mod 2π) is the clean run: no intervention to attach
+                elif band is not None:
                     hooks = ablate_bands(
                         model, [band], layers=[layer], heads=[head], target="q", mode="shift", phase=-phi
                     ).fwd_hooks()
