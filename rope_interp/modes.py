@@ -175,14 +175,14 @@ def _apply_mean(x: Tensor, ctx: BandContext, p: dict[str, Any]) -> Tensor:
 
 
 def _apply_no_rotation(x: Tensor, ctx: BandContext, p: dict[str, Any]) -> Tensor:
-    assert ctx.positions is not None
-    return unrotate_bands(x, ctx.freqs, ctx.positions)
+    assert ctx.positions is not None  # .to(x.device): no-op unless the model spans devices
+    return unrotate_bands(x, ctx.freqs.to(x.device), ctx.positions.to(x.device))
 
 
 def _apply_shift(x: Tensor, ctx: BandContext, p: dict[str, Any]) -> Tensor:
     if "delta" in p:
-        return rotate_cs(x, ctx.freqs * p["delta"])
-    ph = torch.as_tensor(p["phase"], dtype=ctx.freqs.dtype, device=ctx.freqs.device)
+        return rotate_cs(x, ctx.freqs.to(x.device) * p["delta"])
+    ph = torch.as_tensor(p["phase"], dtype=ctx.freqs.dtype, device=x.device)
     if ph.ndim == 1 and ph.shape[0] != x.shape[-2]:
         raise ParameterError(
             f"phase has {ph.shape[0]} values but the view has {x.shape[-2]} bands; "
@@ -193,7 +193,7 @@ def _apply_shift(x: Tensor, ctx: BandContext, p: dict[str, Any]) -> Tensor:
 
 def _apply_scale_freq(x: Tensor, ctx: BandContext, p: dict[str, Any]) -> Tensor:
     assert ctx.positions is not None
-    return scale_freq_bands(x, ctx.freqs, ctx.positions, p["factor"])
+    return scale_freq_bands(x, ctx.freqs.to(x.device), ctx.positions.to(x.device), p["factor"])
 
 
 def _check_none(p: dict[str, Any]) -> str | None:

@@ -35,7 +35,7 @@ from torch import Tensor
 from .. import adapter
 from ..decompose import iter_band_scores
 from ..engine import Accumulator, run_pass
-from ..hooking import FwdHooks, HookSet
+from ..hooking import FwdHooks, HookSet, per_device
 from ..hooks import attn_hook
 from ..registry import Analysis, Block, Option, RunContext, literal_choices
 from ..spec import RotaryBands
@@ -446,6 +446,7 @@ class HeadsAccumulator(Accumulator):
         self.margin = torch.zeros(L, H, n_off, B, dtype=torch.float64, device=dev)
         self.margin_pass = torch.zeros(L, H, n_off, dtype=torch.float64, device=dev)
         self.n_q = torch.zeros(n_off, dtype=torch.float64)
+        self._kv_on = per_device(self.spec.kv_map, dev)
         self.cache: list[Tensor] = []
         self.n_tokens = 0
 
@@ -453,9 +454,9 @@ class HeadsAccumulator(Accumulator):
         i, spec = self.layers.index(layer), self.spec
         for j, o in enumerate(self.offsets):
             scale = float(spec.attn_scale[layer])
-            mb, mp, n = offset_margins(q, k, qp, kp, spec.kv_map, scale, o, self.start_pos)
-            self.margin[i, :, j] += mb
-            self.margin_pass[i, :, j] += mp
+            mb, mp, n = offset_margins(q, k, qp, kp, self._kv_on(k.device), scale, o, self.start_pos)
+            self.margin[i, :, j] += mb.to(self.margin.device)
+            self.margin_pass[i, :, j] += mp.to(self.margin_pass.device)
             if i == 0:
                 self.n_q[j] += n
 

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .. import adapter
 from ..engine import Accumulator, run_pass
-from ..hooking import FwdHooks, HookSet
+from ..hooking import FwdHooks, HookSet, per_device
 from ..hooks import attn_hook
 from ..registry import Analysis, Block, Option, RunContext
 from ..spec import RotaryBands

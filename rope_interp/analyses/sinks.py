@@ -31,7 +31,7 @@ from torch import Tensor
 from .. import adapter
 from ..bands import band_norms
 from ..engine import Accumulator, run_pass
-from ..hooking import FwdHooks
+from ..hooking import FwdHooks, per_device
 from ..hooks import attn_hook
 from ..registry import Analysis, Block, Option
 from ..spec import RotaryBands
@@ -172,6 +172,7 @@ class SinkAccumulator(Accumulator):
         z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=dev)  # noqa: E731
         self.sums = {n: z(L, H, B) for n in ("bos", "other", "bos_b", "other_b")}
         self.sep_pass, self.bos_sum = z(L, H), z(L, H)
+        self.dev, self._kv_on = dev, per_device(self.spec.kv_map, dev)
         self.n_q = self.n_tokens = 0
 
     def accepts(self, tokens: Tensor) -> bool:
@@ -180,7 +181,7 @@ class SinkAccumulator(Accumulator):
     def on_pair(self, layer: int, q: Tensor, k: Tensor, qp: Tensor, kp: Tensor) -> None:
         spec, start_pos, sums = self.spec, self.start_pos, self.sums
         i, scale = self.layers.index(layer), float(spec.attn_scale[layer])
-        kv = spec.kv_map.to(k.device)
+        kv, dev = self._kv_on(k.device), self.dev
         q, qp = q.double()[:, start_pos:], qp.double()[:, start_pos:]
         k, kp = k.double()[:, :, kv], kp.double()[:, :, kv]
         k_mean, kp_mean = prefix_mean(k, start=1)[:, start_pos:], prefix_mean(kp, start=1)[:, start_pos:]
@@ -190,12 +191,12 @@ class SinkAccumulator(Accumulator):
         sums["bos_b"][i] += (torch.einsum("bmhi,bhi->hi", qn, kn[:, 0]) / scale).to(dev)
         sums["other_b"][i] += (
             torch.einsum("bmhi,bmhi->hi", qn, prefix_mean(kn, start=1)[:, start_pos:]) / scale
-        )
-        self.sep_pass[i] += torch.einsum("bmhd,bhd->h", qp, kp[:, 0]) / scale
-        self.sep_pass[i] -= torch.einsum("bmhd,bmhd->h", qp, kp_mean) / scale
+        ).to(dev)
+        self.sep_pass[i] += (torch.einsum("bmhd,bhd->h", qp, kp[:, 0]) / scale).to(dev)
+        self.sep_pass[i] -= (torch.einsum("bmhd,bmhd->h", qp, kp_mean) / scale).to(dev)
 
     def _on_pattern(self, p: Tensor, hook: Any, i: int) -> Tensor:
-        self.bos_sum[i] += p[:, :, self.start_pos :, 0].double().sum((0, 2))
+        self.bos_sum[i] += p[:, :, self.start_pos :, 0].double().sum((0, 2)).to(self.dev)
         return p
 
     def fwd_hooks(self) -> FwdHooks:

@@ -48,6 +48,7 @@ from torch import Tensor
 
 from .. import adapter
 from ..errors import ParameterError
+from ..hooking import per_device
 from ..hooks import attn_hook, mlp_hook
 from ..spec import RotaryBands
 from .inputs import figure, heatmap, layer_list, prefix_mean, qk_pair_hooks, windows
