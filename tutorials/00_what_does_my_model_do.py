@@ -199,7 +199,7 @@ fig, ax = plt.subplots(figsize=(7, 3.2))
 ax.barh(losses.index[::-1], losses["loss (nats/token)"][::-1], color="tab:blue")
 ax.axvline(clean_loss, color="k", lw=1, label="clean")
 ax.set_xlabel("loss (nats/token), 128 tokens")
-ax.legend()
+ax.legend(loc="lower right")
 show(fig)
 
 # %% [markdown]
