@@ -145,6 +145,27 @@ def check_views(nb, bundle: str) -> list[str]:
     return problems
 
 
+def test_check_views_needs_the_inlined_bundle():
+    import nbformat
+
+    from rope_interp.html import Panel, View, circuitsvis_bundle
+
+    panel = Panel("AttentionPattern", {"tokens": ["a", "b"], "attention": [[1.0, 0.0], [0.5, 0.5]]}, "p")
+    offline = View("v", [panel])._repr_html_()
+    cdn = str(panel.rendered())  # circuitsvis' own HTML: imports its bundle from a CDN
+
+    def notebook(html):
+        cell = nbformat.v4.new_code_cell("view", metadata={"tags": ["view"]})
+        if html is not None:
+            cell.outputs = [nbformat.v4.new_output("display_data", data={"text/html": html})]
+        return nbformat.v4.new_notebook(cells=[cell])
+
+    bundle = circuitsvis_bundle()
+    assert check_views(notebook(offline), bundle) == []
+    assert len(check_views(notebook(cdn), bundle)) == 2  # no bundle, and a network import
+    assert len(check_views(notebook(None), bundle)) == 1
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_in_a_kernel(path, tmp_path, record_property):
@@ -169,9 +190,7 @@ def test_notebook_runs_in_a_kernel(path, tmp_path, record_property):
         nbformat.write(nb, tmp_path / path.name)  # executed copy, for a look after a failure
     executable, cpu_seconds = nb.cells[-1].outputs[0]["text"].split()
     assert executable == sys.executable, "the kernel must be this interpreter"
-    record_property(
-        "kernel_cpu_seconds", float(cpu_seconds)
-    )  # the notebook's work, whatever the machine's load
+    record_property("kernel_cpu_seconds", float(cpu_seconds))  # its work, whatever the machine's load
     problems = check_views(nb, circuitsvis_bundle())
     assert not problems, "\n".join(problems)
     draws_a_view = "vis." in "".join(c.source for c in nb.cells)
