@@ -4,7 +4,7 @@
 #     text_representation:
 #       format_name: percent
 #   rope_interp:
-#     cpu_runtime: about 1 minute (110 CPU-seconds)
+#     cpu_runtime: 1-2 minutes
 # ---
 
 # %% [markdown]

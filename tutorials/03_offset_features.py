@@ -4,7 +4,7 @@
 #     text_representation:
 #       format_name: percent
 #   rope_interp:
-#     cpu_runtime: about 30 s (50 CPU-seconds)
+#     cpu_runtime: about 1 minute
 # ---
 
 # %% [markdown]
