@@ -3,6 +3,8 @@
 #   jupytext:
 #     text_representation:
 #       format_name: percent
+#   rope_interp:
+#     cpu_runtime: about 30 s
 # ---
 
 # %% [markdown]
@@ -15,19 +17,24 @@
 # 2. capture queries and keys band by band,
 # 3. decompose attention scores exactly by band, and see which bands a head relies on.
 #
-# It runs on a CPU in about a minute. (Open it as a notebook with `jupytext --to notebook`, or run it
-# as a script.)
+# New to rope_interp? Start with `00_what_does_my_model_do`.
 
 # %%
-import matplotlib
-
-matplotlib.use("Agg")
+# %matplotlib inline
 import matplotlib.pyplot as plt
 import torch
 
 import rope_interp as ri
 
 torch.set_grad_enabled(False)
+
+
+def show(fig):
+    """Display a figure once, whatever matplotlib's backend (rope_interp draws its plots off-screen)."""
+    plt.close(fig)
+    return fig
+
+
 model = ri.load_model("smollm2-135m")
 
 # %% [markdown]
@@ -84,7 +91,7 @@ ax.set_xlabel("band (0 = highest frequency)")
 ax.set_ylabel("head")
 ax.set_title(f"Layer {layer}: share of mean |score term| per band")
 fig.colorbar(im, ax=ax)
-fig.savefig("quickstart_share.png", dpi=80, bbox_inches="tight")
+show(fig)
 
 # %% [markdown]
 # Dropping bands analytically: the layer's pattern without its 8 highest-frequency bands, compared with

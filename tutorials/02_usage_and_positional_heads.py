@@ -3,6 +3,8 @@
 #   jupytext:
 #     text_representation:
 #       format_name: percent
+#   rope_interp:
+#     cpu_runtime: about 2 minutes
 # ---
 
 # %% [markdown]
@@ -15,15 +17,22 @@
 #    so zeroing a positional head's top bands should break it while zeroing its bottom bands should not.
 
 # %%
-import matplotlib
-
-matplotlib.use("Agg")
+# %matplotlib inline
+import matplotlib.pyplot as plt
 import torch
 
 import rope_interp as ri
 from rope_interp import analyses
 
 torch.set_grad_enabled(False)
+
+
+def show(fig):
+    """Display a figure once, whatever matplotlib's backend (rope_interp draws its plots off-screen)."""
+    plt.close(fig)
+    return fig
+
+
 model = ri.load_model("smollm2-135m")
 tokens = model.to_tokens(ri.data.load_text())[:, :512]
 layers = [0, 1, 2, 15, 29]
@@ -34,10 +43,9 @@ layers = [0, 1, 2, 15, 29]
 
 # %%
 usage = analyses.frequency_usage(model, tokens, layers=layers, start_pos=1)
-fig = usage.plot()
-fig.savefig("usage.png", dpi=80)
 print("lowest-quarter / highest-quarter mean q norm per layer:", usage.low_high_ratio("q").numpy().round(2))
 print("same ratio for values (control):                      ", usage.low_high_ratio("v").numpy().round(2))
+show(usage.plot())
 
 # %% [markdown]
 # ## Positional heads
@@ -48,10 +56,9 @@ print("same ratio for values (control):                      ", usage.low_high_r
 # %%
 heads = analyses.positional_heads(model, tokens, layers=layers, threshold=0.4, ablate_k=4)
 print(heads.to_dataframe().sort_values("score", ascending=False).head(8).to_string())
-fig = heads.plot()
-fig.savefig("positional_heads.png", dpi=80)
 for c in heads.causal:
     print(
         f"L{c['layer']}H{c['head']} offset {c['offset']}: score {c['score']:.2f}, survives "
         f"{c['top_k_survival']:.0%} with top-{c['k']} bands zeroed, {c['bottom_k_survival']:.0%} with bottom-{c['k']}"
     )
+show(heads.plot())

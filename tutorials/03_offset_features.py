@@ -3,6 +3,8 @@
 #   jupytext:
 #     text_representation:
 #       format_name: percent
+#   rope_interp:
+#     cpu_runtime: about 1 minute
 # ---
 
 # %% [markdown]
@@ -14,15 +16,22 @@
 # For SmolLM2 (θ base 1e5, 64 dims) and L = 2048 this admits the bands from about 19 upward.
 
 # %%
-import matplotlib
-
-matplotlib.use("Agg")
+# %matplotlib inline
+import matplotlib.pyplot as plt
 import torch
 
 import rope_interp as ri
 from rope_interp import analyses
 
 torch.set_grad_enabled(False)
+
+
+def show(fig):
+    """Display a figure once, whatever matplotlib's backend (rope_interp draws its plots off-screen)."""
+    plt.close(fig)
+    return fig
+
+
 model = ri.load_model("smollm2-135m")
 tokens = model.to_tokens(ri.data.load_text())[:, :768]
 spec = ri.RotaryBands.from_model(model)
@@ -33,8 +42,7 @@ print("bands that can keep one sign over 2048 tokens:", pred.nonzero().flatten()
 layers = [1, 5, 15, 29]
 off = analyses.offset_features(model, tokens, layers=layers, context_length=2048)
 print(off.table().to_string())
-fig = off.plot()
-fig.savefig("offsets.png", dpi=80)
+show(off.plot())
 
 # %% [markdown]
 # ## Massive values

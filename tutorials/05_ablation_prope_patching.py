@@ -3,6 +3,8 @@
 #   jupytext:
 #     text_representation:
 #       format_name: percent
+#   rope_interp:
+#     cpu_runtime: about 1 minute
 # ---
 
 # %% [markdown]
@@ -12,9 +14,8 @@
 # `.fwd_hooks()` for `model.run_with_hooks`.
 
 # %%
-import matplotlib
-
-matplotlib.use("Agg")
+# %matplotlib inline
+import matplotlib.pyplot as plt
 import torch
 
 import rope_interp as ri
@@ -24,6 +25,14 @@ from rope_interp.patching import logit_diff, patch_sweep
 from rope_interp.sweeps import direct_effect_sweep
 
 torch.set_grad_enabled(False)
+
+
+def show(fig):
+    """Display a figure once, whatever matplotlib's backend (rope_interp draws its plots off-screen)."""
+    plt.close(fig)
+    return fig
+
+
 model = ri.load_model("smollm2-135m")
 tokens = model.to_tokens(ri.data.load_text())[:, :128]
 
@@ -53,12 +62,12 @@ for p in (1.0, 0.75, 0.5, 0.0):
 
 # %%
 de = direct_effect_sweep(model, tokens, layers=[1, 2])
-de.plot(title="Pattern change (TV) when one band is removed").savefig("direct_effect.png", dpi=80)
 v, i = de.values[0].flatten().topk(3)
 print(
     "layer 1, biggest (head, band) effects:",
     [(int(j) // de.values.shape[2], int(j) % de.values.shape[2]) for j in i],
 )
+show(de.plot(title="Pattern change (TV) when one band is removed"))
 
 # %% [markdown]
 # ## Band patching on a prompt pair
@@ -74,7 +83,7 @@ print(res.to_dataframe().sort_values("effect", ascending=False).head())
 # %% [markdown]
 # ## See it: clean vs ablated attention (interactive, saved as an offline HTML page)
 
-# %%
+# %% tags=["view"]
 view = vis.ablation_view(model, tokens[:, :48], layer=1, bands=range(8), hooks=ablate_bands(model, range(8)))
-view.save("ablation_view.html")
+view.save("ablation_view.html")  # a self-contained page: opens offline
 view  # in a notebook this draws the circuitsvis panels
