@@ -97,6 +97,7 @@ from .modes import (  # noqa: F401  (the pure functions are re-exported here, wh
     zero_bands,
 )
 from .spec import RotaryBands
+from .validate import finite
 
 ANGLE_TOL = 0.05
 """Angle error (radians) that :func:`positions_from_angles` tolerates; bf16 tables have ~0.004."""
@@ -406,6 +407,7 @@ def prope(model: Any, p: float, layers: int | Sequence[int] | None = None) -> Ba
     >>> prope(tiny_model(), 0.75).bands      # 8 bands: the lowest 2 stop rotating
     [6, 7]
     """
+    finite("p", p)
     if not 0.0 <= float(p) <= 1.0:
         raise RopeInterpError(f"p must be in [0, 1] (fraction of frequencies kept), got {p}")
     n = RotaryBands.from_model(model).n_bands

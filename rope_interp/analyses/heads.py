@@ -39,6 +39,7 @@ from ..hooking import FwdHooks, HookSet, per_device
 from ..hooks import attn_hook
 from ..registry import Analysis, Block, Option, RunContext, literal_choices
 from ..spec import RotaryBands
+from ..validate import finite, positive_int
 from .inputs import figure, heatmap, layer_list
 
 KIND = {0: "diagonal", 1: "previous"}
@@ -332,6 +333,9 @@ def positional_heads(
     >>> tuple(r.scores.shape), tuple(r.margin.shape)
     ((2, 4, 2), (2, 4, 2, 8))
     """
+    finite("threshold", threshold)
+    positive_int("start_pos", start_pos, minimum=0)
+    positive_int("causal_windows", causal_windows, minimum=0)
     acc = HeadsAccumulator(model, layer_list(model, layers), offsets, threshold, start_pos, causal_windows)
     run_pass(model, data, [acc], window=window, progress=progress, desc="positional heads")
     result = acc.finalize()

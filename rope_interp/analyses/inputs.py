@@ -19,6 +19,7 @@ the window size, never on the length of the text:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -28,8 +29,9 @@ from torch import Tensor
 
 from .. import adapter
 from ..capture import band_hooks
-from ..errors import ContextLengthError, RopeInterpError
+from ..errors import ContextLengthError, RopeInterpError, TokenError
 from ..hooking import FwdHooks
+from ..validate import positive_int
 
 
 class EmptyInputError(RopeInterpError):
@@ -40,8 +42,7 @@ def _check_window(model: Any, window: int | None) -> int | None:
     if window is None:
         return None
     n_ctx = int(adapter.config(model).n_ctx)
-    if window < 2:
-        raise ValueError(f"window must be >= 2 tokens, got {window}")
+    positive_int("window", window, minimum=2)
     if window > n_ctx:
         raise ContextLengthError(f"window of {window} tokens exceeds the model's context of n_ctx={n_ctx}")
     return int(window)
@@ -51,7 +52,7 @@ def _text_windows(model: Any, text: str, window: int | None) -> Iterator[Tensor]
     if not text.strip():
         raise EmptyInputError("the text is empty: nothing to analyse")
     if getattr(model, "tokenizer", None) is None:
-        raise ValueError("model has no tokenizer: pass token ids instead of text")
+        raise TokenError("model has no tokenizer: pass token ids instead of text")
     if window is None:  # truncate=False: a too-long text is an error, not silently cut
         yield adapter.to_tokens(model, model.to_tokens(text, truncate=False))
         return
@@ -80,6 +81,29 @@ def _token_windows(model: Any, tokens: Any, window: int | None) -> Iterator[Tens
         yield adapter.to_tokens(model, tokens[..., start : start + window])
 
 
+def _is_id(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _token_list(data: Sequence[Any]) -> Tensor:
+    """A list of ints ``[pos]`` or of equal-length lists of ints ``[batch, pos]`` as a tensor; else TokenError."""
+    if all(_is_id(x) for x in data):
+        return torch.tensor(list(data))
+    if all(isinstance(x, (list, tuple)) and x and all(_is_id(y) for y in x) for x in data):
+        lengths = sorted({len(x) for x in data})
+        if len(lengths) > 1:
+            raise TokenError(
+                f"a list of token-id lists is read as one [batch, pos] batch, but its rows have lengths "
+                f"{lengths}; pad them (and pass a mask) or pass the sequences as separate tensors"
+            )
+        return torch.tensor([list(x) for x in data])
+    kinds = sorted({type(x).__name__ for x in data})
+    raise TokenError(
+        f"a list of token ids must hold only ints (or equal-length lists of ints), got items of type {kinds}; "
+        "pass text, a LongTensor, or a list of texts/tensors"
+    )
+
+
 def iter_windows(model: Any, data: Any, window: int | None = None) -> Iterator[Tensor]:
     """Token windows ``[batch, pos]`` on the model's device from text, tokens or an iterable of them.
 
@@ -87,14 +111,17 @@ def iter_windows(model: Any, data: Any, window: int | None = None) -> Iterator[T
     window (or, without ``window``, an input) longer than the model's context.
     """
     window = _check_window(model, window)
+    if data is None or isinstance(data, (bool, numbers.Number)):
+        raise TokenError(
+            f"data must be text, token ids or an iterable of them, got {data!r} ({type(data).__name__})"
+        )
+    if isinstance(data, (list, tuple)) and data and not all(isinstance(x, (str, Tensor)) for x in data):
+        data = _token_list(data)
     if isinstance(data, str):
         yield from _text_windows(model, data, window)
         return
     if isinstance(data, Tensor):
         yield from _token_windows(model, data, window)
-        return
-    if isinstance(data, (list, tuple)) and data and isinstance(data[0], int):
-        yield from _token_windows(model, torch.tensor(data), window)
         return
     n = 0
     for item in data:
@@ -119,6 +146,7 @@ def windows(model: Any, data: Any, window: int | None, progress: bool, desc: str
     """:func:`iter_windows` wrapped in a tqdm progress bar (``progress=False`` hides it)."""
     from tqdm.auto import tqdm
 
+    window = _check_window(model, window)  # before count_windows divides by it
     it = iter_windows(model, data, window)
     yield from tqdm(
         it, desc=desc, disable=not progress, total=count_windows(model, data, window), leave=False

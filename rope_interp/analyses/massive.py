@@ -29,6 +29,7 @@ from ..hooking import FwdHooks, HookSet, per_device
 from ..hooks import attn_hook
 from ..registry import Analysis, Block, Option, RunContext
 from ..spec import RotaryBands
+from ..validate import finite
 from .inputs import figure, heatmap, layer_list, windows
 
 SITES = ("rot_q", "rot_k")
@@ -192,6 +193,7 @@ def massive_values(
     >>> tuple(mv.M("q").shape), tuple(mv.M("k").shape)
     ((2, 4, 16), (2, 2, 16))
     """
+    finite("lam", lam)
     if lam <= 0:
         raise ValueError(f"lam must be > 0, got {lam}")
     acc = MassiveAccumulator(model, layer_list(model, layers), lam)

@@ -38,6 +38,7 @@ from ..engine import Accumulator, run_pass
 from ..errors import ContextLengthError
 from ..registry import Analysis, Block, Option, RunContext
 from ..spec import RotaryBands
+from ..validate import finite, positive_int
 from .inputs import figure, heatmap, layer_list
 
 
@@ -267,6 +268,9 @@ def offset_features(
     >>> tuple(r.angle.shape), tuple(r.table().shape)
     ((2, 4, 8), (8, 10))
     """
+    finite("min_consistency", min_consistency)
+    finite("spike", spike)
+    positive_int("start_pos", start_pos, minimum=0)
     layers = layer_list(model, layers)
     spec = RotaryBands.from_model(model)
     L = int(context_length or spec.n_ctx)

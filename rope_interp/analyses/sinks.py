@@ -35,6 +35,7 @@ from ..hooking import FwdHooks, per_device
 from ..hooks import attn_hook
 from ..registry import Analysis, Block, Option
 from ..spec import RotaryBands
+from ..validate import positive_int
 from .inputs import figure, heatmap, layer_list, prefix_mean
 
 
@@ -152,8 +153,7 @@ def sink_channels(
     >>> tuple(s.bos_term.shape), tuple(s.bos_attention.shape)
     ((2, 4, 8), (2, 4))
     """
-    if start_pos < 1:
-        raise ValueError("start_pos must be >= 1 (query 0 has no key other than BOS)")
+    positive_int("start_pos", start_pos, minimum=1)
     acc = SinkAccumulator(model, layer_list(model, layers), start_pos)
     run_pass(model, data, [acc], window=window, progress=progress, desc="sink channels")
     return acc.finalize()

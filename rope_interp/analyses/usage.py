@@ -22,6 +22,7 @@ from ..capture import BandStats
 from ..engine import Accumulator, run_pass
 from ..registry import Analysis, Block, Option, RunContext
 from ..spec import RotaryBands
+from ..validate import positive_int
 from .inputs import figure, heatmap, layer_list
 
 SITES = {"q": "rot_q", "k": "rot_k", "v": "v"}
@@ -155,6 +156,7 @@ def frequency_usage(
     >>> tuple(u.q_norm.shape), tuple(u.k_norm.shape), u.n_tokens
     ((2, 4, 8), (2, 2, 8), 32)
     """
+    positive_int("start_pos", start_pos, minimum=0)
     acc = UsageAccumulator(model, layer_list(model, layers), start_pos=start_pos)
     run_pass(model, data, [acc], window=window, progress=progress, desc="frequency usage")
     return acc.finalize()
