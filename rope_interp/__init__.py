@@ -10,14 +10,21 @@ from . import analyses, data
 from .bands import band_dims, band_norms, band_view, from_bands, pass_view, rotate
 from .bridge import BridgeRotaryHooksError
 from .capture import BandActivation, BandCapture, BandStats, band_hooks
+from .compat import StackWarning
 from .decompose import BandScores, band_score_terms, band_scores, iter_band_scores
 from .errors import (
     ContextLengthError,
+    HookStateError,
     LayerError,
+    MergeError,
     ModelNotAvailableError,
+    NotAModelError,
     NotRotaryError,
+    PaddingError,
     ParameterError,
     RopeInterpError,
+    SiteError,
+    TokenError,
     UselessInterventionError,
 )
 from .hooks import attn_hook, mlp_hook
@@ -51,6 +58,13 @@ from .sweeps import (
 )
 
 __all__ = [
+    "StackWarning",
+    "TokenError",
+    "SiteError",
+    "PaddingError",
+    "NotAModelError",
+    "MergeError",
+    "HookStateError",
     "BandActivation",
     "BandCapture",
     "BandIntervention",
