@@ -77,11 +77,6 @@ def test_readme_blocks_run_as_written_on_a_tiny_model(tiny_dir):
     assert sum(len(hp.fwd_hooks) for hp in model.hook_dict.values()) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="README's shift example (target='qk' by default) changes nothing: issue 9 item 1, owned by "
-    "interventions; fixed README text proposed in the issue-9 report",
-)
 def test_readme_shift_example_changes_the_model(tiny_dir):
     import rope_interp as ri
 
@@ -92,7 +87,9 @@ def test_readme_shift_example_changes_the_model(tiny_dir):
     tokens = model.to_tokens("The capital of France is Paris. The capital of Italy is Rome.")
     hooks = eval(call.group(0) + ".fwd_hooks()", {"ri": ri, "model": model})  # noqa: S307
     changed = (model.run_with_hooks(tokens, fwd_hooks=hooks) - model(tokens)).abs().max()
-    assert changed > 1e-3, f"the README's shift example changes the logits by only {changed:.1e}"
+    # a no-op (the old q+k shift) moves logits only by float rounding (~1e-6); a tiny random model
+    # reacts weakly to one band of one layer, so the bar is well above rounding, not a size
+    assert changed > 2e-5, f"the README's shift example changes the logits by only {changed:.1e}"
 
 
 @pytest.mark.slow
