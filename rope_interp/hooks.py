@@ -64,6 +64,26 @@ def mlp_hook(layer: int, site: MLPSite) -> str:
     return f"blocks.{int(layer)}.mlp.hook_{site}"
 
 
+def ln2_normalized_hook(layer: int) -> str:
+    """Name of the MLP's normalised input (``ln2.hook_normalized``) in block ``layer``.
+
+    Only a HookedTransformer has it (a ``TransformerBridge`` names its norms differently).
+
+    >>> ln2_normalized_hook(4)
+    'blocks.4.ln2.hook_normalized'
+    """
+    return f"blocks.{int(layer)}.ln2.hook_normalized"
+
+
+def resid_mid_hook(layer: int) -> str:
+    """Name of the residual stream between attention and MLP (``hook_resid_mid``) in block ``layer``.
+
+    >>> resid_mid_hook(4)
+    'blocks.4.hook_resid_mid'
+    """
+    return f"blocks.{int(layer)}.hook_resid_mid"
+
+
 def parse_attn_hook(name: str) -> tuple[int, str]:
     """Inverse of :func:`attn_hook`: ``(layer, site)`` of a hook name."""
     match = _PATTERN.match(name)

@@ -33,9 +33,15 @@ def test_quick_report_has_every_section_and_labelled_figures(tmp_path, monkeypat
         "Rotary offset features",
         "Massive values",
         "Spectra",
+        "Induction heads and their bands",
+        "Frequency entropy of band query norms",
+        "carriers outside q·k",
+        "Harmonics in the FFN",
+        "Phase alignment and sharpness",
         "Interactive attention",
     ):
         assert heading in page, heading
+    assert "follows:" in page  # each spectral measure says which paper version it follows
     # offline: no script or stylesheet fetched from the network
     assert not re.search(r"<script[^>]+src=[\"']https?:", page)
     assert "unpkg.com" not in page
@@ -50,7 +56,20 @@ def test_quick_report_has_every_section_and_labelled_figures(tmp_path, monkeypat
             assert ax.get_xlabel() and ax.get_ylabel(), f"unlabelled axes {title!r}"
     summary = (tmp_path / "summary.json").read_text()
     assert '"tokens": 256' in summary
-    for csv in ("bands", "usage", "positional_heads", "offsets", "massive"):
+    for csv in (
+        "bands",
+        "usage",
+        "positional_heads",
+        "offsets",
+        "massive",
+        "induction_heads",
+        "induction_circuit",
+        "frequency_entropy",
+        "carrier_lines",
+        "ffn_harmonics",
+        "weighted_alignment",
+        "causal_alignment",
+    ):
         assert (tmp_path / f"{csv}.csv").stat().st_size > 0
 
 
@@ -81,6 +100,10 @@ def test_report_reads_like_a_report(tmp_path):
         "Sink",
         "Massive values",
         "Spectra",
+        "Induction heads and their bands",
+        "Frequency entropy of band query norms",
+        "Harmonics in the FFN",
+        "Phase alignment and sharpness",
         "Interactive attention",
     ):
         assert re.search(rf'<a href="#[\w-]+">{title}', page), title
@@ -91,6 +114,8 @@ def test_report_reads_like_a_report(tmp_path):
     heads = summary["analyses"]["heads"]
     assert all(isinstance(r, dict) for r in heads["positional_heads"])  # named records, not float lists
     assert {r["layer"] for r in summary["analyses"]["usage"]["per_layer"]} == {0, 1}
+    for name in ("induction", "frequency-entropy", "carrier", "harmonics", "alignment"):
+        assert summary["analyses"][name], name
     bad = dict(summary, extra=1)
     with pytest.raises(ValueError, match="top-level keys"):
         validate_summary(bad)

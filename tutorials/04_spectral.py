@@ -3,6 +3,8 @@
 #   jupytext:
 #     text_representation:
 #       format_name: percent
+#   rope_interp:
+#     cpu_runtime: about 1 minute
 # ---
 
 # %% [markdown]

@@ -40,18 +40,14 @@ from torch import Tensor
 
 from .. import adapter
 from ..errors import ParameterError, RopeInterpError
-from ..hooks import attn_hook
+from ..hooks import attn_hook, ln2_normalized_hook
+from ..registry import Analysis, Option, RunContext
 from ..spec import RotaryBands
 from ..validate import finite, positive_int
 from .inputs import figure, layer_list, windows
 from .spectral import psd
 
 SITES = ("sink", "mlp_in")
-
-
-def _norm_hook(layer: int) -> str:
-    # TODO(lead): move to hooks.py (the one place for hook names); kept here to leave hooks.py untouched
-    return f"blocks.{int(layer)}.ln2.hook_normalized"
 
 
 def detrend(x: Float[Tensor, "... pos"]) -> Float[Tensor, "... pos"]:
@@ -265,7 +261,7 @@ def carrier_lines(
     hooks = []
     for i, layer in enumerate(layers):
         hooks.append((attn_hook(layer, "pattern"), lambda p, hook, i=i: on_pattern(p, hook, i)))
-        hooks.append((_norm_hook(layer), lambda x, hook, i=i: on_norm(x, hook, i)))
+        hooks.append((ln2_normalized_hook(layer), lambda x, hook, i=i: on_norm(x, hook, i)))
     rows = 0
     for tokens in windows(model, data, window, progress, "carrier lines"):
         n = tokens.shape[1] - skip
@@ -399,3 +395,79 @@ def report_section(result: CarrierSurvey | CarrierLines) -> list:
         fig,
         lines.sort_values("ratio", ascending=False).head(20) if len(lines) else df.head(0),
     ]
+
+
+# ---- registry record (CLI subcommand and report section) ----------------------------------------------
+from .induction import as_blocks, text_tokens  # noqa: E402
+
+
+def _finish(ctx: RunContext, opts: dict[str, Any], accs: list) -> CarrierSurvey:
+    tokens = text_tokens(ctx.model, ctx.data)
+    n_pos = min(opts["n_pos"], tokens.shape[1], int(adapter.config(ctx.model).n_ctx))
+    layers = layer_list(ctx.model, ctx.layers)
+    if opts["carrier_layers"]:
+        layers = layer_list(ctx.model, opts["carrier_layers"])
+    else:  # first, middle and last analysed layer
+        layers = sorted({layers[0], layers[len(layers) // 2], layers[-1]})
+    return carrier_survey(
+        ctx.model, tokens, n_pos=n_pos, layers=layers, threshold=opts["threshold"], progress=ctx.progress
+    )
+
+
+def _summary(r: CarrierSurvey) -> dict[str, Any]:
+    first = r.results[0]
+    return {
+        "layers": first.layers,
+        "n_pos": first.n_pos + first.skip,
+        "threshold": first.threshold,
+        "conditions": [r_.summary() for r_ in r.results],
+    }
+
+
+def _findings(r: CarrierSurvey) -> list[str]:
+    s = {c.condition: c.summary() for c in r.results}
+    parts = "; ".join(
+        f"{c}: {v['sink_lines']}/{v['sink_checked']} sink head-bands, {v['mlp_in_lines']}/{v['mlp_in_checked']} "
+        "MLP-input bands"
+        for c, v in s.items()
+    )
+    return [
+        f"Carrier (Ruscio et al. v1/v2 precondition): θ_i lines at least {r.results[0].threshold:g}× the local median "
+        f"in layers {r.results[0].layers}: {parts}."
+    ]
+
+
+ANALYSIS = Analysis(
+    name="carrier",
+    title="θ_i carriers outside q·k (Ruscio et al. v1/v2 precondition)",
+    help="Is there a θ_i carrier in the sink attention or the MLP input? Line detection on text, a repeated token "
+    "and random tokens",
+    description=(
+        "Our test of the precondition of Ruscio et al.'s v1/v2 harmonic claim: the PSD over query positions of each "
+        "head's attention on the first key and of the MLP's normalised input, and a line wherever the power at a band "
+        "frequency θ_i is threshold× the local median; on the text, one repeated token and random tokens."
+    ),
+    finish=_finish,
+    options=(
+        Option("n_pos", int, 256, "positions per input (capped by the text and n_ctx)", minimum=24),
+        Option("threshold", float, 10.0, "a line is this many times the local median", minimum=1.0001),
+        Option(
+            "carrier_layers",
+            int,
+            None,
+            "layers (none given: the first, middle and last analysed layer)",
+            many=True,
+        ),
+    ),
+    summary=_summary,
+    summary_doc={
+        "layers": "layers checked",
+        "n_pos": "positions per input",
+        "threshold": "line threshold (times the local median)",
+        "conditions": "records per input (text, repeated, random): sink_lines, sink_checked, mlp_in_lines, "
+        "mlp_in_checked, sink_max_ratio, mlp_in_max_ratio",
+    },
+    findings=_findings,
+    tables=lambda r: {"carrier_lines": r.to_dataframe()},
+    section=lambda r: as_blocks(report_section(r)),
+)

@@ -7,7 +7,7 @@ To add one, write ``rope_interp/analyses/<name>.py`` ending in ``ANALYSIS = Anal
 
 from __future__ import annotations
 
-from . import heads, massive, offsets, sinks, spectra, usage
+from . import alignment, carrier, harmonics, heads, induction, massive, offsets, sinks, spectra, usage
 
 BUILTIN = (
     usage.ANALYSIS,
@@ -16,4 +16,9 @@ BUILTIN = (
     offsets.ANALYSIS,
     massive.ANALYSIS,
     spectra.ANALYSIS,
+    induction.ANALYSIS,
+    induction.ENTROPY_ANALYSIS,
+    carrier.ANALYSIS,
+    harmonics.ANALYSIS,
+    alignment.ANALYSIS,
 )

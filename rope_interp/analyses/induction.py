@@ -51,6 +51,7 @@ from .. import adapter
 from ..errors import ContextLengthError, ParameterError, TokenError
 from ..hooking import FwdHooks, HookSet
 from ..hooks import attn_hook
+from ..registry import Analysis, Block, Option, RunContext
 from ..spec import RotaryBands
 from ..validate import finite, positive_int, token_ids
 from .heads import OffsetAttention, offset_margins, positional_heads
@@ -1048,3 +1049,244 @@ def report_section(result: InductionHeads | InductionCircuit | FrequencyEntropy)
             items.append(result.ablation_dataframe().round(4))
         return items
     raise TypeError(f"no report section for {type(result).__name__}")
+
+
+# ---- registry records (CLI subcommands and report sections) ----------------------------------------------
+
+
+def as_blocks(items: list) -> list[Block]:
+    """:func:`report_section` items as report blocks; DataFrames become tables (no index, NaN as "—")."""
+    from ..html import table_html
+
+    return [(None, table_html(x, digits=4, max_rows=30) if hasattr(x, "to_html") else x) for x in items]
+
+
+def text_tokens(model: Any, data: Any, n: int | None = None) -> Tensor:
+    """The first ``n`` tokens (all: None) of the first row of ``data`` (ids, a string, or a list of windows)."""
+    if isinstance(data, (list, tuple)) and data and isinstance(data[0], Tensor):
+        data = torch.cat([w[:1] for w in data], -1)
+    tokens = adapter.to_tokens(model, data) if not isinstance(data, Tensor) else data
+    tokens = tokens[None] if tokens.ndim == 1 else tokens
+    return tokens[:1, :n] if n else tokens[:1]
+
+
+@dataclass
+class InductionResult:
+    """What the registered ``induction`` analysis returns: the heads and (unless skipped) the circuit."""
+
+    heads: InductionHeads
+    circuit: InductionCircuit | None = None
+
+    def to_dataframe(self):
+        return self.heads.to_dataframe()
+
+
+def _repeat_len(model: Any, n: int) -> int:
+    cfg = adapter.config(model)
+    return max(2, min(n, (int(cfg.n_ctx) - 1) // 2, int(cfg.d_vocab) - 1))
+
+
+def _induction_finish(ctx: RunContext, opts: dict[str, Any], accs: list) -> InductionResult:
+    spec = RotaryBands.from_model(ctx.model)
+    heads = induction_heads(
+        ctx.model,
+        n=_repeat_len(ctx.model, opts["n_repeat"]),
+        batch=opts["batch"],
+        seed=opts["seed"],
+        layers=ctx.layers,
+        threshold=opts["threshold"],
+    )
+    circuit = None
+    if opts["circuit"]:
+        circuit = induction_circuit(
+            ctx.model,
+            heads,
+            top=opts["top"],
+            k=min(opts["k"], spec.n_bands // 2),
+            n_control=opts["n_control"],
+            seed=opts["seed"],
+            progress=ctx.progress,
+        )
+    return InductionResult(heads, circuit)
+
+
+def _induction_summary(r: InductionResult) -> dict[str, Any]:
+    s = r.heads.summary()
+    out: dict[str, Any] = {k: s[k] for k in ("n", "batch", "threshold", "chance")}
+    out["induction_heads"] = s["found"]
+    if r.circuit is not None:
+        c = r.circuit
+        out["ablated_heads"] = [{"layer": a, "head": b, "score": round(x, 4)} for a, b, x in c.induction]
+        out["previous_token_heads"] = [
+            {"layer": a, "head": b, "score": round(x, 4)} for a, b, x in c.previous
+        ]
+        out["k"] = c.k
+        out["n_massive_dims"] = c.n_massive_dims
+        out["conditions"] = [
+            {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
+            for row in c.to_dataframe().to_dict(orient="records")
+        ]
+    return out
+
+
+def _induction_findings(r: InductionResult) -> list[str]:
+    h = r.heads
+    best = h.top(1)[0]
+    found = h.found()
+    share, _ = h.shares()
+    i = h.layers.index(best[0])
+    half = h.n_bands // 2
+    text = (
+        f"Induction: {len(found)} heads score above {h.threshold} on {h.tokens.shape[0]} repeats of {h.n} random "
+        f"tokens (chance {h.chance:.3f}); the best, L{best[0]}H{best[1]} ({best[2]:.2f}), takes "
+        f"{float(share[i, best[1], :half].sum()):.0%} of its QK margin from the high-frequency half of the bands"
+    )
+    c = r.circuit
+    if c is None:
+        return [text + "."]
+    df = c.to_dataframe()
+    ind = df[df["group"] == "induction heads"]
+    parts = ", ".join(
+        f"{cond.replace(' zeroed in q', '')} {d:+.2f}"
+        for cond, d in zip(ind["condition"], ind["delta_repeat_loss"], strict=True)
+    )
+    return [
+        text + ".",
+        f"Induction circuit: with the top {len(c.induction)} induction heads' {c.k} highest / lowest bands zeroed "
+        f"in q or the heads knocked out, the repeat loss ({df['repeat_loss'].iloc[0]:.2f} nats) moves by {parts} "
+        f"nats.",
+    ]
+
+
+def _induction_tables(r: InductionResult) -> dict[str, Any]:
+    out = {"induction_heads": r.heads.to_dataframe()}
+    if r.circuit is not None:
+        out["induction_circuit"] = r.circuit.to_dataframe()
+    return out
+
+
+def _induction_section(r: InductionResult) -> list[Block]:
+    blocks = as_blocks(report_section(r.heads))
+    if r.circuit is not None:
+        blocks += as_blocks(report_section(r.circuit))
+    return blocks
+
+
+ANALYSIS = Analysis(
+    name="induction",
+    title="Induction heads and their bands",
+    help="Induction heads on repeated random tokens, their per-band QK margin, and band ablations of the circuit",
+    description=(
+        "Repeated random tokens [BOS, t_1..t_n, t_1..t_n] (Olsson et al., 2022): each head's attention on the token "
+        "after the previous occurrence, its QK margin split exactly by band; then the top heads' highest vs lowest "
+        "bands zeroed in q (and their previous-token heads'), knock-outs and massive dims vs controls, on the repeat "
+        "loss. Synthetic input: needs no text."
+    ),
+    finish=_induction_finish,
+    options=(
+        Option("n_repeat", int, 32, "random tokens per sequence, repeated once (capped by n_ctx)", minimum=2),
+        Option("batch", int, 4, "repeated sequences", minimum=1),
+        Option("threshold", float, 0.3, "induction score above which a head counts", minimum=0.0),
+        Option("top", int, 3, "top induction heads ablated together", minimum=1),
+        Option("k", int, 8, "highest / lowest bands zeroed (capped at half the bands)", minimum=1),
+        Option("n_control", int, 1, "random controls of the massive-dim ablation", minimum=1),
+        Option("seed", int, 0, "seed of the random tokens and controls", minimum=0),
+        Option("circuit", bool, True, "skip the circuit ablations"),
+    ),
+    summary=_induction_summary,
+    summary_doc={
+        "n": "random tokens per sequence (each repeated once)",
+        "batch": "repeated sequences",
+        "threshold": "induction score threshold",
+        "chance": "score of uniform attention over the causal keys",
+        "induction_heads": "records for heads above threshold (best 10): layer, head, score, margin, "
+        "high/low_band_share, top_bands",
+        "ablated_heads": "records: the top induction heads ablated together (layer, head, score)",
+        "previous_token_heads": "records: previous-token heads of earlier layers (layer, head, score)",
+        "k": "highest / lowest bands zeroed",
+        "n_massive_dims": "massive q/k dims (Jin et al.) found on the repeated tokens",
+        "conditions": "records per ablation: group, condition, repeat_loss, first_half_loss, induction_score "
+        "and deltas vs unablated",
+    },
+    findings=_induction_findings,
+    tables=_induction_tables,
+    section=_induction_section,
+)
+
+
+# ---- frequency entropy ----
+def _entropy_finish(ctx: RunContext, opts: dict[str, Any], accs: list) -> FrequencyEntropy:
+    data = text_tokens(ctx.model, ctx.data, opts["n_tokens"])
+    kw = dict(layers=ctx.layers, window=ctx.window, n_control=opts["n_control"], ablation_windows=1)
+    k = opts["ablate_k"] or None
+    try:
+        return frequency_entropy(ctx.model, data, ablate_k=k, progress=ctx.progress, **kw)
+    except ParameterError:  # too few heads left for a matched control (tiny models): no ablation
+        if k is None:
+            raise
+        return frequency_entropy(ctx.model, data, ablate_k=None, progress=ctx.progress, **kw)
+
+
+def _entropy_summary(r: FrequencyEntropy) -> dict[str, Any]:
+    s = r.summary()
+    s["ablation"] = [
+        {"condition": a["condition"], "loss": round(a["loss"], 4), "n_entries": a["n_entries"]}
+        for a in r.ablation
+    ]
+    return s
+
+
+def _entropy_findings(r: FrequencyEntropy) -> list[str]:
+    s = r.summary()
+    text = (
+        f"Frequency entropy: the band query norms' spectra over {_n_pos(r)} positions have mean normalised entropy "
+        f"{s['mean_entropy']} (minimum {s['min_entropy']}); band {s['lowest_entropy_band']} is the most tonal on "
+        "average"
+    )
+    if r.ablation:
+        base = r.ablation[0]["loss"]
+        pick = {a["condition"]: a["loss"] for a in r.ablation}
+        low = next(c for c in pick if "lowest-entropy" in c)
+        ctrl = [v for c, v in pick.items() if c.startswith("control") and "lowest" in c]
+        text += (
+            f"; zeroing the {r.ablation[1]['n_entries']} lowest-entropy entries in q moves the loss from {base:.3f} "
+            f"to {pick[low]:.3f}"
+            + (f" (matched controls {', '.join(f'{v:.3f}' for v in ctrl)})" if ctrl else "")
+        )
+    return [text + "."]
+
+
+ENTROPY_ANALYSIS = Analysis(
+    name="frequency-entropy",
+    title="Frequency entropy of band query norms",
+    help="Spectral entropy over positions of each (layer, head, band) query norm, and extreme-entropy ablations",
+    description=(
+        "Per layer, head and band, the entropy of the power spectrum over positions of ||q_i(m)|| (our normalisation, "
+        "after 'Probing Rotary Position Embeddings through Frequency Entropy'), on the first n_tokens of the text; "
+        "then the lowest- and highest-entropy entries zeroed in q against matched controls."
+    ),
+    finish=_entropy_finish,
+    options=(
+        Option("n_tokens", int, 256, "first tokens of the text to stream (0: all)", minimum=0),
+        Option("ablate_k", int, 32, "lowest / highest entries zeroed (0: no ablation)", minimum=0),
+        Option("n_control", int, 1, "matched controls per ablation", minimum=0),
+    ),
+    summary=_entropy_summary,
+    summary_doc={
+        "seq_len": "window length of the spectra",
+        "n_tokens": "tokens streamed",
+        "n_skipped_windows": "shorter last windows left out",
+        "mean_entropy": "mean normalised entropy (0 = one tone, ~1 = white noise)",
+        "min_entropy": "lowest entropy of any (layer, head, band)",
+        "lowest_entropy_band": "band with the lowest mean entropy",
+        "highest_entropy_band": "band with the highest mean entropy",
+        "ablation": "records: condition, loss, n_entries (empty when skipped)",
+        "lowest": "records: the 5 lowest-entropy entries (layer, head, band, entropy, peak period, peak share)",
+    },
+    findings=_entropy_findings,
+    tables=lambda r: (
+        {"frequency_entropy": r.to_dataframe()}
+        | ({"frequency_entropy_ablation": r.ablation_dataframe()} if r.ablation else {})
+    ),
+    section=lambda r: as_blocks(report_section(r)),
+)

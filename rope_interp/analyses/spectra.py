@@ -309,19 +309,23 @@ def _findings(r: Spectra) -> list[str]:
 def _section(r: Spectra) -> list[Block]:
     from ..html import paragraph
 
-    return [(None, paragraph(ANALYSIS.description + f" Layers {r.layers}."))] + [
-        (None, res.plot()) for res in r.parts.values()
-    ]
+    blocks: list[Block] = [(None, paragraph(ANALYSIS.description + f" Layers {r.layers}."))]
+    for p, res in r.parts.items():  # each measure says which paper version it follows, or that it is ours
+        blocks += [(None, spectral.provenance_html(NAMES[p])), (None, res.plot())]
+    return blocks
+
+
+NAMES = {
+    "bands": "band_spectra",
+    "attention": "attention_spectra",
+    "mlp": "mlp_spectra",
+    "phase": "phase_alignment",
+}
+"""Each part's public function, table and provenance name (:data:`.spectral.PROVENANCE`)."""
 
 
 def _tables(r: Spectra) -> dict[str, Any]:
-    names = {
-        "bands": "band_spectra",
-        "attention": "attention_spectra",
-        "mlp": "mlp_spectra",
-        "phase": "phase_alignment",
-    }
-    return {names[p]: res.to_dataframe() for p, res in r.parts.items()}
+    return {NAMES[p]: res.to_dataframe() for p, res in r.parts.items()}
 
 
 ANALYSIS = Analysis(
