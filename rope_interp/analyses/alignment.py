@@ -51,7 +51,7 @@ from ..interventions import ablate_bands
 from ..registry import Analysis, Option, RunContext
 from ..spec import RotaryBands
 from ..validate import finite, indices, positive_int
-from .induction import as_blocks, text_tokens
+from .induction import as_blocks, auto_size, text_tokens
 from .inputs import figure, heatmap, iter_windows, layer_list, qk_pair_hooks, windows
 from .spectral import _add_sums, corr_from_sums
 
@@ -602,7 +602,7 @@ def _finish(ctx: RunContext, opts: dict[str, Any], accs: list) -> AlignmentResul
     layer = opts["layer"] if opts["layer"] is not None else pool[len(pool) // 2]
     (layer,) = adapter.layers(ctx.model, layer)
     layers = sorted({pool[0], layer, pool[-1]})
-    tokens = text_tokens(ctx.model, ctx.data, opts["n_tokens"])
+    tokens = text_tokens(ctx.model, ctx.data, auto_size(ctx, opts["n_tokens"], 16, 64, 128))
     w = weighted_alignment(ctx.model, tokens, layers=layers, window=ctx.window, progress=ctx.progress)
     causal = None
     if opts["n_phases"]:
@@ -701,9 +701,11 @@ ANALYSIS = Analysis(
             "head of the causal test (None: the most negative partial correlation)",
             minimum=0,
         ),
-        Option("n_tokens", int, 256, "first tokens of the text (0: all)", minimum=0),
-        Option("n_phases", int, 5, "phase shifts from 0 to π (0: skip the causal test)", minimum=0),
-        Option("n_used", int, 2, "most-used bands shifted", minimum=1),
+        Option(
+            "n_tokens", int, None, "first tokens of the text (0: all; None: 1/16 of it, 64 to 128)", minimum=0
+        ),
+        Option("n_phases", int, 3, "phase shifts from 0 to π (0: skip the causal test)", minimum=0),
+        Option("n_used", int, 1, "most-used bands shifted", minimum=1),
         Option("n_random", int, 1, "random-plane controls", minimum=0),
     ),
     summary=_summary,

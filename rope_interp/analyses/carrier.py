@@ -398,12 +398,14 @@ def report_section(result: CarrierSurvey | CarrierLines) -> list:
 
 
 # ---- registry record (CLI subcommand and report section) ----------------------------------------------
-from .induction import as_blocks, text_tokens  # noqa: E402
+from .induction import as_blocks, auto_size, text_tokens  # noqa: E402
 
 
 def _finish(ctx: RunContext, opts: dict[str, Any], accs: list) -> CarrierSurvey:
     tokens = text_tokens(ctx.model, ctx.data)
-    n_pos = min(opts["n_pos"], tokens.shape[1], int(adapter.config(ctx.model).n_ctx))
+    n_pos = min(
+        auto_size(ctx, opts["n_pos"], 8, 64, 256), tokens.shape[1], int(adapter.config(ctx.model).n_ctx)
+    )
     layers = layer_list(ctx.model, ctx.layers)
     if opts["carrier_layers"]:
         layers = layer_list(ctx.model, opts["carrier_layers"])
@@ -449,7 +451,13 @@ ANALYSIS = Analysis(
     ),
     finish=_finish,
     options=(
-        Option("n_pos", int, 256, "positions per input (capped by the text and n_ctx)", minimum=24),
+        Option(
+            "n_pos",
+            int,
+            None,
+            "positions per input (None: 1/8 of the text, 64 to 256; capped by n_ctx)",
+            minimum=24,
+        ),
         Option("threshold", float, 10.0, "a line is this many times the local median", minimum=1.0001),
         Option(
             "carrier_layers",

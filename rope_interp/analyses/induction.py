@@ -1070,6 +1070,16 @@ def text_tokens(model: Any, data: Any, n: int | None = None) -> Tensor:
     return tokens[:1, :n] if n else tokens[:1]
 
 
+def auto_size(ctx: RunContext, value: int | None, per: int, lo: int, hi: int) -> int:
+    """``value``, or (None) one unit per ``per`` tokens of the run's text, clamped to ``[lo, hi]``.
+
+    The report's sizes scale with its text, so ``--quick`` (256 tokens) stays quick.
+    """
+    if value is not None:
+        return value
+    return max(lo, min(hi, int(text_tokens(ctx.model, ctx.data).shape[1]) // per))
+
+
 @dataclass
 class InductionResult:
     """What the registered ``induction`` analysis returns: the heads and (unless skipped) the circuit."""
@@ -1091,7 +1101,7 @@ def _induction_finish(ctx: RunContext, opts: dict[str, Any], accs: list) -> Indu
     heads = induction_heads(
         ctx.model,
         n=_repeat_len(ctx.model, opts["n_repeat"]),
-        batch=opts["batch"],
+        batch=auto_size(ctx, opts["batch"], 2048, 1, 2),
         seed=opts["seed"],
         layers=ctx.layers,
         threshold=opts["threshold"],
@@ -1184,8 +1194,10 @@ ANALYSIS = Analysis(
     ),
     finish=_induction_finish,
     options=(
-        Option("n_repeat", int, 32, "random tokens per sequence, repeated once (capped by n_ctx)", minimum=2),
-        Option("batch", int, 4, "repeated sequences", minimum=1),
+        Option("n_repeat", int, 24, "random tokens per sequence, repeated once (capped by n_ctx)", minimum=2),
+        Option(
+            "batch", int, None, "repeated sequences (None: 1 per 2,048 tokens of text, 1 to 2)", minimum=1
+        ),
         Option("threshold", float, 0.3, "induction score above which a head counts", minimum=0.0),
         Option("top", int, 3, "top induction heads ablated together", minimum=1),
         Option("k", int, 8, "highest / lowest bands zeroed (capped at half the bands)", minimum=1),
@@ -1216,7 +1228,7 @@ ANALYSIS = Analysis(
 
 # ---- frequency entropy ----
 def _entropy_finish(ctx: RunContext, opts: dict[str, Any], accs: list) -> FrequencyEntropy:
-    data = text_tokens(ctx.model, ctx.data, opts["n_tokens"])
+    data = text_tokens(ctx.model, ctx.data, auto_size(ctx, opts["n_tokens"], 16, 64, 128))
     kw = dict(layers=ctx.layers, window=ctx.window, n_control=opts["n_control"], ablation_windows=1)
     k = opts["ablate_k"] or None
     try:
@@ -1267,7 +1279,13 @@ ENTROPY_ANALYSIS = Analysis(
     ),
     finish=_entropy_finish,
     options=(
-        Option("n_tokens", int, 256, "first tokens of the text to stream (0: all)", minimum=0),
+        Option(
+            "n_tokens",
+            int,
+            None,
+            "first tokens of the text to stream (0: all; None: 1/16 of it, 64 to 128)",
+            minimum=0,
+        ),
         Option("ablate_k", int, 32, "lowest / highest entries zeroed (0: no ablation)", minimum=0),
         Option("n_control", int, 1, "matched controls per ablation", minimum=0),
     ),
