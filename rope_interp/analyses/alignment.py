@@ -52,7 +52,7 @@ from ..registry import Analysis, Option, RunContext
 from ..spec import RotaryBands
 from ..validate import finite, indices, positive_int
 from .induction import as_blocks, auto_size, text_tokens
-from .inputs import figure, heatmap, iter_windows, layer_list, qk_pair_hooks, windows
+from .inputs import figure, heatmap, iter_windows, layer_head_band_frame, layer_list, qk_pair_hooks, windows
 from .spectral import _add_sums, corr_from_sums
 
 METRICS = ("entropy", "max_weight", "mlp_norm")
@@ -459,20 +459,12 @@ class WeightedAlignment:
     n_queries: int
 
     def to_dataframe(self):
-        import pandas as pd
-
-        L, H, B = self.alignment.shape
-        idx = torch.cartesian_prod(torch.arange(L), torch.arange(H), torch.arange(B))
-        return pd.DataFrame(
-            {
-                "layer": [self.layers[i] for i in idx[:, 0].tolist()],
-                "head": idx[:, 1].tolist(),
-                "band": idx[:, 2].tolist(),
-                "alignment": self.alignment.flatten().tolist(),
-                "pcorr_entropy": self.pcorr_entropy.flatten().tolist(),
-                "pcorr_max_weight": self.pcorr_max.flatten().tolist(),
-            }
-        )
+        cols = {
+            "alignment": self.alignment,
+            "pcorr_entropy": self.pcorr_entropy,
+            "pcorr_max_weight": self.pcorr_max,
+        }
+        return layer_head_band_frame(self.layers, cols)
 
     def summary(self) -> dict[str, Any]:
         pe = self.pcorr_entropy.flatten(1).nan_to_num()

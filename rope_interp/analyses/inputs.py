@@ -199,6 +199,24 @@ def figure(n_axes: int = 1, width: float = 6.0, height: float = 4.0):
     return fig, list(axes[0])
 
 
+def layer_head_band_frame(layers: Sequence[int], columns: dict[str, Tensor]):
+    """Long table of ``[layer, head, band]`` tensors: one row per cell, model layer numbers in ``layer``.
+
+    >>> layer_head_band_frame([3], {"x": torch.zeros(1, 2, 2)}).shape
+    (4, 4)
+    """
+    import pandas as pd
+
+    L, H, B = next(iter(columns.values())).shape
+    idx = torch.cartesian_prod(torch.arange(L), torch.arange(H), torch.arange(B))
+    data = {
+        "layer": [layers[i] for i in idx[:, 0].tolist()],
+        "head": idx[:, 1].tolist(),
+        "band": idx[:, 2].tolist(),
+    }
+    return pd.DataFrame(data | {name: t.flatten().tolist() for name, t in columns.items()})
+
+
 def layer_list(model: Any, layers: Any) -> list[int]:
     """Validated, sorted, de-duplicated layers (None = all)."""
     return sorted(set(adapter.layers(model, layers)))

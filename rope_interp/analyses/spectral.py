@@ -51,7 +51,7 @@ from ..errors import ParameterError
 from ..hooking import per_device
 from ..hooks import attn_hook, mlp_hook
 from ..spec import RotaryBands
-from .inputs import figure, heatmap, layer_list, prefix_mean, qk_pair_hooks, windows
+from .inputs import figure, heatmap, layer_head_band_frame, layer_list, prefix_mean, qk_pair_hooks, windows
 
 THIRDS = ((0.0, 0.25), (0.25, 0.75), (0.75, 1.0 + 1e-9))
 
@@ -523,20 +523,12 @@ class PhaseAlignment:
     n_queries: int
 
     def to_dataframe(self):
-        import pandas as pd
-
-        L, H, B = self.alignment.shape
-        idx = torch.cartesian_prod(torch.arange(L), torch.arange(H), torch.arange(B))
-        return pd.DataFrame(
-            {
-                "layer": [self.layers[i] for i in idx[:, 0].tolist()],
-                "head": idx[:, 1].tolist(),
-                "band": idx[:, 2].tolist(),
-                "alignment": self.alignment.flatten().tolist(),
-                "corr_entropy": self.corr_entropy.flatten().tolist(),
-                "corr_max_weight": self.corr_max.flatten().tolist(),
-            }
-        )
+        cols = {
+            "alignment": self.alignment,
+            "corr_entropy": self.corr_entropy,
+            "corr_max_weight": self.corr_max,
+        }
+        return layer_head_band_frame(self.layers, cols)
 
     def plot(self):
         fig, axes = figure(2, width=5.5, height=4.2)
