@@ -49,6 +49,10 @@ class Accumulator:
     needs_loss: bool = False
     """True: the forward runs to the end and :meth:`observe_loss` gets the per-token loss."""
 
+    def configure(self, tokens: Tensor) -> None:
+        """Fix settings that depend on the data (an FFT length, ...) from the stream's *first* window,
+        before any window is fed: every rank of a distributed run sees the same first window."""
+
     def accepts(self, tokens: Tensor) -> bool:
         """Whether this window counts for the accumulator (e.g. long enough); default: every window."""
         return True
@@ -120,13 +124,39 @@ def run_pass(
     desc: str = "analyses",
 ) -> int:
     """Stream ``data`` (text, token ids or batches; see :func:`~rope_interp.analyses.inputs.iter_windows`)
-    through the model once, feeding every accumulator. Returns the number of windows."""
+    through the model once, feeding every accumulator. Returns the number of windows (this rank's).
+
+    Under ``torchrun`` (an initialised process group, :mod:`rope_interp.distributed`) each rank
+    runs a contiguous block of the windows and the accumulators are merged across ranks in rank
+    order, so every rank ends with the single-process sums; a failure on one rank raises
+    :class:`~rope_interp.distributed.RankFailedError` on all of them."""
+    from . import distributed
     from .analyses.inputs import windows
 
     n = 0
     if not accs:
         return n
-    for tokens in windows(model, data, window, progress, desc):
-        forward_window(model, tokens, accs)
-        n += 1
+    if distributed.world() is None:
+        for tokens in windows(model, data, window, progress, desc):
+            if n == 0:
+                for a in accs:
+                    a.configure(tokens)
+            forward_window(model, tokens, accs)
+            n += 1
+        return n
+    # under torchrun: this rank's contiguous block of windows, then every rank's sums merged in rank order
+    error = None
+    try:
+        every = list(windows(model, data, window, False, desc))
+        for a in accs:
+            a.configure(every[0])
+        mine = distributed.shard(every)
+        from tqdm.auto import tqdm
+
+        for tokens in tqdm(mine, desc=desc, disable=not (progress and distributed.is_root()), leave=False):
+            forward_window(model, tokens, accs)
+            n += 1
+    except Exception as err:  # reported to every rank at the exchange below
+        error = err
+    distributed.reduce_accumulators(accs, error, f"the shared pass ({desc})")
     return n

@@ -254,7 +254,7 @@ def build_report(
 def _write_report(
     model: Any, tokens: torch.Tensor, out: Path, cfg: ReportConfig, source: str, spec: Any
 ) -> Path:
-    from . import registry
+    from . import distributed, registry
     from .html import TOC, save_html_page
 
     started = time.perf_counter()
@@ -274,18 +274,21 @@ def _write_report(
             timings=timings,
         )
         run.seconds = {("shared pass" if k == "pass" else f"{k} (extra runs)"): v for k, v in timings.items()}
+        if not distributed.is_root():  # under torchrun, rank 0 alone writes the report
+            return out / "report.html"
         body: list[Block] = []
-        if cfg.wants("bands"):
-            body += bands_section(run)
-            run.spec.to_dataframe(0, context_length=int(tokens.shape[1])).to_csv(out / "bands.csv")
-        for a in chosen:
-            for name, df in a.tables(run.results[a.name]).items():
-                df.to_csv(out / f"{name}.csv", index=False)
-            body += analysis_section(a, run.results[a.name])
-        if cfg.wants("views"):
-            t0 = time.perf_counter()
-            body += views_section(run)
-            run.seconds["views"] = time.perf_counter() - t0
+        with distributed.local():  # rank 0 only from here: no collective may run
+            if cfg.wants("bands"):
+                body += bands_section(run)
+                run.spec.to_dataframe(0, context_length=int(tokens.shape[1])).to_csv(out / "bands.csv")
+            for a in chosen:
+                for name, df in a.tables(run.results[a.name]).items():
+                    df.to_csv(out / f"{name}.csv", index=False)
+                body += analysis_section(a, run.results[a.name])
+            if cfg.wants("views"):
+                t0 = time.perf_counter()
+                body += views_section(run)
+                run.seconds["views"] = time.perf_counter() - t0
     sentences = findings(run, chosen)
     total = time.perf_counter() - started
     summary = build_summary(run, chosen, sentences, total)

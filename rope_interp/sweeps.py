@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import adapter
+from . import adapter, distributed
 from .bands import band_view
 from .direct import ablated_patterns, band_changed_patterns, direct_effect_sweep, pass_scores  # noqa: F401
 from .errors import ParameterError, RopeInterpError
@@ -91,7 +91,7 @@ def _metric_hooks(metric: Any) -> list:
 def _progress(total: int, desc: str, progress: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, disable=not progress)
+    return tqdm(total=total, desc=desc, disable=not (progress and distributed.is_root()))
 
 
 def naive_sweep(
@@ -122,18 +122,23 @@ def naive_sweep(
         model, tokens, per, source, layers, heads, bands, positions, target, mode, params
     )
     dev, cells = adapter.device(model), grid.cells()
-    out = []
+    todo = [(L, cell) for L in grid.coords["layer"] for cell in cells]
     with torch.no_grad(), model.hooks(fwd_hooks=_metric_hooks(metric)):
         base = metric_values(metric, model(tokens), 1)[0]
-        bar = _progress(len(cells) * len(grid.coords["layer"]), "naive sweep", progress)
-        for L in grid.coords["layer"]:
-            for cell in cells:
+
+        def run(mine: list[int]) -> Tensor:
+            out = torch.empty(len(mine), dtype=torch.float32)
+            bar = _progress(len(mine), "naive sweep", progress)
+            for j, i in enumerate(mine):
+                L, cell = todo[i]
                 qm, km = grid.masks([cell], dev)
                 with MaskedBands(model, L, qm, km, op=op):
-                    out.append(metric_values(metric, model(tokens), 1)[0])
+                    out[j] = metric_values(metric, model(tokens), 1)[0].float().cpu()
                 bar.update(1)
-        bar.close()
-    values = torch.stack(out).reshape(grid.shape)
+            bar.close()
+            return out
+
+        values = _sharded([[i] for i in range(len(todo))], run).reshape(grid.shape)
     return SweepResult(values.cpu(), grid.dims, grid.coords, float(base), "naive", _extra(op, grid))
 
 
@@ -193,28 +198,58 @@ def _exact_cells(
             by_layer.setdefault(todo[i][0], []).append(i)
         for idx in by_layer.values():
             groups += [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
-    for chunk in groups:
-        layers = [todo[j][0] for j in chunk]
-        start = min(layers)
-        qm, km = grid.masks([cells[todo[j][1]] for j in chunk], dev)
-        hooks = []
-        for L in sorted(set(layers)):
-            mine = torch.tensor([lay == L for lay in layers], device=dev)[:, None, None, None]
-            hooks.append(
-                MaskedBands(
-                    model, L, None if qm is None else qm & mine, None if km is None else km & mine, op=op
-                )
+
+    def run(mine: list[int]) -> Tensor:
+        vals = torch.empty(len(mine), dtype=torch.float32)
+        pos = {i: j for j, i in enumerate(mine)}
+        for chunk in [g for g in groups if g and g[0] in pos]:
+            vals[[pos[i] for i in chunk]] = _exact_chunk(
+                model, grid, op, metric, res, todo, chunk, dev, cells
             )
-        x = res[start].repeat(len(chunk), *([1] * (res[start].ndim - 1)))
-        with contextlib.ExitStack() as stack:
-            for h in hooks:
-                stack.enter_context(h)
-            out[chunk] = metric_values(metric, model(x, start_at_layer=start), len(chunk)).float().cpu()
-        if bar is not None:
-            bar.update(len(chunk))
+            if bar is not None:
+                bar.update(len(chunk))
+        return vals
+
+    if live:
+        out[[i for g in groups for i in g]] = _sharded(groups, run)
     if bar is not None and dead:
         bar.update(len(dead))
     return out
+
+
+def _sharded(groups: list[list[int]], run: Callable[[list[int]], Tensor]) -> Tensor:
+    """Values of the items in ``groups`` (lists of item indices, kept together), in the order of
+    ``groups`` flattened. Under torchrun each rank runs a contiguous block of the groups (the same
+    batches as one process) and the values are gathered in rank order."""
+    w = distributed.world()
+    if w is None:
+        return run([i for g in groups for i in g])
+    start, stop = distributed.shard_bounds(len(groups), w.rank, w.size)
+    mine = [i for g in groups[start:stop] for i in g]
+    error, vals = None, None
+    try:
+        vals = run(mine).tolist()
+    except Exception as err:  # reported to every rank
+        error = err
+    return torch.tensor(distributed.gather_rows(vals or [], error, "the sweep's cells"), dtype=torch.float32)
+
+
+def _exact_chunk(model, grid, op, metric, res, todo, chunk, dev, cells) -> Tensor:
+    """The metric of the cells ``todo[chunk]`` stacked along the batch of one forward."""
+    layers = [todo[j][0] for j in chunk]
+    start = min(layers)
+    qm, km = grid.masks([cells[todo[j][1]] for j in chunk], dev)
+    hooks = []
+    for L in sorted(set(layers)):
+        mine = torch.tensor([lay == L for lay in layers], device=dev)[:, None, None, None]
+        hooks.append(
+            MaskedBands(model, L, None if qm is None else qm & mine, None if km is None else km & mine, op=op)
+        )
+    x = res[start].repeat(len(chunk), *([1] * (res[start].ndim - 1)))
+    with contextlib.ExitStack() as stack:
+        for h in hooks:
+            stack.enter_context(h)
+        return metric_values(metric, model(x, start_at_layer=start), len(chunk)).float().cpu()
 
 
 def exact_sweep(

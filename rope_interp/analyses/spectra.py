@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .. import adapter
 from ..engine import Accumulator
+from ..errors import MergeError
 from ..hooking import FwdHooks
 from ..hooks import attn_hook, mlp_hook
 from ..registry import Analysis, Block, Option, RunContext, literal_choices
@@ -64,6 +65,14 @@ class _SumsMerge(Accumulator):
             raise ValueError(
                 f"cannot merge {type(self).__name__} over layers {other.layers} into {self.layers}"
             )
+        mine, theirs = getattr(self, "nfft", None), getattr(other, "nfft", None)
+        if mine and theirs and mine != theirs:
+            raise MergeError(
+                f"cannot merge {type(self).__name__} computed with nfft={theirs} into one with nfft={mine}: "
+                "pass the same nfft (or the same first window) to both"
+            )
+        if not mine and theirs:
+            self.nfft = theirs
         for name in self._sums:
             a, b = getattr(self, name), getattr(other, name)
             if isinstance(a, dict):
@@ -84,6 +93,9 @@ class BandSpectraAccumulator(_SumsMerge):
         self.theta = RotaryBands.from_model(model).freqs[self.layers].float()
         self.nfft, self.n = nfft, 0
         self.acc: dict[tuple[str, int], Tensor] = {}
+
+    def configure(self, tokens: Tensor) -> None:
+        self.nfft = self.nfft or _nfft(tokens.shape[1])  # from the stream's first window, on every rank
 
     def accepts(self, tokens: Tensor) -> bool:
         n = tokens.shape[1]
@@ -163,6 +175,9 @@ class MLPSpectraAccumulator(_SumsMerge):
         self.theta = RotaryBands.from_model(model).freqs[self.layers].float()
         self.nfft, self.harmonics, self.n, self.len = nfft, harmonics, 0, 0
         self.acc: dict[tuple[int, int], Tensor] = {}
+
+    def configure(self, tokens: Tensor) -> None:
+        self.nfft = self.nfft or _nfft(tokens.shape[1])  # from the stream's first window, on every rank
 
     def accepts(self, tokens: Tensor) -> bool:
         n = tokens.shape[1]

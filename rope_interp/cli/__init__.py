@@ -14,9 +14,12 @@ Files go to a staging folder moved into ``--out`` only when the command succeeds
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from contextlib import contextmanager, redirect_stdout
 
+from .. import distributed
 from .commands import AnalysisCommand, BandsCommand, Command, ParserCommands, ReportCommand, SummaryCommand
 from .common import common_parser, load_from_args, out_dir, text_from_args, tokens_from_args
 from .output import StagedOutput
@@ -66,21 +69,89 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cmd is None:
         parser.print_help()
         return 0
+    joined = False
     try:
-        check_common(args)
-        dest = cmd.out_for(args)
-        if dest is None:
-            return int(cmd.run(args) or 0)
-        with StagedOutput(dest):
-            return int(cmd.run(args) or 0)
+        with _terminate_as_exit():
+            check_common(args)
+            joined = _join(args)  # under torchrun: one rank of a data-parallel run
+            with _quiet_unless_root():
+                dest = cmd.out_for(args)
+                if dest is None:
+                    code = int(cmd.run(args) or 0)
+                    distributed.agree(None, "the command")
+                    return code
+                with StagedOutput(dest):  # under torchrun: every rank agrees before rank 0 commits
+                    return int(cmd.run(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"interrupted{_where()}", file=sys.stderr)
         return 130
     except Exception as err:  # one line for users; --traceback for developers
+        err = _tell_other_ranks(err)
         if getattr(args, "traceback", False):
             raise
-        print(f"rope-interp {args.command}: error: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"rope-interp {args.command}: error{_where()}: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
+    finally:
+        if joined:
+            distributed.leave()
+
+
+def _join(args) -> bool:
+    """Join torchrun's process group when launched by it; the device becomes this rank's own."""
+    if distributed.world() is None and not distributed.launched():
+        return False
+    already = distributed.world() is not None
+    distributed.init(device=getattr(args, "device", None))
+    if hasattr(args, "device"):
+        args.device = distributed.local_device(args.device)
+    return not already
+
+
+def _where() -> str:
+    w = distributed.world()
+    return "" if w is None else f" on rank {w.rank} of {w.size}"
+
+
+def _tell_other_ranks(err: Exception) -> Exception:
+    """Under torchrun, report ``err`` to every rank (unless they know already); returns what to print."""
+    if distributed.world() is None or distributed.reported(err):
+        return err
+    try:
+        distributed.agree(err, "the command")
+    except distributed.RankFailedError as failed:
+        return failed
+    return err
+
+
+@contextmanager
+def _quiet_unless_root():
+    """Standard output only from rank 0 (errors still print on every rank, on stderr)."""
+    if distributed.is_root():
+        yield
+        return
+    with open(os.devnull, "w") as sink, redirect_stdout(sink):
+        yield
+
+
+@contextmanager
+def _terminate_as_exit():
+    """SIGTERM (torchrun stopping the other workers, a scheduler's kill) unwinds like Ctrl-C, so staging
+    folders are removed; the previous handler is restored afterwards."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"terminated by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 __all__ = [

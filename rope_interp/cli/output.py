@@ -7,6 +7,10 @@ files in, ``summary.json`` and ``report.html`` last: at no moment does the folde
 hold an old ``report.html`` or ``summary.json`` beside new tables. Files that
 rope_interp did not write are never touched.
 
+Under ``torchrun`` only rank 0 commits, and only after every rank said it succeeded
+(:func:`rope_interp.distributed.agree`); the other ranks write into private folders that
+are deleted.
+
 >>> import tempfile, pathlib
 >>> dest = pathlib.Path(tempfile.mkdtemp()) / "out"
 >>> with StagedOutput(dest) as stage:
@@ -33,6 +37,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .. import distributed
+
 MANIFEST = ".rope-interp-files.json"
 LAST = ("summary.json", "report.html")  # moved last: their presence means the run finished
 
@@ -56,6 +62,9 @@ class StagedOutput:
 
     def folder(self) -> Path:
         """The staging folder (created on first use, beside ``dest`` so the final moves are renames)."""
+        if self._folder is None and not distributed.is_root():
+            # another rank of a torchrun job: a private folder, never moved into dest (rank 0 writes)
+            self._folder = Path(tempfile.mkdtemp(prefix="rope-interp-rank-"))
         if self._folder is None:
             parent = self.dest.absolute().parent
             parent.mkdir(parents=True, exist_ok=True)
@@ -66,10 +75,17 @@ class StagedOutput:
         self._token = _STAGE.set(self)
         return self
 
-    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         _STAGE.reset(self._token)
         try:
-            if exc_type is None and self._folder is not None:
+            if (
+                distributed.world() is not None
+                and (exc is None or isinstance(exc, Exception))  # Ctrl-C / SIGTERM: just clean up
+                and not (exc is not None and distributed.reported(exc))
+            ):
+                # every rank says whether it succeeded before rank 0 commits (raises on all if one failed)
+                distributed.agree(exc, "writing the outputs")
+            if exc_type is None and self._folder is not None and distributed.is_root():
                 self.commit()
         finally:
             if self._folder is not None:

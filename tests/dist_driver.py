@@ -1,0 +1,135 @@
+"""One rank of the distributed tests (tests/test_distributed.py starts several with RANK/WORLD_SIZE set).
+
+    python tests/dist_driver.py stats OUT      # registry.run over the report's statistics; rank 0 saves them
+    python tests/dist_driver.py sweep OUT      # naive + exact layer x band sweeps; rank 0 saves them
+    python tests/dist_driver.py cli ARGS...    # rope_interp.cli.main(ARGS) with the test analyses registered
+
+Without WORLD_SIZE it runs as a single process (the reference).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import torch
+
+torch.set_num_threads(1)
+
+from rope_interp import distributed, registry  # noqa: E402
+from rope_interp.engine import Accumulator  # noqa: E402
+from rope_interp.registry import Analysis, Option  # noqa: E402
+from rope_interp.testing import tiny_model  # noqa: E402
+
+STATS = {
+    "usage": {},
+    "offsets": {"context_length": 64},
+    "massive": {},
+    "heads": {},
+    "sinks": {},
+    "spectrum": {},
+}
+
+
+def data() -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 50, (2, 90), generator=g)  # windows of 40: 3 per row (40, 40, 10), 6 windows
+
+
+def tensors(obj, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor (and number) a result holds, by attribute path."""
+    out: dict[str, torch.Tensor] = {}
+    items = obj.items() if isinstance(obj, dict) else vars(obj).items() if hasattr(obj, "__dict__") else []
+    for k, v in items:
+        name = f"{prefix}{k}"
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            out[name] = v.detach().double().cpu()
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[name] = torch.tensor(float(v), dtype=torch.float64)
+        elif (isinstance(v, dict) or hasattr(v, "__dict__")) and not isinstance(v, torch.nn.Module) and k != "model":
+            out.update(tensors(v, name + "."))
+    return out
+
+
+def stats(out: str) -> None:
+    model = tiny_model(n_layers=3)
+    res = registry.run(model, data(), STATS, window=40, progress=False)
+    flat = {f"{n}/{k}": v for n, r in res.items() for k, v in tensors(r).items()}
+    if distributed.is_root():
+        torch.save(flat, out)
+
+
+def sweep(out: str) -> None:
+    from rope_interp.metrics import loss_metric
+    from rope_interp.sweeps import run_sweep
+
+    model = tiny_model(n_layers=3)
+    t = data()[:1, :24]
+    extra = {"naive": {}, "exact": {"batch_size": 3}, "refine": {"batch_size": 3, "top": 4}}
+    res = {
+        m: run_sweep(model, t, loss_metric(t), method=m, mode="zero", progress=False, **kw).values
+        for m, kw in extra.items()
+    }
+    if distributed.is_root():
+        torch.save(res, out)
+
+
+# ---- analyses that fail on one rank's shard (registered for the cli mode) ----------------------------
+class Boom(Accumulator):
+    """Fails (or kills its process) on a window holding the word "five" (the test puts it in the last window)."""
+
+    def __init__(self, model, how: str):
+        self.layers, self.how, self.n = [0], how, 0
+        self.bad = int(model.to_tokens("five", prepend_bos=False)[0, -1])
+
+    def observe(self, tokens):
+        self.n += tokens.numel()
+        if (tokens == self.bad).any():
+            if self.how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise ValueError("the word 'five' is not allowed on this shard")
+
+    def merge(self, other):
+        self.n += other.n
+        return self
+
+    def finalize(self):
+        return self.n
+
+
+def _boom(name: str) -> Analysis:
+    return Analysis(
+        name=name,
+        title=name,
+        help="test analysis that fails on the word five",
+        description="test analysis that fails on the word five",
+        start=lambda ctx, opts: [Boom(ctx.model, name.split("-")[1])],
+        finish=lambda ctx, opts, accs: accs[0].finalize(),
+        options=(Option("unused", int, 0, "nothing"),),
+        summary=lambda r: {"n": r},
+        tables=lambda r: {},
+    )
+
+
+def cli(argv: list[str]) -> int:
+    from rope_interp.cli import main
+
+    registry.register(_boom("boom-raise"))
+    registry.register(_boom("boom-kill"))
+    return main(argv)
+
+
+if __name__ == "__main__":
+    mode, *rest = sys.argv[1:]
+    if mode == "stats":
+        distributed.init()
+        stats(rest[0])
+    elif mode == "sweep":
+        distributed.init()
+        sweep(rest[0])
+    elif mode == "cli":
+        sys.exit(cli(rest))
+    else:
+        sys.exit(f"unknown mode {mode!r}")
+    distributed.leave()
