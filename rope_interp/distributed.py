@@ -184,6 +184,10 @@ def leave() -> None:
     """Leave the process group (the command line calls it at exit when it joined one)."""
     dist = _dist()
     if dist.is_available() and dist.is_initialized():
+        try:  # leave together: a peer that closes its connections first can abort gloo here
+            dist.barrier()
+        except Exception:  # a rank is gone already: nothing to wait for
+            pass
         dist.destroy_process_group()
     _reset_groups()
 
@@ -302,7 +306,8 @@ def agree(error: BaseException | None = None, what: str = "the end of the run") 
 
 
 def stats() -> dict[str, float]:
-    """Exchanges made in this process so far and the seconds spent in them (for benchmarks)."""
+    """Exchanges made in this process so far, the seconds spent in them (waiting for the slowest rank
+    included) and the bytes of accumulator state this rank sent (for benchmarks)."""
     return dict(_STATS)
 
 
@@ -415,6 +420,7 @@ def reduce_accumulators(
     if error is None:
         try:
             packed = [pack(a) for a in accs]
+            _STATS["bytes"] += sum(len(b) + sum(t.nbytes for t in ts) for b, ts, _ in packed)
         except Exception as err:  # reported to every rank, like a failure during the pass
             error = err
     states = exchange(packed, error, what)

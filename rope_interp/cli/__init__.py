@@ -61,6 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``rope-interp`` command; returns its exit code.
+
+    Under ``torchrun`` the process joins the group, and when the command ends it leaves the
+    group and exits at once with that code (``os._exit`` after flushing): gloo's worker threads
+    can abort an interpreter that shuts down normally after a peer failed.
+    """
+    state: dict[str, bool] = {}
+    code = _main(argv, state)
+    if state.get("joined"):
+        distributed.leave()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: Sequence[str] | None, state: dict[str, bool]) -> int:
     from .common import check_common
 
     parser = build_parser()
@@ -69,11 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cmd is None:
         parser.print_help()
         return 0
-    joined = False
     try:
         with _terminate_as_exit():
             check_common(args)
-            joined = _join(args)  # under torchrun: one rank of a data-parallel run
+            state["joined"] = _join(args)  # under torchrun: one rank of a data-parallel run
             with _quiet_unless_root():
                 dest = cmd.out_for(args)
                 if dest is None:
@@ -91,9 +107,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"rope-interp {args.command}: error{_where()}: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
-    finally:
-        if joined:
-            distributed.leave()
 
 
 def _join(args) -> bool:
