@@ -138,11 +138,17 @@ def main() -> None:
         for k in one["result"]
     )
     comm = statistics.median(two["comm"])
-    print(f"{args.analysis} on {one['n_tokens']} tokens ({args.model}, windows of {args.window}), 1 thread/process")
+    print(
+        f"{args.analysis} on {one['n_tokens']} tokens ({args.model}, windows of {args.window}), 1 thread/process"
+    )
     print(f"  1 process   {one['seconds']:8.2f} s")
-    print(f"  2 processes {two['seconds']:8.2f} s   speed-up {speedup:.2f}x, scaling efficiency {speedup / 2:.2f}")
+    print(
+        f"  2 processes {two['seconds']:8.2f} s   speed-up {speedup:.2f}x, scaling efficiency {speedup / 2:.2f}"
+    )
     print(f"  largest difference: {abs_d:.3g} absolute, {rel_d:.3g} relative ({len(one['result'])} tensors)")
-    print(f"  one all-reduce of the accumulators: {comm * 1e3:.1f} ms, {two['sent'] / 1e6:.2f} MB sent per rank")
+    print(
+        f"  one all-reduce of the accumulators: {comm * 1e3:.1f} ms, {two['sent'] / 1e6:.2f} MB sent per rank"
+    )
     if args.json:
         Path(args.json).write_text(
             json.dumps(

@@ -47,14 +47,18 @@ def tensors(obj, prefix: str = "") -> dict[str, torch.Tensor]:
             out[name] = v.detach().double().cpu()
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             out[name] = torch.tensor(float(v), dtype=torch.float64)
-        elif (isinstance(v, dict) or hasattr(v, "__dict__")) and not isinstance(v, torch.nn.Module) and k != "model":
+        elif (
+            (isinstance(v, dict) or hasattr(v, "__dict__"))
+            and not isinstance(v, torch.nn.Module)
+            and k != "model"
+        ):
             out.update(tensors(v, name + "."))
     return out
 
 
-def stats(out: str) -> None:
-    model = tiny_model(n_layers=3)
-    res = registry.run(model, data(), STATS, window=40, progress=False)
+def stats(out: str, device: str = "cpu") -> None:
+    model = tiny_model(n_layers=3).to(distributed.local_device(device))
+    res = registry.run(model, data().to(model.cfg.device), STATS, window=40, progress=False)
     flat = {f"{n}/{k}": v for n, r in res.items() for k, v in tensors(r).items()}
     if distributed.is_root():
         torch.save(flat, out)
@@ -123,8 +127,9 @@ def cli(argv: list[str]) -> int:
 if __name__ == "__main__":
     mode, *rest = sys.argv[1:]
     if mode == "stats":
-        distributed.init()
-        stats(rest[0])
+        device = rest[1] if len(rest) > 1 else "cpu"
+        distributed.init(device=device)
+        stats(rest[0], device)
     elif mode == "sweep":
         distributed.init()
         sweep(rest[0])
@@ -133,3 +138,6 @@ if __name__ == "__main__":
     else:
         sys.exit(f"unknown mode {mode!r}")
     distributed.leave()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # as the CLI does: no interpreter teardown racing gloo's threads

@@ -75,7 +75,14 @@ def launch(args: list[str], n: int = 2, cwd: Path | None = None, limit: float = 
 
 def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert sorted(a) == sorted(b)
-    assert len(a) >= 25 and {k.split("/")[0] for k in a} == {"usage", "offsets", "massive", "heads", "sinks", "spectrum"}
+    assert len(a) >= 25 and {k.split("/")[0] for k in a} == {
+        "usage",
+        "offsets",
+        "massive",
+        "heads",
+        "sinks",
+        "spectrum",
+    }
     for k in a:
         assert a[k].shape == b[k].shape, k
         torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-9, msg=k)
@@ -129,8 +136,19 @@ def _no_output(out: Path) -> None:
 @pytest.mark.parametrize("how", ["raise", "kill"])
 def test_a_failing_rank_stops_every_rank_with_a_clear_message(tmp_path, tiny_dir, how):
     text, out = _text(tmp_path), tmp_path / "out"
-    args = ["cli", f"boom-{how}", "--model", str(tiny_dir), "--text", str(text), "--window", "16",
-            "--out", str(out), "--no-progress"]
+    args = [
+        "cli",
+        f"boom-{how}",
+        "--model",
+        str(tiny_dir),
+        "--text",
+        str(text),
+        "--window",
+        "16",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     t0 = time.monotonic()
     res = launch(args)
     took = time.monotonic() - t0
@@ -138,7 +156,9 @@ def test_a_failing_rank_stops_every_rank_with_a_clear_message(tmp_path, tiny_dir
     assert all(rc != 0 for rc in codes), codes
     err0, err1 = res[0][1], res[1][1]
     if how == "raise":
-        assert "rank 1" in err0 and "ValueError: the word 'five' is not allowed on this shard" in err0, err0[-2000:]
+        assert "rank 1" in err0 and "ValueError: the word 'five' is not allowed on this shard" in err0, err0[
+            -2000:
+        ]
         assert "on rank 1 of 2" in err1 and "'five'" in err1, err1[-2000:]
     else:
         assert codes[1] == -9  # SIGKILL
@@ -152,8 +172,21 @@ def test_command_on_two_ranks_counts_both_shards_and_writes_once(tmp_path, tiny_
     text = tmp_path / "t.txt"
     text.write_text("the capital of france is paris " * 30)
     out = tmp_path / "out"
-    res = launch(["cli", "boom-raise", "--model", str(tiny_dir), "--text", str(text), "--window", "16",
-                  "--out", str(out), "--no-progress"])
+    res = launch(
+        [
+            "cli",
+            "boom-raise",
+            "--model",
+            str(tiny_dir),
+            "--text",
+            str(text),
+            "--window",
+            "16",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert [rc for rc, *_ in res] == [0, 0], [e[-2000:] for _, e, _ in res]
     import json
 
@@ -161,8 +194,10 @@ def test_command_on_two_ranks_counts_both_shards_and_writes_once(tmp_path, tiny_
     assert not list(tmp_path.glob("rope-interp-rank-*"))
 
 
-@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
-                    reason="torchrun not installed next to this python")
+@pytest.mark.skipif(
+    shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
+    reason="torchrun not installed next to this python",
+)
 def test_report_under_torchrun(tmp_path, tiny_dir):
     """The README's command shape: torchrun starts 2 ranks of `rope-interp report`; the report's
     statistics equal a single-process report's."""
@@ -171,26 +206,61 @@ def test_report_under_torchrun(tmp_path, tiny_dir):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     text = tmp_path / "t.txt"
     text.write_text("the capital of france is paris and the old city of rome is on a river " * 12)
-    common = ["report", "--model", str(tiny_dir), "--text", str(text), "--window", "32", "--no-progress",
-              "--sections", "usage", "offsets", "massive", "heads"]
+    common = [
+        "report",
+        "--model",
+        str(tiny_dir),
+        "--text",
+        str(text),
+        "--window",
+        "32",
+        "--no-progress",
+        "--sections",
+        "usage",
+        "offsets",
+        "massive",
+        "heads",
+    ]
     port = free_port()
     two = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
-         "-m", "rope_interp.cli", *common, "--out", str(tmp_path / "two")],
-        env=env_for(None, 1, port), capture_output=True, text=True, timeout=LIMIT_S, cwd=ROOT,
+        [
+            torchrun,
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            "-m",
+            "rope_interp.cli",
+            *common,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        env=env_for(None, 1, port),
+        capture_output=True,
+        text=True,
+        timeout=LIMIT_S,
+        cwd=ROOT,
     )
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("wrote ") == 1  # rank 0 alone prints
     one = subprocess.run(
         [sys.executable, "-m", "rope_interp.cli", *common, "--out", str(tmp_path / "one")],
-        env=env_for(None, 1, port), capture_output=True, text=True, timeout=LIMIT_S, cwd=ROOT,
+        env=env_for(None, 1, port),
+        capture_output=True,
+        text=True,
+        timeout=LIMIT_S,
+        cwd=ROOT,
     )
     assert one.returncode == 0, one.stderr[-3000:]
     a = json.loads((tmp_path / "two" / "summary.json").read_text())
     b = json.loads((tmp_path / "one" / "summary.json").read_text())
     assert (tmp_path / "two" / "report.html").is_file()
     for name in ("usage", "offsets", "massive", "heads"):
-        assert _numbers(a["analyses"][name]) == pytest.approx(_numbers(b["analyses"][name]), rel=1e-6, abs=1e-9)
+        assert _numbers(a["analyses"][name]) == pytest.approx(
+            _numbers(b["analyses"][name]), rel=1e-6, abs=1e-9
+        )
     assert a["analyses"]["usage"]["n_tokens"] == b["analyses"]["usage"]["n_tokens"] > 0
 
 

@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from .. import adapter
+from .. import adapter, distributed
 from ..engine import Accumulator, run_pass
 from ..hooking import FwdHooks, HookSet, per_device
 from ..hooks import attn_hook
@@ -320,18 +320,33 @@ def massive_ablation(
         conditions = conditions[1:]
     totals = torch.zeros(len(conditions), dtype=torch.float64)
     count = 0
-    for tokens in windows(model, data, window, progress, "massive ablation"):
-        if tokens.shape[1] < 2:
-            continue
-        for j, cond in enumerate(conditions):
-            with torch.no_grad():
-                if cond is None:
-                    loss = model(tokens, return_type="loss", loss_per_token=True)
-                else:
-                    with cond:
+
+    def ablate(stream: Any) -> None:
+        nonlocal count
+        for tokens in stream:
+            if tokens.shape[1] < 2:
+                continue
+            for j, cond in enumerate(conditions):
+                with torch.no_grad():
+                    if cond is None:
                         loss = model(tokens, return_type="loss", loss_per_token=True)
-            totals[j] += loss.double().sum().cpu()
-        count += tokens.shape[0] * (tokens.shape[1] - 1)
+                    else:
+                        with cond:
+                            loss = model(tokens, return_type="loss", loss_per_token=True)
+                totals[j] += loss.double().sum().cpu()
+            count += tokens.shape[0] * (tokens.shape[1] - 1)
+
+    if distributed.world() is None:
+        ablate(windows(model, data, window, progress, "massive ablation"))
+    else:  # under torchrun: each rank its block of windows, the loss sums added in rank order
+        error = None
+        try:
+            ablate(distributed.shard(list(windows(model, data, window, False, "massive ablation"))))
+        except Exception as err:
+            error = err
+        parts = distributed.exchange((totals, count), error, "the massive-value ablation")
+        totals = sum((t for t, _ in parts[1:]), parts[0][0].clone())
+        count = sum(c for _, c in parts)
     if count == 0:
         raise ValueError("no window has two or more tokens: cannot measure next-token loss")
     means = (totals / count).tolist()

@@ -116,7 +116,8 @@ class BandSpectraAccumulator(_SumsMerge):
 
     def finalize(self) -> spectral.BandSpectra:
         def stack(s: str) -> Tensor:
-            return torch.stack([self.acc[s, i] for i in range(len(self.layers))]).cpu().float() / self.n
+            # per-layer sums live on their layer's device (a model split over GPUs): gather on the CPU
+            return torch.stack([self.acc[s, i].cpu() for i in range(len(self.layers))]).float() / self.n
 
         return spectral.BandSpectra(
             stack("q"), stack("k"), self.theta, self.layers, int(self.nfft or 0), self.n
@@ -210,7 +211,7 @@ class MLPSpectraAccumulator(_SumsMerge):
 
     def finalize(self) -> spectral.MLPSpectra:
         L = len(self.layers)
-        out = torch.stack([torch.stack([self.acc[i, s] for s in range(2)]) for i in range(L)]).cpu().float()
+        out = torch.stack([torch.stack([self.acc[i, s].cpu() for s in range(2)]) for i in range(L)]).float()
         return spectral.MLPSpectra(
             out / self.n, self.theta, self.layers, int(self.nfft or 0), self.harmonics, window_len=self.len
         )
