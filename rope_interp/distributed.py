@@ -184,10 +184,14 @@ def leave() -> None:
     """Leave the process group (the command line calls it at exit when it joined one)."""
     dist = _dist()
     if dist.is_available() and dist.is_initialized():
-        try:  # leave together: a peer that closes its connections first can abort gloo here
-            dist.barrier()
-        except Exception:  # a rank is gone already: nothing to wait for
-            pass
+        # leave together (a peer that closes its connections first can abort gloo here), over gloo only:
+        # gloo notices a dead peer at once, NCCL would wait for the whole timeout
+        group = _GLOO if _GLOO is not None else None if "nccl" not in str(dist.get_backend()) else False
+        if group is not False:
+            try:
+                dist.barrier(group=group)
+            except Exception:  # a rank is gone already: nothing to wait for
+                pass
         dist.destroy_process_group()
     _reset_groups()
 

@@ -48,6 +48,13 @@ def main() -> None:
     ap.add_argument("--no-alone", action="store_true", help="skip timing each analysis alone")
     ap.add_argument("--no-report", action="store_true", help="skip timing the whole report")
     ap.add_argument("--json", default=None, help="also write the timings to this JSON file")
+    ap.add_argument(
+        "--analyses",
+        nargs="*",
+        default=None,
+        help="only these registered analyses (default: all, as the report runs them); e.g. the six "
+        "of issue 11: usage heads sinks offsets massive spectrum",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -68,6 +75,11 @@ def main() -> None:
     windows = list(iter_windows(model, tokens, window))
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else None
     names = [a.name for a in registry.analyses()]
+    if args.analyses:
+        unknown = sorted(set(args.analyses) - set(names))
+        if unknown:
+            ap.error(f"unknown analyses {unknown}; registered: {names}")
+        names = [n for n in names if n in args.analyses]
 
     def options(name: str) -> dict:
         a = registry.get(name)
@@ -92,7 +104,7 @@ def main() -> None:
 
     print(
         f"{tokens.shape[1]} tokens in {len(windows)} windows of {window}; device {args.device}; "
-        f"{torch.get_num_threads()} threads; layers {layers or 'all'}",
+        f"{torch.get_num_threads()} threads; layers {layers or 'all'}; analyses {' '.join(names)}",
         flush=True,
     )
     plain()  # warm-up

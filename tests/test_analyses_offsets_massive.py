@@ -121,6 +121,20 @@ def test_mean_ablation_and_matched_control():
     assert ab.plot().axes[0].get_ylabel()
 
 
+def test_stacked_conditions_equal_one_forward_each():
+    """Conditions stacked along the batch (the default) give the losses of one forward per condition."""
+    model = _model_with_massive_dim()
+    toks = torch.randint(0, 50, (2, 24), generator=torch.Generator().manual_seed(5))
+    mv = massive_values(model, toks, progress=False)
+    stacked = massive_ablation(model, toks, mv, n_control=3, window=12, progress=False)
+    alone = massive_ablation(model, toks, mv, n_control=3, window=12, progress=False, max_batch_tokens=1)
+    assert stacked.n_tokens == alone.n_tokens == 2 * 2 * 11
+    got = [stacked.baseline, stacked.massive, *stacked.control]
+    want = [alone.baseline, alone.massive, *alone.control]
+    assert got == pytest.approx(want, rel=1e-6)
+    assert len(set(round(x, 6) for x in want)) > 1  # the conditions really differ
+
+
 def test_massive_none_found_is_a_clear_error():
     model = tiny_model()
     mv = massive_values(model, torch.randint(0, 50, (1, 16)), lam=100.0, progress=False)

@@ -98,6 +98,8 @@ def test_report_statistics_two_ranks_equal_one(tmp_path):
     # the merge really combined both shards: token counts are the whole input's (2 x 90 tokens)
     assert a["usage/n_tokens"].item() == b["usage/n_tokens"].item() == 180
     assert a["massive/values.n_tokens"].item() == 180
+    assert a["massive/ablation.n_tokens"].item() == 174  # the ablation ran, split over the ranks too
+    assert a["massive/ablation.control"].shape == (2,)
 
 
 def test_sharded_sweeps_equal_one_process(tmp_path):

@@ -139,3 +139,23 @@ def test_issue9_item9_gpt2_dir_is_not_rotary_before_any_attribute_error(tmp_path
         load_model(str(tmp_path / "gpt2-llama-named"))
     with pytest.raises(NotRotaryError, match="no rotary"):
         load_model(str(tmp_path / "gpt2-llama-named"), bridge=True)
+
+
+def test_linear_layout_keeps_outputs_bit_identical():
+    """``linear_layout`` (applied by load_model) changes only the storage order of the gated MLP and
+    unembedding weights: shapes, values and every logit stay exactly the same."""
+    import copy
+
+    from rope_interp.models import linear_layout
+    from rope_interp.testing import tiny_model
+
+    model = tiny_model(gated_mlp=True)
+    t = torch.randint(0, 50, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(t)
+    relaid = linear_layout(copy.deepcopy(model))
+    for (name, p), (_, q) in zip(model.named_parameters(), relaid.named_parameters(), strict=True):
+        assert p.shape == q.shape and torch.equal(p, q), name
+    assert relaid.blocks[0].mlp.W_gate.T.is_contiguous() and relaid.unembed.W_U.T.is_contiguous()
+    with torch.no_grad():
+        assert torch.equal(relaid(t), before)

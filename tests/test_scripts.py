@@ -45,3 +45,16 @@ def test_sweep_scripts(tmp_path, script, stem):
 def test_bench_sweep_quick(tmp_path):
     out = _run([str(SCRIPTS / "bench_sweep.py"), "--quick"], tmp_path)
     assert "spearman" in out.lower()
+
+
+def test_bench_distributed_tiny(tmp_path):
+    """The distributed benchmark end to end (torchrun, 1 and 2 gloo processes) on a tiny model."""
+    out = _run(
+        [str(SCRIPTS / "bench_distributed.py"), "--model", "tiny", "--tokens", "1024", "--window", "64",
+         "--json", str(tmp_path / "d.json")],
+        tmp_path,
+    )  # fmt: skip
+    assert "scaling efficiency" in out
+    fig = json.loads((tmp_path / "d.json").read_text())
+    assert fig["max_rel_diff"] <= 1e-6 and fig["tokens"] == 1024
+    assert fig["sent_bytes"] > 0 and fig["allreduce_s"] > 0

@@ -45,6 +45,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .. import adapter
+from ..bands import band_norms
 from ..errors import ParameterError
 from ..hooks import attn_hook, mlp_hook
 from ..interventions import ablate_bands
@@ -88,8 +89,8 @@ def band_usage(
     >>> band_usage(q, torch.ones(1, 3, 2, 2)).tolist()
     [2.8284270763397217, 0.0]
     """
-    qn = q.norm(dim=-1).flatten(0, -2).mean(0)
-    kn = k.norm(dim=-1).flatten(0, -2).mean(0)
+    qn = band_norms(q).flatten(0, -2).mean(0)
+    kn = band_norms(k).flatten(0, -2).mean(0)
     return qn * kn
 
 
@@ -443,8 +444,8 @@ def weighted_band_alignment(
     p = pattern.clone()
     p[..., 0] = 0
     kbar = torch.einsum("bhmn,bnhic->bmhic", p, k)
-    kn = torch.einsum("bhmn,bnhi->bmhi", p, k.norm(dim=-1))
-    return (q * kbar).sum(-1) / (q.norm(dim=-1) * kn).clamp_min(1e-30)
+    kn = torch.einsum("bhmn,bnhi->bmhi", p, band_norms(k))
+    return (q * kbar).sum(-1) / (band_norms(q) * kn).clamp_min(1e-30)
 
 
 @dataclass

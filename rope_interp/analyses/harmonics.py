@@ -42,6 +42,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .. import adapter
+from ..bands import band_norms
 from ..errors import ParameterError, RopeInterpError
 from ..hooks import attn_hook, resid_mid_hook
 from ..registry import Analysis, Option, RunContext
@@ -368,7 +369,7 @@ def ffn_harmonics(
 
     def on_q(q: Tensor, hook: Any) -> Tensor:
         b = q[:, skip:, head].detach().double()[..., spec.dims]  # [b, pos, band, 2]
-        sums["qn"] = sums["qn"] + b.norm(dim=-1).sum((0, 1))
+        sums["qn"] = sums["qn"] + band_norms(b).sum((0, 1))
         return q
 
     hooks = [(resid_mid_hook(layer), on_resid), (attn_hook(layer, "rot_q"), on_q)]

@@ -48,6 +48,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from .. import adapter
+from ..bands import band_norms
 from ..errors import ContextLengthError, ParameterError, TokenError
 from ..hooking import FwdHooks, HookSet
 from ..hooks import attn_hook
@@ -873,7 +874,7 @@ def frequency_entropy(
     def on_q(a: Any) -> None:
         if a.site != "rot_q":
             return
-        x = a.bands.detach().double().norm(dim=-1)[:, start_pos:]  # [b, pos, head, band]
+        x = band_norms(a.bands.detach().double())[:, start_pos:]  # [b, pos, head, band]
         p = power_spectrum(x.permute(0, 2, 3, 1)).sum(0)  # [head, band, freq]
         acc[a.layer] = acc[a.layer] + p if a.layer in acc else p
 

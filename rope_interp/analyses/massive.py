@@ -29,7 +29,7 @@ from ..hooking import FwdHooks, HookSet, per_device
 from ..hooks import attn_hook
 from ..registry import Analysis, Block, Option, RunContext
 from ..spec import RotaryBands
-from ..validate import finite
+from ..validate import finite, positive_int
 from .inputs import figure, heatmap, layer_list, windows
 
 SITES = ("rot_q", "rot_k")
@@ -237,6 +237,37 @@ class MeanAblateDims(HookSet):
         return hooks
 
 
+class StackedMeanAblate(HookSet):
+    """Several :class:`MeanAblateDims` conditions in one forward: the input is the window repeated once
+    per condition (condition-major along the batch), and copy ``c`` gets condition ``c``'s masks.
+
+    ``conditions`` holds one ``masks`` dict per condition (``None``: unmodified); ``batch`` is the
+    window's own batch size. Each copy's mean over positions is its own, so every copy equals the
+    condition run alone (to float rounding of the batched matmuls).
+    """
+
+    def __init__(self, model: Any, conditions: Sequence[dict[tuple[int, str], Tensor] | None], batch: int):
+        super().__init__(model)
+        self.conditions, self.batch = list(conditions), batch
+
+    def fwd_hooks(self) -> FwdHooks:
+        keys = sorted({k for c in self.conditions if c for k in c})
+        hooks: FwdHooks = []
+        for layer, site in keys:
+            some = next(c[(layer, site)] for c in self.conditions if c and (layer, site) in c)
+            per = [
+                c[(layer, site)] if c and (layer, site) in c else torch.zeros_like(some) for c in self.conditions
+            ]
+            mask = torch.stack(per).repeat_interleave(self.batch, 0)[:, None]  # [conditions * batch, 1, h, d]
+            on = per_device(mask, adapter.device(self.model))
+
+            def fn(x: Tensor, hook: Any, on: Any = on) -> Tensor:
+                return torch.where(on(x.device), x.mean(1, keepdim=True), x)
+
+            hooks.append((attn_hook(layer, site), fn))
+        return hooks
+
+
 @dataclass
 class MassiveAblation:
     """Mean loss on text: unmodified, massive dims mean-ablated, and matched controls."""
@@ -301,23 +332,27 @@ def massive_ablation(
     window: int | None = None,
     progress: bool = True,
     baseline: tuple[float, int] | None = None,
+    max_batch_tokens: int = 2048,
 ) -> MassiveAblation:
     """Loss with the massive q/k dims of ``found`` mean-ablated vs ``n_control`` matched random controls.
 
     ``baseline``: ``(summed loss, token count)`` of the unmodified model on the same windows,
     when already known (the shared pass of :mod:`rope_interp.registry` computes it), saving
-    one forward per window.
+    one forward per window. Conditions are stacked along the batch of one forward while they fit
+    in ``max_batch_tokens`` tokens (:class:`StackedMeanAblate`; 1 runs one condition per forward).
     """
+    positive_int("max_batch_tokens", max_batch_tokens)
     masks = {(layer, s): found.massive(s[-1])[i] for i, layer in enumerate(found.layers) for s in SITES}
     masks = {k: v for k, v in masks.items() if v.any()}
     n_dims = int(sum(int(v.sum()) for v in masks.values()))
     if not masks:
         raise ValueError(f"no massive values at λ = {found.lam}: nothing to ablate")
-    conditions = [None, MeanAblateDims(model, masks)] + [
-        MeanAblateDims(model, control_masks(masks, seed + i)) for i in range(n_control)
-    ]
+    conditions: list[dict | None] = [None, masks] + [control_masks(masks, seed + i) for i in range(n_control)]
     if baseline is not None:
         conditions = conditions[1:]
+    for c in conditions:
+        if c is not None:
+            MeanAblateDims(model, c)  # validates layers and sites before any forward
     totals = torch.zeros(len(conditions), dtype=torch.float64)
     count = 0
 
@@ -326,15 +361,14 @@ def massive_ablation(
         for tokens in stream:
             if tokens.shape[1] < 2:
                 continue
-            for j, cond in enumerate(conditions):
-                with torch.no_grad():
-                    if cond is None:
-                        loss = model(tokens, return_type="loss", loss_per_token=True)
-                    else:
-                        with cond:
-                            loss = model(tokens, return_type="loss", loss_per_token=True)
-                totals[j] += loss.double().sum().cpu()
-            count += tokens.shape[0] * (tokens.shape[1] - 1)
+            b = tokens.shape[0]
+            per = max(1, max_batch_tokens // tokens.numel())  # conditions per forward
+            for first in range(0, len(conditions), per):
+                group = conditions[first : first + per]
+                with torch.no_grad(), StackedMeanAblate(model, group, b):
+                    loss = model(tokens.repeat(len(group), 1), return_type="loss", loss_per_token=True)
+                totals[first : first + len(group)] += loss.double().view(len(group), -1).sum(1).cpu()
+            count += b * (tokens.shape[1] - 1)
 
     if distributed.world() is None:
         ablate(windows(model, data, window, progress, "massive ablation"))
