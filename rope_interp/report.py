@@ -56,7 +56,9 @@ class ReportConfig:
     n_view_bands: int = 8
     sections: tuple[str, ...] | None = None  # None: every registered analysis and fixed section
     progress: bool = True
-    options: dict[str, dict[str, Any]] = field(default_factory=lambda: {"heads": {"causal_windows": 1}})
+    options: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {"heads": {"causal_windows": 1}, "massive": {"ablation_windows": 2}}
+    )
 
     def wants(self, name: str) -> bool:
         return self.sections is None or name in self.sections

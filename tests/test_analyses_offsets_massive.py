@@ -135,6 +135,25 @@ def test_stacked_conditions_equal_one_forward_each():
     assert len(set(round(x, 6) for x in want)) > 1  # the conditions really differ
 
 
+def test_ablation_on_the_first_windows_uses_their_own_baseline():
+    """``ablation_windows=1`` (the report uses 2): the experiment and its baseline cover the first window
+    only, and equal the ablation run by hand on that window."""
+    from rope_interp import registry
+
+    model = _model_with_massive_dim()
+    toks = torch.randint(0, 50, (1, 36), generator=torch.Generator().manual_seed(2))
+    opts = {"massive": {"ablation_windows": 1}}
+    res = registry.run(model, toks, opts, window=12, progress=False)["massive"]
+    by_hand = massive_ablation(model, toks[:, :12], res.values, n_control=2, progress=False)
+    a = res.ablation
+    assert a.n_tokens == by_hand.n_tokens == 11
+    assert [a.baseline, a.massive, *a.control] == pytest.approx(
+        [by_hand.baseline, by_hand.massive, *by_hand.control], rel=1e-5
+    )
+    full = registry.run(model, toks, {"massive": {}}, window=12, progress=False)["massive"].ablation
+    assert full.n_tokens == 33
+
+
 def test_massive_none_found_is_a_clear_error():
     model = tiny_model()
     mv = massive_values(model, torch.randint(0, 50, (1, 16)), lam=100.0, progress=False)

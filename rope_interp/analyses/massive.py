@@ -15,6 +15,7 @@ scale-free, so the number of tokens does not change which dims are massive.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,10 +120,19 @@ class MassiveValues:
 class MassiveAccumulator(Accumulator):
     """Shared-pass state of :func:`massive_values`: per-(layer, head, dim) sums of squares of post-RoPE q/k."""
 
-    def __init__(self, model: Any, layers: list[int], lam: float = 5.0, baseline_loss: bool = False):
+    def __init__(
+        self,
+        model: Any,
+        layers: list[int],
+        lam: float = 5.0,
+        baseline_loss: bool = False,
+        loss_windows: int = 0,
+    ):
         self.model, self.layers, self.lam = model, list(layers), lam
         self.needs_loss = baseline_loss  # the ablation's baseline condition, read off the shared forward
         self.loss_sum, self.loss_count = 0.0, 0
+        self.loss_windows = loss_windows  # > 0: also keep the first windows' (loss sum, count), in order
+        self.first_losses: list[tuple[float, int]] = []
         dev, dh = adapter.device(model), int(adapter.config(model).d_head)
         L = len(self.layers)
         self.sums = {
@@ -148,8 +158,18 @@ class MassiveAccumulator(Accumulator):
         self.n_tokens += tokens.numel()
 
     def observe_loss(self, tokens: Tensor, loss: Tensor) -> None:
-        self.loss_sum += float(loss.double().sum())
-        self.loss_count += int(loss.numel())
+        total, count = float(loss.double().sum()), int(loss.numel())
+        self.loss_sum += total
+        self.loss_count += count
+        if len(self.first_losses) < self.loss_windows:
+            self.first_losses.append((total, count))
+
+    def baseline(self, windows: int = 0) -> tuple[float, int]:
+        """``(summed loss, token count)`` of the unmodified forward over every window, or the first ``windows``."""
+        if not windows:
+            return self.loss_sum, self.loss_count
+        kept = self.first_losses[:windows]
+        return sum(t for t, _ in kept), sum(c for _, c in kept)
 
     def merge(self, other: MassiveAccumulator) -> MassiveAccumulator:
         if other.layers != self.layers:
@@ -159,6 +179,7 @@ class MassiveAccumulator(Accumulator):
         self.n_tokens += other.n_tokens
         self.loss_sum += other.loss_sum
         self.loss_count += other.loss_count
+        self.first_losses = (self.first_losses + other.first_losses)[: self.loss_windows]
         return self
 
     def finalize(self) -> MassiveValues:
@@ -256,7 +277,8 @@ class StackedMeanAblate(HookSet):
         for layer, site in keys:
             some = next(c[(layer, site)] for c in self.conditions if c and (layer, site) in c)
             per = [
-                c[(layer, site)] if c and (layer, site) in c else torch.zeros_like(some) for c in self.conditions
+                c[(layer, site)] if c and (layer, site) in c else torch.zeros_like(some)
+                for c in self.conditions
             ]
             mask = torch.stack(per).repeat_interleave(self.batch, 0)[:, None]  # [conditions * batch, 1, h, d]
             on = per_device(mask, adapter.device(self.model))
@@ -333,6 +355,7 @@ def massive_ablation(
     progress: bool = True,
     baseline: tuple[float, int] | None = None,
     max_batch_tokens: int = 2048,
+    max_windows: int | None = None,
 ) -> MassiveAblation:
     """Loss with the massive q/k dims of ``found`` mean-ablated vs ``n_control`` matched random controls.
 
@@ -340,7 +363,10 @@ def massive_ablation(
     when already known (the shared pass of :mod:`rope_interp.registry` computes it), saving
     one forward per window. Conditions are stacked along the batch of one forward while they fit
     in ``max_batch_tokens`` tokens (:class:`StackedMeanAblate`; 1 runs one condition per forward).
+    ``max_windows``: only the first windows of ``data`` (the experiment on a prefix of the text).
     """
+    if max_windows is not None:
+        positive_int("max_windows", max_windows)
     positive_int("max_batch_tokens", max_batch_tokens)
     masks = {(layer, s): found.massive(s[-1])[i] for i, layer in enumerate(found.layers) for s in SITES}
     masks = {k: v for k, v in masks.items() if v.any()}
@@ -371,11 +397,14 @@ def massive_ablation(
             count += b * (tokens.shape[1] - 1)
 
     if distributed.world() is None:
-        ablate(windows(model, data, window, progress, "massive ablation"))
+        ablate(itertools.islice(windows(model, data, window, progress, "massive ablation"), max_windows))
     else:  # under torchrun: each rank its block of windows, the loss sums added in rank order
         error = None
         try:
-            ablate(distributed.shard(list(windows(model, data, window, False, "massive ablation"))))
+            every = list(
+                itertools.islice(windows(model, data, window, False, "massive ablation"), max_windows)
+            )
+            ablate(distributed.shard(every))
         except Exception as err:
             error = err
         parts = distributed.exchange((totals, count), error, "the massive-value ablation")
@@ -418,7 +447,8 @@ def _finish(ctx: RunContext, opts: dict[str, Any], accs: list[Accumulator]) -> M
             n_control=opts["n_control"],
             window=ctx.window,
             progress=ctx.progress,
-            baseline=(acc.loss_sum, acc.loss_count),
+            baseline=acc.baseline(opts["ablation_windows"]),
+            max_windows=opts["ablation_windows"] or None,
         )
     return MassiveResult(values, ablation)
 
@@ -458,7 +488,8 @@ def _findings(r: MassiveResult) -> list[str]:
         ctrl = sum(a.control) / len(a.control) if a.control else float("nan")
         text += (
             f"; mean-ablating those {a.n_dims} dims moves the loss from {a.baseline:.3f} to {a.massive:.3f}, "
-            f"against {ctrl:.3f} for {len(a.control)} matched random controls"
+            f"against {ctrl:.3f} for {len(a.control)} matched random controls (loss over {a.n_tokens} "
+            "predicted tokens)"
         )
     return [text + "."]
 
@@ -490,7 +521,11 @@ ANALYSIS = Analysis(
     ),
     start=lambda ctx, opts: [
         MassiveAccumulator(
-            ctx.model, layer_list(ctx.model, ctx.layers), opts["lam"], baseline_loss=opts["ablation"]
+            ctx.model,
+            layer_list(ctx.model, ctx.layers),
+            opts["lam"],
+            baseline_loss=opts["ablation"],
+            loss_windows=opts["ablation_windows"],
         )
     ],
     finish=_finish,
@@ -498,6 +533,13 @@ ANALYSIS = Analysis(
         Option("lam", float, 5.0, "lambda of the M > lambda*mean(M) criterion", minimum=1e-9),
         Option("n_control", int, 2, "random matched controls", minimum=0),
         Option("ablation", bool, True, "skip the loss experiment"),
+        Option(
+            "ablation_windows",
+            int,
+            0,
+            "run the loss experiment on the first N windows only (0: all; the report uses 2)",
+            minimum=0,
+        ),
     ),
     summary=_summary,
     summary_doc={
