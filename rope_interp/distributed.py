@@ -16,11 +16,13 @@ What is split, and how results are combined:
   (sums in float64: equal within rounding, 1e-6 relative is tested; kept windows in the same order).
 * **Sweeps** (:func:`rope_interp.sweeps.run_sweep` and the ``sweep`` command): the grid's cells are
   split into contiguous blocks and the rows gathered in order (:func:`gather_rows`).
-* **Extra runs** declared by an analysis (causal checks, ablations, the experiments of
-  ``carrier``/``harmonics``/``alignment``/``induction``) run after the merge on every rank in the
-  Python API (each rank returns the same result), and on rank 0 only in the command line.
-* **Outputs**: only rank 0 writes files and prints; they go to a temporary folder renamed at the
-  end, and only when every rank agreed that it succeeded (:func:`agree`).
+* **Extra runs** declared by an analysis run after the merge, on every rank, so every rank returns
+  the same result: the massive-value ablation splits its windows too; the positional-head causal
+  check and the experiments of ``carrier``/``harmonics``/``alignment``/``induction`` are repeated
+  on each rank (not split).
+* **Outputs**: only rank 0 writes files and prints (the report's figures and views are built on
+  rank 0 alone, inside :func:`local`); files go to a temporary folder renamed at the end, and only
+  when every rank agreed that it succeeded (:func:`agree`).
 
 Faults: every collective exchanges a status with its payload (:func:`exchange`), so an exception on
 one rank (bad input on its shard, a crash) stops *every* rank at the next exchange with

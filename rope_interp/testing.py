@@ -173,3 +173,35 @@ def tiny_hf_dir(
     hf.eval().save_pretrained(path)
     fast.save_pretrained(path)
     return path
+
+
+def result_tensors(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every float tensor, number and list of floats a result object holds, by attribute path, as float64
+    CPU tensors (to compare two runs of an analysis: one process against several, CPU against GPU).
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class R:
+    ...     x: torch.Tensor
+    ...     n: int
+    ...     parts: dict
+    >>> sorted(result_tensors(R(torch.ones(2), 3, {"a": [0.5, 1.5]})))
+    ['n', 'parts.a', 'x']
+    """
+    out: dict[str, torch.Tensor] = {}
+    items = obj.items() if isinstance(obj, dict) else vars(obj).items() if hasattr(obj, "__dict__") else []
+    for k, v in items:
+        name = f"{prefix}{k}"
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            out[name] = v.detach().double().cpu()
+        elif isinstance(v, list) and v and all(isinstance(x, float) for x in v):
+            out[name] = torch.tensor(v, dtype=torch.float64)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[name] = torch.tensor(float(v), dtype=torch.float64)
+        elif (
+            (isinstance(v, dict) or hasattr(v, "__dict__"))
+            and not isinstance(v, torch.nn.Module)
+            and k != "model"
+        ):
+            out.update(result_tensors(v, name + "."))
+    return out

@@ -31,26 +31,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def tensors(obj, prefix=""):
-    import torch
-
-    out = {}
-    items = obj.items() if isinstance(obj, dict) else vars(obj).items() if hasattr(obj, "__dict__") else []
-    for k, v in items:
-        name = f"{prefix}{k}"
-        if isinstance(v, torch.Tensor) and v.is_floating_point():
-            out[name] = v.detach().double().cpu()
-        elif (isinstance(v, dict) or hasattr(v, "__dict__")) and not isinstance(v, torch.nn.Module):
-            out.update(tensors(v, name + "."))
-    return out
-
-
 def worker(args) -> None:
     import torch
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     from rope_interp import distributed, registry
+    from rope_interp.testing import result_tensors
 
     w = distributed.init()
     if args.model == "tiny":
@@ -88,7 +75,13 @@ def worker(args) -> None:
             sent = distributed.stats()["bytes"] - before
     if distributed.is_root():
         torch.save(
-            dict(seconds=seconds, result=tensors(res), comm=comm, sent=sent, n_tokens=int(tokens.shape[1])),
+            dict(
+                seconds=seconds,
+                result=result_tensors(res),
+                comm=comm,
+                sent=sent,
+                n_tokens=int(tokens.shape[1]),
+            ),
             args.out,
         )
     distributed.leave()

@@ -2,6 +2,7 @@
 
     python tests/dist_driver.py stats OUT      # registry.run over the report's statistics; rank 0 saves them
     python tests/dist_driver.py sweep OUT      # naive + exact layer x band sweeps; rank 0 saves them
+    python tests/dist_driver.py bandstats OUT  # BandStats on each rank's share, reduce_accumulators
     python tests/dist_driver.py cli ARGS...    # rope_interp.cli.main(ARGS) with the test analyses registered
 
 Without WORLD_SIZE it runs as a single process (the reference).
@@ -20,6 +21,7 @@ torch.set_num_threads(1)
 from rope_interp import distributed, registry  # noqa: E402
 from rope_interp.engine import Accumulator  # noqa: E402
 from rope_interp.registry import Analysis, Option  # noqa: E402
+from rope_interp.testing import result_tensors as tensors  # noqa: E402
 from rope_interp.testing import tiny_model  # noqa: E402
 
 STATS = {
@@ -35,27 +37,6 @@ STATS = {
 def data() -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
     return torch.randint(0, 50, (2, 90), generator=g)  # windows of 40: 3 per row (40, 40, 10), 6 windows
-
-
-def tensors(obj, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Every tensor (and number) a result holds, by attribute path."""
-    out: dict[str, torch.Tensor] = {}
-    items = obj.items() if isinstance(obj, dict) else vars(obj).items() if hasattr(obj, "__dict__") else []
-    for k, v in items:
-        name = f"{prefix}{k}"
-        if isinstance(v, torch.Tensor) and v.is_floating_point():
-            out[name] = v.detach().double().cpu()
-        elif isinstance(v, list) and v and all(isinstance(x, float) for x in v):
-            out[name] = torch.tensor(v, dtype=torch.float64)
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[name] = torch.tensor(float(v), dtype=torch.float64)
-        elif (
-            (isinstance(v, dict) or hasattr(v, "__dict__"))
-            and not isinstance(v, torch.nn.Module)
-            and k != "model"
-        ):
-            out.update(tensors(v, name + "."))
-    return out
 
 
 def stats(out: str, device: str = "cpu") -> None:
@@ -79,6 +60,27 @@ def sweep(out: str) -> None:
     }
     if distributed.is_root():
         torch.save(res, out)
+
+
+def bandstats(out: str) -> None:
+    """BandStats updated by hand on this rank's share of the batches, then reduced (the README's recipe)."""
+    from rope_interp.capture import BandStats
+
+    model = tiny_model(n_layers=3)
+    batches = list(data().split(15, dim=1))  # 6 batches of [2, 15]
+    stats = BandStats(model, sites=("rot_q", "rot_k"))
+    for b in distributed.shard(batches):
+        stats.update(b)
+    distributed.reduce_accumulators([stats])
+    if distributed.is_root():
+        torch.save(
+            {
+                "n": torch.tensor(float(stats.n_tokens)),
+                "q": stats.mean_norm("rot_q"),
+                "k": stats.mean_norm("rot_k"),
+            },
+            out,
+        )
 
 
 # ---- analyses that fail on one rank's shard (registered for the cli mode) ----------------------------
@@ -132,6 +134,9 @@ if __name__ == "__main__":
         device = rest[1] if len(rest) > 1 else "cpu"
         distributed.init(device=device)
         stats(rest[0], device)
+    elif mode == "bandstats":
+        distributed.init()
+        bandstats(rest[0])
     elif mode == "sweep":
         distributed.init()
         sweep(rest[0])

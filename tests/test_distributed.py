@@ -7,6 +7,7 @@ Tolerance: float64 sums merged in rank order — 1e-6 relative (plus 1e-9 absolu
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
@@ -73,6 +74,21 @@ def launch(args: list[str], n: int = 2, cwd: Path | None = None, limit: float = 
     return out
 
 
+def two_vs_one(mode: str, tmp_path: Path) -> tuple[dict, dict]:
+    """``dist_driver.py MODE`` on 2 ranks and in 1 process; both must succeed; returns (two, one)."""
+    two = launch([mode, str(tmp_path / "two.pt")])
+    assert [rc for rc, *_ in two] == [0, 0], [e[-2000:] for _, e, _ in two]
+    one = launch([mode, str(tmp_path / "one.pt")], n=1)
+    assert one[0][0] == 0, one[0][1][-2000:]
+    return torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "one.pt")
+
+
+def cli_args(command: str, model: Path, text: Path, out: Path) -> list[str]:
+    """Arguments of ``dist_driver.py cli``: one analysis command over ``text`` in windows of 16."""
+    return ["cli", command, "--model", str(model), "--text", str(text), "--window", "16", "--out", str(out),
+            "--no-progress"]  # fmt: skip
+
+
 def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert sorted(a) == sorted(b)
     assert len(a) >= 25 and {k.split("/")[0] for k in a} == {
@@ -89,11 +105,7 @@ def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
 
 
 def test_report_statistics_two_ranks_equal_one(tmp_path):
-    two = launch(["stats", str(tmp_path / "two.pt")])
-    assert [rc for rc, *_ in two] == [0, 0], [e[-2000:] for _, e, _ in two]
-    one = launch(["stats", str(tmp_path / "one.pt")], n=1)
-    assert one[0][0] == 0, one[0][1][-2000:]
-    a, b = torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "one.pt")
+    a, b = two_vs_one("stats", tmp_path)
     _close(a, b)
     # the merge really combined both shards: token counts are the whole input's (2 x 90 tokens)
     assert a["usage/n_tokens"].item() == b["usage/n_tokens"].item() == 180
@@ -102,12 +114,15 @@ def test_report_statistics_two_ranks_equal_one(tmp_path):
     assert a["massive/ablation.control"].shape == (2,)
 
 
+def test_bandstats_reduced_by_hand_equal_one_process(tmp_path):
+    a, b = two_vs_one("bandstats", tmp_path)
+    assert a["n"].item() == b["n"].item() == 180
+    for k in ("q", "k"):
+        torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-9)
+
+
 def test_sharded_sweeps_equal_one_process(tmp_path):
-    two = launch(["sweep", str(tmp_path / "two.pt")])
-    assert [rc for rc, *_ in two] == [0, 0], [e[-2000:] for _, e, _ in two]
-    one = launch(["sweep", str(tmp_path / "one.pt")], n=1)
-    assert one[0][0] == 0, one[0][1][-2000:]
-    a, b = torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "one.pt")
+    a, b = two_vs_one("sweep", tmp_path)
     assert sorted(a) == ["exact", "naive", "refine"]
     for k in a:
         assert a[k].shape == (3, 8)
@@ -138,19 +153,7 @@ def _no_output(out: Path) -> None:
 @pytest.mark.parametrize("how", ["raise", "kill"])
 def test_a_failing_rank_stops_every_rank_with_a_clear_message(tmp_path, tiny_dir, how):
     text, out = _text(tmp_path), tmp_path / "out"
-    args = [
-        "cli",
-        f"boom-{how}",
-        "--model",
-        str(tiny_dir),
-        "--text",
-        str(text),
-        "--window",
-        "16",
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
+    args = cli_args(f"boom-{how}", tiny_dir, text, out)
     t0 = time.monotonic()
     res = launch(args)
     took = time.monotonic() - t0
@@ -174,21 +177,7 @@ def test_command_on_two_ranks_counts_both_shards_and_writes_once(tmp_path, tiny_
     text = tmp_path / "t.txt"
     text.write_text("the capital of france is paris " * 30)
     out = tmp_path / "out"
-    res = launch(
-        [
-            "cli",
-            "boom-raise",
-            "--model",
-            str(tiny_dir),
-            "--text",
-            str(text),
-            "--window",
-            "16",
-            "--out",
-            str(out),
-            "--no-progress",
-        ]
-    )
+    res = launch(cli_args("boom-raise", tiny_dir, text, out))
     assert [rc for rc, *_ in res] == [0, 0], [e[-2000:] for _, e, _ in res]
     import json
 
@@ -224,37 +213,14 @@ def test_report_under_torchrun(tmp_path, tiny_dir):
         "heads",
     ]
     port = free_port()
-    two = subprocess.run(
-        [
-            torchrun,
-            "--nproc_per_node",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(port),
-            "-m",
-            "rope_interp.cli",
-            *common,
-            "--out",
-            str(tmp_path / "two"),
-        ],
-        env=env_for(None, 1, port),
-        capture_output=True,
-        text=True,
-        timeout=LIMIT_S,
-        cwd=ROOT,
+    run = functools.partial(
+        subprocess.run, env=env_for(None, 1, port), capture_output=True, text=True, timeout=LIMIT_S, cwd=ROOT
     )
+    torchrun_2 = [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port)]
+    two = run([*torchrun_2, "-m", "rope_interp.cli", *common, "--out", str(tmp_path / "two")])
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("wrote ") == 1  # rank 0 alone prints
-    one = subprocess.run(
-        [sys.executable, "-m", "rope_interp.cli", *common, "--out", str(tmp_path / "one")],
-        env=env_for(None, 1, port),
-        capture_output=True,
-        text=True,
-        timeout=LIMIT_S,
-        cwd=ROOT,
-    )
+    one = run([sys.executable, "-m", "rope_interp.cli", *common, "--out", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr[-3000:]
     a = json.loads((tmp_path / "two" / "summary.json").read_text())
     b = json.loads((tmp_path / "one" / "summary.json").read_text())

@@ -53,9 +53,10 @@ def _split_model():
 
 def test_split_model_statistics_equal_cpu():
     sys.path.insert(0, str(Path(__file__).parent))
-    from dist_driver import data, tensors
+    from dist_driver import data
 
     from rope_interp import registry
+    from rope_interp.testing import result_tensors as tensors
 
     cpu, split = _split_model()
     a = registry.run(cpu, data(), STATS, window=40, progress=False)
