@@ -39,6 +39,7 @@ SUMMARY_DOC = {
     "layers": "analysed layers (null: all)",
     "seconds": "records: step ('shared pass', an analysis' extra runs, a fixed section), seconds",
     "total_seconds": "wall time of the whole report",
+    "processes": "processes that shared the analyses' passes (torchrun ranks; 1 for a single process)",
     "findings": "the Findings block's sentences",
     "analyses": "per analysis name: its summary (documented by the analysis' summary_doc)",
 }
@@ -75,6 +76,7 @@ class ReportRun:
     source: str
     results: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    processes: int = 1
 
 
 def _close(fig: Any) -> Any:
@@ -107,7 +109,8 @@ def header_block(run: ReportRun, total_seconds: float) -> Block:
         paragraph(
             f"Model {s.model_name or '?'} ({s.n_layers} layers, {s.n_heads} heads, {s.n_kv_heads} kv heads, "
             f"{s.n_bands} bands); {run.tokens.shape[1]} tokens of {run.source or 'text'}; built in "
-            f"{total_seconds:.0f} s by rope_interp."
+            f"{total_seconds:.0f} s by rope_interp"
+            + (f" with {run.processes} processes (torchrun)." if run.processes > 1 else ".")
         ),
     )
 
@@ -186,6 +189,7 @@ def build_summary(
         "layers": run.cfg.layers,
         "seconds": [{"step": k, "seconds": round(v, 2)} for k, v in run.seconds.items()],
         "total_seconds": round(total, 1),
+        "processes": run.processes,
         "findings": sentences,
         "analyses": {a.name: a.summary(run.results[a.name]) for a in chosen},
     }
@@ -276,6 +280,8 @@ def _write_report(
             timings=timings,
         )
         run.seconds = {("shared pass" if k == "pass" else f"{k} (extra runs)"): v for k, v in timings.items()}
+        world = distributed.world()
+        run.processes = 1 if world is None else world.size
         if not distributed.is_root():  # under torchrun, rank 0 alone writes the report
             return out / "report.html"
         body: list[Block] = []

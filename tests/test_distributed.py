@@ -225,6 +225,8 @@ def test_report_under_torchrun(tmp_path, tiny_dir):
     a = json.loads((tmp_path / "two" / "summary.json").read_text())
     b = json.loads((tmp_path / "one" / "summary.json").read_text())
     assert (tmp_path / "two" / "report.html").is_file()
+    assert (a["processes"], b["processes"]) == (2, 1)
+    assert "with 2 processes (torchrun)" in (tmp_path / "two" / "report.html").read_text()
     for name in ("usage", "offsets", "massive", "heads"):
         assert _numbers(a["analyses"][name]) == pytest.approx(
             _numbers(b["analyses"][name]), rel=1e-6, abs=1e-9
