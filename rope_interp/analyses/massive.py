@@ -429,6 +429,8 @@ class MassiveResult:
 
     values: MassiveValues
     ablation: MassiveAblation | None = None
+    ablation_windows: int = 0
+    """> 0: the ablation ran on the first that many windows only."""
 
     def to_dataframe(self):
         return self.values.to_dataframe()
@@ -450,7 +452,7 @@ def _finish(ctx: RunContext, opts: dict[str, Any], accs: list[Accumulator]) -> M
             baseline=acc.baseline(opts["ablation_windows"]),
             max_windows=opts["ablation_windows"] or None,
         )
-    return MassiveResult(values, ablation)
+    return MassiveResult(values, ablation, opts["ablation_windows"])
 
 
 def _summary(r: MassiveResult) -> dict[str, Any]:
@@ -498,8 +500,15 @@ def _section(r: MassiveResult) -> list[Block]:
     from ..html import paragraph, table_html
 
     blocks: list[Block] = [(None, paragraph(ANALYSIS.description)), (None, r.values.plot())]
-    if r.ablation is not None:
-        blocks += [(None, r.ablation.plot()), (None, table_html(r.ablation.to_dataframe(), digits=4))]
+    a = r.ablation
+    if a is not None:
+        note = (
+            f"Mean next-token loss over {a.n_tokens} predicted tokens"
+            + (f" (the first {r.ablation_windows} window{'s' * (r.ablation_windows > 1)}: option ablation_windows)"
+               if r.ablation_windows else "")
+            + f"; each control mean-ablates {a.n_dims} random non-massive dims matched per (layer, site, head)."
+        )  # fmt: skip
+        blocks += [(None, a.plot()), (None, paragraph(note)), (None, table_html(a.to_dataframe(), digits=4))]
     return blocks
 
 
