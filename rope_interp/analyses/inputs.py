@@ -142,15 +142,21 @@ def count_windows(model: Any, data: Any, window: int | None) -> int | None:
     return None
 
 
-def windows(model: Any, data: Any, window: int | None, progress: bool, desc: str) -> Iterator[Tensor]:
-    """:func:`iter_windows` wrapped in a tqdm progress bar (``progress=False`` hides it)."""
+def windows(
+    model: Any, data: Any, window: int | None, progress: bool, desc: str, limit: int | None = None
+) -> Iterator[Tensor]:
+    """:func:`iter_windows` wrapped in a tqdm progress bar (``progress=False`` hides it); ``limit``: only
+    the first that many windows (the bar counts to the limit)."""
+    import itertools
+
     from tqdm.auto import tqdm
 
     window = _check_window(model, window)  # before count_windows divides by it
-    it = iter_windows(model, data, window)
-    yield from tqdm(
-        it, desc=desc, disable=not progress, total=count_windows(model, data, window), leave=False
-    )
+    it = itertools.islice(iter_windows(model, data, window), limit)
+    total = count_windows(model, data, window)
+    if limit is not None:
+        total = limit if total is None else min(total, limit)
+    yield from tqdm(it, desc=desc, disable=not progress, total=total, leave=False)
 
 
 def prefix_mean(

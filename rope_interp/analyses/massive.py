@@ -15,7 +15,6 @@ scale-free, so the number of tokens does not change which dims are massive.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -397,13 +396,11 @@ def massive_ablation(
             count += b * (tokens.shape[1] - 1)
 
     if distributed.world() is None:
-        ablate(itertools.islice(windows(model, data, window, progress, "massive ablation"), max_windows))
+        ablate(windows(model, data, window, progress, "massive ablation", limit=max_windows))
     else:  # under torchrun: each rank its block of windows, the loss sums added in rank order
         error = None
         try:
-            every = list(
-                itertools.islice(windows(model, data, window, False, "massive ablation"), max_windows)
-            )
+            every = list(windows(model, data, window, False, "massive ablation", limit=max_windows))
             ablate(distributed.shard(every))
         except Exception as err:
             error = err
