@@ -242,3 +242,67 @@ def _numbers(x):
     if isinstance(x, bool) or x is None or isinstance(x, str):
         return []
     return [float(x)]
+
+
+# ---- in-process checks (no process group) -----------------------------------------------------------
+@pytest.mark.parametrize("n", [0, 1, 5, 12, 13])
+@pytest.mark.parametrize("size", [1, 2, 3, 7])
+def test_shards_partition_the_items_in_order(n, size):
+    from rope_interp.distributed import shard_bounds
+
+    bounds = [shard_bounds(n, r, size) for r in range(size)]
+    assert bounds[0][0] == 0 and bounds[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))  # contiguous, in rank order
+    sizes = [stop - start for start, stop in bounds]
+    assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+
+
+def test_single_process_is_untouched(monkeypatch):
+    from rope_interp import distributed
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.init() is None and distributed.world() is None and distributed.is_root()
+    assert distributed.shard([1, 2, 3]) == [1, 2, 3] and distributed.exchange("x") == ["x"]
+    with pytest.raises(ValueError, match="mine"):
+        distributed.agree(ValueError("mine"))  # a single process re-raises its own error
+
+
+def test_launch_without_a_rendezvous_address_is_a_clear_error(monkeypatch):
+    from rope_interp import distributed
+    from rope_interp.errors import RopeInterpError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    with pytest.raises(RopeInterpError, match="start the run with torchrun"):
+        distributed.init()
+
+
+@pytest.mark.parametrize("bad", ["soon", "0", "-5", "nan"])
+def test_bad_timeout_is_a_clear_error(monkeypatch, bad):
+    from rope_interp import distributed
+    from rope_interp.errors import RopeInterpError
+
+    monkeypatch.setenv("ROPE_INTERP_DIST_TIMEOUT", bad)
+    with pytest.raises(RopeInterpError, match="ROPE_INTERP_DIST_TIMEOUT"):
+        distributed.timeout_s()
+
+
+def test_packed_accumulator_round_trip_keeps_model_and_closures():
+    """pack/unpack: the model becomes a placeholder (restored to the receiver's), tensors travel on the CPU."""
+    from rope_interp.analyses.sinks import SinkAccumulator
+    from rope_interp.distributed import _restore, pack, unpack
+    from rope_interp.engine import forward_window
+    from rope_interp.testing import tiny_model
+
+    model = tiny_model()
+    acc = SinkAccumulator(model, [0, 1])
+    forward_window(model, torch.randint(0, 50, (1, 12)), [acc])
+    data, tensors, devices = packed = pack(acc)
+    assert devices == ["cpu"] and tensors and b"SinkAccumulator" in data
+    back = _restore(unpack(packed, model, devices), acc)
+    assert back.spec.n_bands == acc.spec.n_bands and back._kv_on is acc._kv_on  # the closure kept locally
+    for k in acc.sums:
+        assert torch.equal(back.sums[k], acc.sums[k])
+    assert back.merge(acc).n_q == 2 * acc.n_q
