@@ -15,7 +15,7 @@ What is split, and how results are combined:
   rank order** with the accumulator's own ``merge()`` — the result is the single-process result
   (sums in float64: equal within rounding, 1e-6 relative is tested; kept windows in the same order).
 * **Sweeps** (:func:`rope_interp.sweeps.run_sweep` and the ``sweep`` command): the grid's cells are
-  split into contiguous blocks and the rows gathered in order (:func:`gather_rows`).
+  split into contiguous blocks and the values gathered in order (:func:`map_shard`).
 * **Extra runs** declared by an analysis run after the merge, on every rank, so every rank returns
   the same result: the massive-value ablation splits its windows too; the positional-head causal
   check and the experiments of ``carrier``/``harmonics``/``alignment``/``induction`` are repeated
@@ -43,9 +43,8 @@ import contextvars
 import io
 import os
 import pickle
-import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -408,37 +407,32 @@ def _model_of(obj: Any) -> Any:
     return None
 
 
-def reduce_accumulators(
-    accs: Sequence[Any], error: BaseException | None = None, what: str = "the shared pass"
-) -> None:
+def reduce_accumulators(accs: Sequence[Any], what: str = "merging the accumulators") -> None:
     """Merge every rank's accumulators into each rank's, in rank order, in place (a no-op in one process).
 
     ``accs`` must be the same list (same kinds, options, layers) on every rank. Each rank
     rebuilds rank 0's states, merges ranks 1, 2, ... into them with ``merge()`` and takes the
-    result, so every rank ends with the single-process result. ``error`` (this rank's failure
-    during its share of the pass) is reported to every rank instead (:func:`exchange`).
+    result, so every rank ends with the single-process result. A rank that cannot pack its
+    accumulators is reported to every rank (:func:`exchange`).
     """
-    if world() is None:
-        if error is not None:
-            raise error
+    w = world()
+    if w is None:
         return
-    packed = []
-    if error is None:
-        try:
-            packed = [pack(a) for a in accs]
-            _STATS["bytes"] += sum(len(b) + sum(t.nbytes for t in ts) for b, ts, _ in packed)
-        except Exception as err:  # reported to every rank, like a failure during the pass
-            error = err
+    packed, error = [], None
+    try:
+        packed = [pack(a) for a in accs]
+        _STATS["bytes"] += sum(len(b) + sum(t.nbytes for t in ts) for b, ts, _ in packed)
+    except Exception as err:  # reported to every rank, like a failure during the pass
+        error = err
     states = exchange(packed, error, what)
-    n = len(accs)
-    if any(len(s) != n for s in states):
+    if any(len(s) != len(accs) for s in states):
         raise RankFailedError(
             f"the ranks hold different numbers of accumulators ({[len(s) for s in states]}): every rank must "
             "run the same analyses with the same options",
-            world().rank,  # type: ignore[union-attr]
+            w.rank,
         )
     for i, acc in enumerate(accs):
-        local_devices = states[world().rank][i][2]  # type: ignore[union-attr]
+        local_devices = states[w.rank][i][2]
         model = _model_of(acc)
         merged = unpack(states[0][i], model, local_devices)
         for s in states[1:]:
@@ -446,12 +440,23 @@ def reduce_accumulators(
         acc.__dict__.update(_restore(merged, acc).__dict__)
 
 
-def gather_rows(rows: list[Any], error: BaseException | None = None, what: str = "the sweep") -> list[Any]:
-    """Every rank's ``rows`` concatenated in rank order (each rank's block, as :func:`shard` cut it)."""
-    return [r for part in exchange(rows, error, what) for r in part]
+def map_shard(
+    items: Sequence[Any] | Callable[[], Sequence[Any]], fn: Callable[[list[Any]], Any], what: str
+) -> list[Any]:
+    """Run ``fn`` on this rank's contiguous block of ``items``; returns every rank's result, in rank order.
 
+    ``items`` may be a function that builds them (run inside the guard: a failure there is reported
+    too). A failure on any rank raises :class:`RankFailedError` on every rank (:func:`exchange`). In a
+    single process: ``[fn(all items)]``.
 
-def note(message: str) -> None:
-    """Print to stderr on rank 0 only (or in a single process)."""
-    if is_root():
-        print(message, file=sys.stderr)
+    >>> map_shard(lambda: [1, 2, 3], sum, "a sum")
+    [6]
+    """
+    error, out = None, None
+    try:
+        out = fn(shard(items() if callable(items) else items))
+    except Exception as err:  # reported to every rank at the exchange
+        if world() is None:
+            raise
+        error = err
+    return exchange(out, error, what)

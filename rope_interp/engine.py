@@ -124,7 +124,7 @@ def run_pass(
     desc: str = "analyses",
 ) -> int:
     """Stream ``data`` (text, token ids or batches; see :func:`~rope_interp.analyses.inputs.iter_windows`)
-    through the model once, feeding every accumulator. Returns the number of windows (this rank's).
+    through the model once, feeding every accumulator. Returns the number of windows.
 
     Under ``torchrun`` (an initialised process group, :mod:`rope_interp.distributed`) each rank
     runs a contiguous block of the windows and the accumulators are merged across ranks in rank
@@ -145,18 +145,19 @@ def run_pass(
             n += 1
         return n
     # under torchrun: this rank's contiguous block of windows, then every rank's sums merged in rank order
-    error = None
-    try:
+    from tqdm.auto import tqdm
+
+    def every_window() -> list[Tensor]:
         every = list(windows(model, data, window, False, desc))
         for a in accs:
-            a.configure(every[0])
-        mine = distributed.shard(every)
-        from tqdm.auto import tqdm
+            a.configure(every[0])  # the stream's first window, the same on every rank
+        return every
 
+    def feed(mine: list[Tensor]) -> int:
         for tokens in tqdm(mine, desc=desc, disable=not (progress and distributed.is_root()), leave=False):
             forward_window(model, tokens, accs)
-            n += 1
-    except Exception as err:  # reported to every rank at the exchange below
-        error = err
-    distributed.reduce_accumulators(accs, error, f"the shared pass ({desc})")
+        return len(mine)
+
+    n = sum(distributed.map_shard(every_window, feed, f"the shared pass ({desc})"))
+    distributed.reduce_accumulators(accs, what=f"merging the shared pass ({desc})")
     return n

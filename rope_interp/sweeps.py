@@ -35,6 +35,7 @@ The analytic direct effect (:func:`ablated_patterns`, :func:`direct_effect_sweep
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -126,19 +127,15 @@ def naive_sweep(
     with torch.no_grad(), model.hooks(fwd_hooks=_metric_hooks(metric)):
         base = metric_values(metric, model(tokens), 1)[0]
 
-        def run(mine: list[int]) -> Tensor:
-            out = torch.empty(len(mine), dtype=torch.float32)
-            bar = _progress(len(mine), "naive sweep", progress)
-            for j, i in enumerate(mine):
-                L, cell = todo[i]
-                qm, km = grid.masks([cell], dev)
-                with MaskedBands(model, L, qm, km, op=op):
-                    out[j] = metric_values(metric, model(tokens), 1)[0].float().cpu()
-                bar.update(1)
-            bar.close()
-            return out
+        def one_cell(group: list[int]) -> Tensor:
+            L, cell = todo[group[0]]
+            qm, km = grid.masks([cell], dev)
+            with MaskedBands(model, L, qm, km, op=op):
+                return metric_values(metric, model(tokens), 1).float().cpu()
 
-        values = _sharded([[i] for i in range(len(todo))], run).reshape(grid.shape)
+        bar = _progress(len(todo), "naive sweep", progress)
+        values = _sharded([[i] for i in range(len(todo))], one_cell, bar).reshape(grid.shape)
+        bar.close()
     return SweepResult(values.cpu(), grid.dims, grid.coords, float(base), "naive", _extra(op, grid))
 
 
@@ -199,42 +196,37 @@ def _exact_cells(
         for idx in by_layer.values():
             groups += [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
 
-    def run(mine: list[int]) -> Tensor:
-        vals = torch.empty(len(mine), dtype=torch.float32)
-        pos = {i: j for j, i in enumerate(mine)}
-        for chunk in [g for g in groups if g and g[0] in pos]:
-            vals[[pos[i] for i in chunk]] = _exact_chunk(
-                model, grid, op, metric, res, todo, chunk, dev, cells
-            )
-            if bar is not None:
-                bar.update(len(chunk))
-        return vals
-
     if live:
-        out[[i for g in groups for i in g]] = _sharded(groups, run)
+        chunk = functools.partial(_exact_chunk, model, grid, op, metric, res, todo, dev=dev, cells=cells)
+        out[[i for g in groups for i in g]] = _sharded(groups, chunk, bar)
     if bar is not None and dead:
         bar.update(len(dead))
     return out
 
 
-def _sharded(groups: list[list[int]], run: Callable[[list[int]], Tensor]) -> Tensor:
-    """Values of the items in ``groups`` (lists of item indices, kept together), in the order of
-    ``groups`` flattened. Under torchrun each rank runs a contiguous block of the groups (the same
-    batches as one process) and the values are gathered in rank order."""
-    w = distributed.world()
-    if w is None:
-        return run([i for g in groups for i in g])
-    start, stop = distributed.shard_bounds(len(groups), w.rank, w.size)
-    mine = [i for g in groups[start:stop] for i in g]
-    error, vals = None, None
-    try:
-        vals = run(mine).tolist()
-    except Exception as err:  # reported to every rank
-        error = err
-    return torch.tensor(distributed.gather_rows(vals or [], error, "the sweep's cells"), dtype=torch.float32)
+def _sharded(groups: list[list[int]], run_group: Callable[[list[int]], Tensor], bar: Any = None) -> Tensor:
+    """``run_group`` of every group (a batch of item indices run together), concatenated in order.
+
+    Under torchrun each rank runs a contiguous block of the groups — the same batches as one
+    process — and the values are gathered in rank order (:func:`rope_interp.distributed.map_shard`);
+    ``bar`` then counts this rank's items.
+    """
+
+    def run(block: list[list[int]]) -> list[float]:
+        if bar is not None and distributed.world() is not None:
+            bar.total = bar.n + sum(len(g) for g in block)
+        vals = []
+        for g in block:
+            vals += run_group(g).tolist()
+            if bar is not None:
+                bar.update(len(g))
+        return vals
+
+    parts = distributed.map_shard(groups, run, "the sweep's cells")
+    return torch.tensor([v for part in parts for v in part], dtype=torch.float32)
 
 
-def _exact_chunk(model, grid, op, metric, res, todo, chunk, dev, cells) -> Tensor:
+def _exact_chunk(model, grid, op, metric, res, todo, chunk, *, dev, cells) -> Tensor:
     """The metric of the cells ``todo[chunk]`` stacked along the batch of one forward."""
     layers = [todo[j][0] for j in chunk]
     start = min(layers)

@@ -152,6 +152,10 @@ def test_ablation_on_the_first_windows_uses_their_own_baseline():
     )
     full = registry.run(model, toks, {"massive": {}}, window=12, progress=False)["massive"].ablation
     assert full.n_tokens == 33
+    # a one-token window (no next-token loss) still counts as one of the first windows
+    batches = [toks[:, :1], toks[:, :12], toks[:, 12:24]]
+    short = registry.run(model, batches, opts | {"massive": {"ablation_windows": 2}}, progress=False)["massive"]
+    assert short.ablation.n_tokens == 11
 
 
 def test_massive_none_found_is_a_clear_error():

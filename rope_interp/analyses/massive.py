@@ -155,6 +155,8 @@ class MassiveAccumulator(Accumulator):
 
     def observe(self, tokens: Tensor) -> None:
         self.n_tokens += tokens.numel()
+        if tokens.shape[1] < 2 and len(self.first_losses) < self.loss_windows:
+            self.first_losses.append((0.0, 0))  # no loss for a 1-token window, but it is one of the first
 
     def observe_loss(self, tokens: Tensor, loss: Tensor) -> None:
         total, count = float(loss.double().sum()), int(loss.numel())
@@ -163,12 +165,12 @@ class MassiveAccumulator(Accumulator):
         if len(self.first_losses) < self.loss_windows:
             self.first_losses.append((total, count))
 
-    def baseline(self, windows: int = 0) -> tuple[float, int]:
-        """``(summed loss, token count)`` of the unmodified forward over every window, or the first ``windows``."""
-        if not windows:
+    def baseline(self) -> tuple[float, int]:
+        """``(summed loss, token count)`` of the unmodified forward over every window, or over the first
+        ``loss_windows`` when set (the windows the ablation runs on)."""
+        if not self.loss_windows:
             return self.loss_sum, self.loss_count
-        kept = self.first_losses[:windows]
-        return sum(t for t, _ in kept), sum(c for _, c in kept)
+        return sum(t for t, _ in self.first_losses), sum(c for _, c in self.first_losses)
 
     def merge(self, other: MassiveAccumulator) -> MassiveAccumulator:
         if other.layers != self.layers:
@@ -239,22 +241,30 @@ class MeanAblateDims(HookSet):
 
     def __init__(self, model: Any, masks: dict[tuple[int, str], Tensor]):
         super().__init__(model)
-        for (layer, site), _m in masks.items():
-            if site not in SITES:
-                raise ValueError(f"site must be one of {SITES}, got {site!r}")
-            adapter.layers(model, layer)
+        _check_masks(model, masks)
         self.masks = masks
 
     def fwd_hooks(self) -> FwdHooks:
-        hooks: FwdHooks = []
-        for (layer, site), mask in self.masks.items():
-            on = per_device(mask, adapter.device(self.model))  # copied now, not in every hook call
+        return [
+            (attn_hook(layer, site), _mean_where(per_device(mask, adapter.device(self.model))))
+            for (layer, site), mask in self.masks.items()
+        ]
 
-            def fn(x: Tensor, hook: Any, on: Any = on) -> Tensor:
-                return torch.where(on(x.device), x.mean(1, keepdim=True), x)
 
-            hooks.append((attn_hook(layer, site), fn))
-        return hooks
+def _check_masks(model: Any, masks: dict[tuple[int, str], Tensor]) -> None:
+    for layer, site in masks:
+        if site not in SITES:
+            raise ValueError(f"site must be one of {SITES}, got {site!r}")
+        adapter.layers(model, layer)
+
+
+def _mean_where(on: Any) -> Any:
+    """Hook: entries where the mask (``on(device)``, copied once per device) is set become their mean over positions."""
+
+    def fn(x: Tensor, hook: Any) -> Tensor:
+        return torch.where(on(x.device), x.mean(1, keepdim=True), x)
+
+    return fn
 
 
 class StackedMeanAblate(HookSet):
@@ -268,6 +278,8 @@ class StackedMeanAblate(HookSet):
 
     def __init__(self, model: Any, conditions: Sequence[dict[tuple[int, str], Tensor] | None], batch: int):
         super().__init__(model)
+        for c in conditions:
+            _check_masks(model, c or {})
         self.conditions, self.batch = list(conditions), batch
 
     def fwd_hooks(self) -> FwdHooks:
@@ -280,12 +292,7 @@ class StackedMeanAblate(HookSet):
                 for c in self.conditions
             ]
             mask = torch.stack(per).repeat_interleave(self.batch, 0)[:, None]  # [conditions * batch, 1, h, d]
-            on = per_device(mask, adapter.device(self.model))
-
-            def fn(x: Tensor, hook: Any, on: Any = on) -> Tensor:
-                return torch.where(on(x.device), x.mean(1, keepdim=True), x)
-
-            hooks.append((attn_hook(layer, site), fn))
+            hooks.append((attn_hook(layer, site), _mean_where(per_device(mask, adapter.device(self.model)))))
         return hooks
 
 
@@ -375,14 +382,11 @@ def massive_ablation(
     conditions: list[dict | None] = [None, masks] + [control_masks(masks, seed + i) for i in range(n_control)]
     if baseline is not None:
         conditions = conditions[1:]
-    for c in conditions:
-        if c is not None:
-            MeanAblateDims(model, c)  # validates layers and sites before any forward
-    totals = torch.zeros(len(conditions), dtype=torch.float64)
-    count = 0
+    StackedMeanAblate(model, conditions, 1)  # validates layers and sites before any forward
 
-    def ablate(stream: Any) -> None:
-        nonlocal count
+    def ablate(stream: Any) -> tuple[Tensor, int]:
+        """Summed loss of each condition and the predicted-token count over ``stream``'s windows."""
+        totals, count = torch.zeros(len(conditions), dtype=torch.float64), 0
         for tokens in stream:
             if tokens.shape[1] < 2:
                 continue
@@ -394,19 +398,17 @@ def massive_ablation(
                     loss = model(tokens.repeat(len(group), 1), return_type="loss", loss_per_token=True)
                 totals[first : first + len(group)] += loss.double().view(len(group), -1).sum(1).cpu()
             count += b * (tokens.shape[1] - 1)
+        return totals, count
 
     if distributed.world() is None:
-        ablate(windows(model, data, window, progress, "massive ablation", limit=max_windows))
+        totals, count = ablate(windows(model, data, window, progress, "massive ablation", limit=max_windows))
     else:  # under torchrun: each rank its block of windows, the loss sums added in rank order
-        error = None
-        try:
-            every = list(windows(model, data, window, False, "massive ablation", limit=max_windows))
-            ablate(distributed.shard(every))
-        except Exception as err:
-            error = err
-        parts = distributed.exchange((totals, count), error, "the massive-value ablation")
-        totals = sum((t for t, _ in parts[1:]), parts[0][0].clone())
-        count = sum(c for _, c in parts)
+        parts = distributed.map_shard(
+            lambda: list(windows(model, data, window, False, "massive ablation", limit=max_windows)),
+            ablate,
+            "the massive-value ablation",
+        )
+        totals, count = sum(t for t, _ in parts), sum(c for _, c in parts)
     if count == 0:
         raise ValueError("no window has two or more tokens: cannot measure next-token loss")
     means = (totals / count).tolist()
@@ -446,7 +448,7 @@ def _finish(ctx: RunContext, opts: dict[str, Any], accs: list[Accumulator]) -> M
             n_control=opts["n_control"],
             window=ctx.window,
             progress=ctx.progress,
-            baseline=acc.baseline(opts["ablation_windows"]),
+            baseline=acc.baseline(),
             max_windows=opts["ablation_windows"] or None,
         )
     return MassiveResult(values, ablation, opts["ablation_windows"])

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .. import distributed
 from ..errors import ParameterError, RopeInterpError
 from .output import current_stage
 
@@ -73,8 +74,6 @@ def common_parser() -> argparse.ArgumentParser:
 
 def note(message: str) -> None:
     """A note for the user on stderr (never mixed into stdout tables); under torchrun from rank 0 only."""
-    from .. import distributed
-
     if distributed.is_root():
         print(f"note: {message}", file=sys.stderr)
 
@@ -138,15 +137,13 @@ def tokens_from_args(model: Any, args: argparse.Namespace, windowed: bool = Fals
         note(f"analysing the first {max_tokens} of the text's {n_text} tokens (--max-tokens)")
     n_ctx = int(model.cfg.n_ctx)
     if not windowed and tokens.shape[1] > n_ctx:
-        from .. import distributed
-
         tokens = tokens[:, :n_ctx]
-        print_ = print if distributed.is_root() else (lambda *a, **k: None)
-        print_(
-            f"warning: the text has {n_text} tokens, more than the model's context of {n_ctx}: using the first "
-            f"{n_ctx} (pass --max-tokens N to choose how many)",
-            file=sys.stderr,
-        )
+        if distributed.is_root():
+            print(
+                f"warning: the text has {n_text} tokens, more than the model's context of {n_ctx}: using the "
+                f"first {n_ctx} (pass --max-tokens N to choose how many)",
+                file=sys.stderr,
+            )
     return tokens
 
 
