@@ -44,7 +44,7 @@ def _split_model():
     from transformer_lens import HookedTransformerConfig
 
     split = HookedTransformer(HookedTransformerConfig(**cfg), move_to_device=True)
-    split.load_state_dict(cpu.state_dict(), strict=False)
+    split.load_state_dict(cpu.state_dict(), strict=True)
     split.move_model_modules_to_device()
     split.eval()
     assert {p.device.index for p in split.blocks[-1].parameters()} == {1}
