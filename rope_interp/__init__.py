@@ -8,10 +8,6 @@ beside them) → ``analyses`` (the papers) → ``vis`` / ``report`` / ``cli`` (s
 
 from . import analyses, data
 from .bands import band_dims, band_norms, band_view, from_bands, pass_view, rotate
-from .bridge import BridgeRotaryHooksError
-from .capture import BandActivation, BandCapture, BandStats, band_hooks
-from .compat import StackWarning
-from .decompose import BandScores, band_score_terms, band_scores, iter_band_scores
 from .errors import (
     ContextLengthError,
     HookStateError,
@@ -27,11 +23,16 @@ from .errors import (
     TokenError,
     UselessInterventionError,
 )
-from .hooks import attn_hook, mlp_hook
-from .interventions import BandIntervention, ablate_bands, prope
-from .models import load_model
-from .modes import MODE_TABLE
-from .patching import (
+from .intervene.ablate import BandIntervention, ablate_bands, prope
+from .intervene.modes import MODE_TABLE
+from .model.bridge import BridgeRotaryHooksError
+from .model.compat import StackWarning
+from .model.hooks import attn_hook, mlp_hook
+from .model.layout import RotaryBands
+from .model.load import load_model
+from .read.capture import BandActivation, BandCapture, BandStats, band_hooks
+from .read.decompose import BandScores, band_score_terms, band_scores, iter_band_scores
+from .sweep.patching import (
     MaskedBands,
     PatternDistance,
     SweepResult,
@@ -43,9 +44,8 @@ from .patching import (
     patch_layer_head_band,
     patch_sweep,
 )
-from .spec import RotaryBands
-from .specs import InterventionSpec, SweepSpec
-from .sweeps import (
+from .sweep.spec import InterventionSpec, SweepSpec
+from .sweep.tiers import (
     ablated_patterns,
     ablation_sweep,
     attribution_sweep,

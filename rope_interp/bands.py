@@ -10,7 +10,7 @@ Which two dims form band ``i`` depends on the layout:
 Dims ``rotary_dim .. d_head`` (partial rotary) pass through unrotated.
 
 Everything here is a pure function of tensors and knows nothing about
-TransformerLens; :class:`RotaryBands` (in :mod:`rope_interp.spec`) records the
+TransformerLens; :class:`RotaryBands` (in :mod:`rope_interp.model.layout`) records the
 layout of a particular model. The band view is a *view* (no copy) for both
 layouts: ``band_view(x, ...)[..., i, :]`` are the two coordinates of band ``i``,
 ordered so that rotating by angle ``a`` is the complex product

@@ -8,13 +8,13 @@ your own ``torch.distributed.init_process_group``). A single process behaves exa
 
 What is split, and how results are combined:
 
-* **Shared-pass analyses** (:func:`rope_interp.engine.run_pass`, hence every registered analysis,
+* **Shared-pass analyses** (:func:`rope_interp.analyses.stream.run_pass`, hence every registered analysis,
   ``registry.run``, the report and the analysis commands): the windows are cut into contiguous
   blocks, one per rank (:func:`shard`); after the pass every rank sends its accumulators to every
   other (:func:`reduce_accumulators`: an all-gather of their states) and each rank merges them **in
   rank order** with the accumulator's own ``merge()`` — the result is the single-process result
   (sums in float64: equal within rounding, 1e-6 relative is tested; kept windows in the same order).
-* **Sweeps** (:func:`rope_interp.sweeps.run_sweep` and the ``sweep`` command): the grid's cells are
+* **Sweeps** (:func:`rope_interp.sweep.tiers.run_sweep` and the ``sweep`` command): the grid's cells are
   split into contiguous blocks and the values gathered in order (:func:`map_shard`).
 * **Extra runs** declared by an analysis run after the merge, on every rank, so every rank returns
   the same result: the massive-value ablation splits its windows too; the positional-head causal

@@ -60,14 +60,3 @@ class PaddingError(RopeInterpError):
 
 class UselessInterventionError(RopeInterpError):
     """An intervention that provably changes nothing (e.g. the same shift on q and k)."""
-
-
-def check_index(kind: str, values, size: int, what: str = "the model") -> list[int]:
-    """Validate indices (see :func:`rope_interp.validate.indices`) and return them normalised.
-
-    >>> check_index("layer", [0, -1], 4)
-    [0, 3]
-    """
-    from .validate import indices
-
-    return indices(kind, values, size, what)

@@ -20,8 +20,8 @@ import torch
 
 import rope_interp as ri
 from rope_interp.data import load_text
-from rope_interp.modes import METHODS, MODES
-from rope_interp.specs import SweepSpec, write_result
+from rope_interp.intervene.modes import METHODS, MODES
+from rope_interp.sweep.spec import SweepSpec, write_result
 
 
 def main() -> None:

@@ -36,12 +36,13 @@ def worker(args) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    from rope_interp import distributed, registry
-    from rope_interp.testing import result_tensors
+    from rope_interp import distributed
+    from rope_interp.analyses import registry
+    from rope_interp.model.testing import result_tensors
 
     w = distributed.init()
     if args.model == "tiny":
-        from rope_interp.testing import tiny_model
+        from rope_interp.model.testing import tiny_model
 
         model = tiny_model(n_layers=4, n_ctx=args.window)
         tokens = torch.randint(0, 50, (1, args.tokens), generator=torch.Generator().manual_seed(0))
@@ -62,7 +63,7 @@ def worker(args) -> None:
     if w:
         seconds = max(distributed.exchange(seconds))  # the job ends with its slowest rank
         analysis = registry.get(args.analysis)
-        from rope_interp.registry import RunContext
+        from rope_interp.analyses.registry import RunContext
 
         ctx = RunContext(model, tokens, None, args.window, False)
         for _ in range(5):

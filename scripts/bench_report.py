@@ -59,11 +59,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from rope_interp import load_model, registry
+    from rope_interp import load_model
+    from rope_interp.analyses import registry
     from rope_interp.analyses.inputs import iter_windows
-    from rope_interp.capture import BandStats
+    from rope_interp.analyses.report import ReportConfig, build_report
     from rope_interp.data import load_text
-    from rope_interp.report import ReportConfig, build_report
+    from rope_interp.read.capture import BandStats
 
     model = load_model("smollm2-135m", device=args.device)
     n_tok = 256 if args.quick else args.tokens

@@ -81,10 +81,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from rope_interp import load_model
-    from rope_interp.direct import ablated_patterns
-    from rope_interp.metrics import logit_diff
-    from rope_interp.spec import RotaryBands
-    from rope_interp.sweeps import TIERS
+    from rope_interp.model.layout import RotaryBands
+    from rope_interp.sweep.direct import ablated_patterns
+    from rope_interp.sweep.metrics import logit_diff
+    from rope_interp.sweep.tiers import TIERS
 
     t0 = time.perf_counter()
     model = load_model(args.model, device=args.device)

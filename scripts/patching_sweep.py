@@ -20,9 +20,9 @@ matplotlib.use("Agg")
 import torch
 
 import rope_interp as ri
-from rope_interp.modes import METHODS
-from rope_interp.patching import logit_diff
-from rope_interp.specs import SweepSpec, write_result
+from rope_interp.intervene.modes import METHODS
+from rope_interp.sweep.patching import logit_diff
+from rope_interp.sweep.spec import SweepSpec, write_result
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 import rope_interp as ri
 from rope_interp.data import load_text
-from rope_interp.interventions import prope
+from rope_interp.intervene.ablate import prope
 
 
 def main() -> None:

@@ -1,11 +1,11 @@
-"""Shared fixtures. Builders of tiny models live in ``rope_interp.testing`` (never import from tests)."""
+"""Shared fixtures. Builders of tiny models live in ``rope_interp.model.testing`` (never import from tests)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from rope_interp.testing import LAYOUTS, tiny_layout_model
+from rope_interp.model.testing import LAYOUTS, tiny_layout_model
 
 
 def pytest_collection_modifyitems(config, items):

@@ -18,11 +18,12 @@ import torch
 
 torch.set_num_threads(1)
 
-from rope_interp import distributed, registry  # noqa: E402
-from rope_interp.engine import Accumulator  # noqa: E402
-from rope_interp.registry import Analysis, Option  # noqa: E402
-from rope_interp.testing import result_tensors as tensors  # noqa: E402
-from rope_interp.testing import tiny_model  # noqa: E402
+from rope_interp import distributed  # noqa: E402
+from rope_interp.analyses import registry  # noqa: E402
+from rope_interp.analyses.registry import Analysis, Option  # noqa: E402
+from rope_interp.analyses.stream import Accumulator  # noqa: E402
+from rope_interp.model.testing import result_tensors as tensors  # noqa: E402
+from rope_interp.model.testing import tiny_model  # noqa: E402
 
 STATS = {
     "usage": {},
@@ -48,8 +49,8 @@ def stats(out: str, device: str = "cpu") -> None:
 
 
 def sweep(out: str) -> None:
-    from rope_interp.metrics import loss_metric
-    from rope_interp.sweeps import run_sweep
+    from rope_interp.sweep.metrics import loss_metric
+    from rope_interp.sweep.tiers import run_sweep
 
     model = tiny_model(n_layers=3)
     t = data()[:1, :24]
@@ -64,7 +65,7 @@ def sweep(out: str) -> None:
 
 def bandstats(out: str) -> None:
     """BandStats updated by hand on this rank's share of the batches, then reduced (the README's recipe)."""
-    from rope_interp.capture import BandStats
+    from rope_interp.read.capture import BandStats
 
     model = tiny_model(n_layers=3)
     batches = list(data().split(15, dim=1))  # 6 batches of [2, 15]

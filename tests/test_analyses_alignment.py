@@ -16,9 +16,9 @@ from rope_interp.analyses.alignment import (
     weighted_band_alignment,
 )
 from rope_interp.errors import LayerError, ParameterError
-from rope_interp.interventions import ablate_bands
-from rope_interp.spec import RotaryBands
-from rope_interp.testing import tiny_model
+from rope_interp.intervene.ablate import ablate_bands
+from rope_interp.model.layout import RotaryBands
+from rope_interp.model.testing import tiny_model
 
 F, M = 3, 7  # filler and marker tokens
 USED, SUPPORT, UNUSED = 6, 7, 3  # two low-frequency bands (θ ≤ 1e-3: rotation over 32 tokens < 0.04 rad)

@@ -11,8 +11,8 @@ from rope_interp.analyses import carrier_lines, carrier_survey
 from rope_interp.analyses.carrier import detrend, line_ratios, report_section
 from rope_interp.analyses.spectral import psd
 from rope_interp.errors import ParameterError
-from rope_interp.spec import RotaryBands
-from rope_interp.testing import tiny_model
+from rope_interp.model.layout import RotaryBands
+from rope_interp.model.testing import tiny_model
 
 
 @pytest.mark.parametrize("seed", range(5))

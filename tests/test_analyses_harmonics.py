@@ -15,7 +15,7 @@ from rope_interp.analyses.harmonics import (
     report_section,
 )
 from rope_interp.errors import ParameterError, RopeInterpError
-from rope_interp.testing import tiny_model
+from rope_interp.model.testing import tiny_model
 
 N, C1, C2 = 128, 9, 5  # bins 9, 18, 27, 36 and products 14, 4, 13, 1: all distinct
 A = torch.tensor([0.01, 0.02, 0.04, 0.08], dtype=torch.float64)

@@ -9,9 +9,9 @@ import torch
 
 from rope_interp.analyses import positional_heads, sink_channels
 from rope_interp.analyses.heads import OffsetAttention, causal_check, offset_margins
-from rope_interp.decompose import band_scores
 from rope_interp.errors import LayerError
-from rope_interp.testing import tiny_model
+from rope_interp.model.testing import tiny_model
+from rope_interp.read.decompose import band_scores
 
 
 def _margin_by_brute_force(bs, offset):
@@ -113,7 +113,7 @@ def test_causal_check_zeroing_everything_gives_uniform():
 
 
 def test_causal_check_hooks_agree_with_analytic_when_available():
-    pytest.importorskip("rope_interp.interventions", reason="interventions issue not merged yet")
+    pytest.importorskip("rope_interp.intervene.ablate", reason="interventions issue not merged yet")
     model = tiny_model()
     toks = torch.randint(0, 50, (1, 12))
     a = causal_check(model, [toks], 1, 2, 1, k=3, method="analytic")
@@ -161,7 +161,7 @@ def test_sink_channels_table_and_plot():
 def test_batched_causal_checks_equal_head_by_head_hooks():
     """One forward per layer for all found heads gives the hooked per-head numbers (tolerance 1e-5)."""
     from rope_interp.analyses.heads import add_causal_checks, positional_heads
-    from rope_interp.testing import tiny_model
+    from rope_interp.model.testing import tiny_model
 
     model = tiny_model(n_heads=4, n_key_value_heads=2)
     toks = torch.randint(0, 50, (1, 30), generator=torch.Generator().manual_seed(4))

@@ -18,7 +18,7 @@ from rope_interp.analyses import (
 from rope_interp.analyses.massive import control_masks
 from rope_interp.bands import band_view, rotate
 from rope_interp.errors import ContextLengthError
-from rope_interp.testing import tiny_model
+from rope_interp.model.testing import tiny_model
 
 
 def test_predicted_bands_smollm2_numbers():
@@ -138,7 +138,7 @@ def test_stacked_conditions_equal_one_forward_each():
 def test_ablation_on_the_first_windows_uses_their_own_baseline():
     """``ablation_windows=1`` (the report uses 2): the experiment and its baseline cover the first window
     only, and equal the ablation run by hand on that window."""
-    from rope_interp import registry
+    from rope_interp.analyses import registry
 
     model = _model_with_massive_dim()
     toks = torch.randint(0, 50, (1, 36), generator=torch.Generator().manual_seed(2))
@@ -154,7 +154,9 @@ def test_ablation_on_the_first_windows_uses_their_own_baseline():
     assert full.n_tokens == 33
     # a one-token window (no next-token loss) still counts as one of the first windows
     batches = [toks[:, :1], toks[:, :12], toks[:, 12:24]]
-    short = registry.run(model, batches, opts | {"massive": {"ablation_windows": 2}}, progress=False)["massive"]
+    short = registry.run(model, batches, opts | {"massive": {"ablation_windows": 2}}, progress=False)[
+        "massive"
+    ]
     assert short.ablation.n_tokens == 11
 
 

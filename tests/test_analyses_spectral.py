@@ -17,7 +17,7 @@ from rope_interp.analyses import (
     rotary_decay,
 )
 from rope_interp.analyses.spectral import corr_from_sums, psd, row_spectrum_stats
-from rope_interp.testing import tiny_model
+from rope_interp.model.testing import tiny_model
 
 
 def test_psd_peak_of_a_rotating_band_is_its_frequency():

@@ -8,7 +8,7 @@ import torch
 from rope_interp.analyses import EmptyInputError, frequency_usage, iter_windows
 from rope_interp.bands import band_norms, band_view
 from rope_interp.errors import ContextLengthError, LayerError
-from rope_interp.testing import tiny_model
+from rope_interp.model.testing import tiny_model
 
 
 def test_iter_windows_cuts_tokens_and_batches():

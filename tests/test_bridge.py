@@ -10,14 +10,15 @@ import warnings
 import pytest
 import torch
 
-from rope_interp import adapter
 from rope_interp.bands import band_view, rotate
-from rope_interp.bridge import BridgeRotaryHooksError, hf_attention, tiny_bridge
-from rope_interp.capture import BandCapture, BandStats
-from rope_interp.decompose import band_scores, iter_band_scores
 from rope_interp.errors import NotRotaryError
-from rope_interp.hooks import attn_hook
-from rope_interp.spec import RotaryBands
+from rope_interp.model import adapter
+from rope_interp.model.bridge import BridgeRotaryHooksError, hf_attention
+from rope_interp.model.hooks import attn_hook
+from rope_interp.model.layout import RotaryBands
+from rope_interp.model.testing import tiny_bridge
+from rope_interp.read.capture import BandCapture, BandStats
+from rope_interp.read.decompose import band_scores, iter_band_scores
 
 FIRING = ["llama", "qwen2", "gemma2", "phi"]
 SILENT = ["neox", "gptj", "codegen"]
@@ -195,7 +196,7 @@ def test_embedded_bridge_stats_agree(smol, smol_bridge, pair_tokens):
 
 @pytest.mark.slow
 def test_embedded_bridge_same_ablation_same_logits(smol, smol_bridge, pair_tokens):
-    from rope_interp.interventions import ablate_bands
+    from rope_interp.intervene.ablate import ablate_bands
 
     cases = [
         ("zero", {}),

@@ -5,7 +5,7 @@ import torch
 
 from rope_interp import BandCapture, BandStats, band_hooks, band_view
 from rope_interp.bands import band_norms
-from rope_interp.testing import tiny_model
+from rope_interp.model.testing import tiny_model
 
 
 def _raw(model, tokens, names):

@@ -60,8 +60,8 @@ def test_help_keeps_the_descriptions_case(capsys):
 
 def test_choices_come_from_the_api_literal_types():
     from rope_interp.analyses.heads import Method
+    from rope_interp.analyses.registry import literal_choices
     from rope_interp.analyses.spectra import Part
-    from rope_interp.registry import literal_choices
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     by_dest = lambda name: {a.dest: a for a in sub.choices[name]._actions}  # noqa: E731
@@ -74,7 +74,7 @@ def _tiny_cli(monkeypatch, n_tokens=40):
     import torch
 
     from rope_interp.cli import commands
-    from rope_interp.testing import tiny_model
+    from rope_interp.model.testing import tiny_model
 
     model = tiny_model()
     tokens = torch.randint(0, 50, (1, n_tokens), generator=torch.Generator().manual_seed(0))
@@ -121,8 +121,8 @@ def test_issue9_item6_band_share_streams_exactly():
     import torch
 
     from rope_interp.cli.commands import band_share
-    from rope_interp.decompose import band_scores
-    from rope_interp.testing import tiny_model
+    from rope_interp.model.testing import tiny_model
+    from rope_interp.read.decompose import band_scores
 
     model = tiny_model()
     tokens = torch.randint(0, 50, (1, 48), generator=torch.Generator().manual_seed(2))
@@ -189,7 +189,7 @@ def _old_report(folder):
 
 
 def test_issue9_item7_interrupted_report_leaves_the_old_one_intact(tmp_path, monkeypatch):
-    from rope_interp import registry
+    from rope_interp.analyses import registry
 
     _tiny_cli(monkeypatch)
     before = _old_report(tmp_path / "r")

@@ -10,7 +10,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from rope_interp import compat
+from rope_interp.model import compat
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
@@ -70,7 +70,7 @@ def test_known_break_warns_once_with_versions_and_fix(monkeypatch):
 
 def test_a_bridge_on_a_broken_stack_warns(monkeypatch):
     from rope_interp import RotaryBands
-    from rope_interp.bridge import tiny_bridge
+    from rope_interp.model.testing import tiny_bridge
 
     monkeypatch.setattr(
         compat, "installed_versions", lambda packages=None: {"transformers": Version("5.24.1")}

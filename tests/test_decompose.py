@@ -5,7 +5,7 @@ import torch
 
 from rope_interp import ContextLengthError, LayerError, band_score_terms, band_scores, iter_band_scores
 from rope_interp.errors import TokenError
-from rope_interp.testing import tiny_model
+from rope_interp.model.testing import tiny_model
 
 
 def _hook_scores(model, tokens, layer):

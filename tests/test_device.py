@@ -33,26 +33,25 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from transformer_lens.hook_points import HookPoint
 
-from rope_interp import adapter
 from rope_interp.analyses import heads as heads_mod
 from rope_interp.analyses.massive import massive_ablation, massive_values
 from rope_interp.analyses.offsets import offset_features
 from rope_interp.analyses.sinks import sink_channels
 from rope_interp.analyses.spectral import attention_spectra, band_spectra, mlp_spectra, phase_alignment
 from rope_interp.analyses.usage import frequency_usage
-from rope_interp.bridge import tiny_bridge
-from rope_interp.capture import BandCapture, BandStats, band_hooks
-from rope_interp.decompose import band_scores, iter_band_scores
-from rope_interp.interventions import MODES, ablate_bands, prope
-from rope_interp.patching import MaskedBands, PatternDistance, kl_metric, logit_diff, loss_metric
-from rope_interp.sweeps import (
+from rope_interp.intervene.ablate import MODES, ablate_bands, prope
+from rope_interp.model import adapter
+from rope_interp.model.testing import tiny_bridge, tiny_layout_model
+from rope_interp.read.capture import BandCapture, BandStats, band_hooks
+from rope_interp.read.decompose import band_scores, iter_band_scores
+from rope_interp.sweep.patching import MaskedBands, PatternDistance, kl_metric, logit_diff, loss_metric
+from rope_interp.sweep.tiers import (
     ablated_patterns,
     attribution_sweep,
     direct_effect_sweep,
     exact_sweep,
     naive_sweep,
 )
-from rope_interp.testing import tiny_layout_model
 
 META = torch.device("meta")
 aten = torch.ops.aten
@@ -312,7 +311,7 @@ BRIDGE_CASES = ["capture", "band_stats", "decompose", "prope", *[c for c in CASE
 @pytest.fixture(scope="module")
 def meta_bridge():
     """A tiny llama bridge moved to meta, and its band layout read on the CPU before the move."""
-    from rope_interp.spec import RotaryBands
+    from rope_interp.model.layout import RotaryBands
 
     model = tiny_bridge("llama")
     spec = RotaryBands.from_model(model)
@@ -327,7 +326,7 @@ def test_bridge_hooks_stay_on_the_activation_device(case, split, meta_bridge, gu
     The band layout (frequencies) is host-side metadata computed from the rotary tables; on meta there
     are no table values to read it from, so it is computed on the CPU first and handed over.
     """
-    from rope_interp.spec import RotaryBands
+    from rope_interp.model.layout import RotaryBands
 
     model, spec = meta_bridge
     monkeypatch.setattr(RotaryBands, "from_model", classmethod(lambda cls, m: spec))

@@ -132,7 +132,7 @@ def test_sharded_sweeps_equal_one_process(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from rope_interp.testing import tiny_hf_dir
+    from rope_interp.model.testing import tiny_hf_dir
 
     return tiny_hf_dir(tmp_path_factory.mktemp("dist") / "tiny", n_layers=2)
 
@@ -292,9 +292,9 @@ def test_bad_timeout_is_a_clear_error(monkeypatch, bad):
 def test_packed_accumulator_round_trip_keeps_model_and_closures():
     """pack/unpack: the model becomes a placeholder (restored to the receiver's), tensors travel on the CPU."""
     from rope_interp.analyses.sinks import SinkAccumulator
+    from rope_interp.analyses.stream import forward_window
     from rope_interp.distributed import _restore, pack, unpack
-    from rope_interp.engine import forward_window
-    from rope_interp.testing import tiny_model
+    from rope_interp.model.testing import tiny_model
 
     model = tiny_model()
     acc = SinkAccumulator(model, [0, 1])

@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
-from rope_interp import registry
-from rope_interp.engine import Accumulator, run_pass
-from rope_interp.hooks import attn_hook
-from rope_interp.registry import Analysis, Option, analyses
-from rope_interp.testing import tiny_layout_model
+from rope_interp.analyses import registry
+from rope_interp.analyses.registry import Analysis, Option, analyses
+from rope_interp.analyses.stream import Accumulator, run_pass
+from rope_interp.model.hooks import attn_hook
+from rope_interp.model.testing import tiny_layout_model
 
 FAST_OPTIONS = {"heads": {"causal_windows": 1}, "massive": {"n_control": 1}}
 
@@ -144,8 +144,8 @@ def test_registered_analysis_appears_in_cli_and_report(tmp_path, monkeypatch, ca
     import json
 
     from rope_interp import cli
+    from rope_interp.analyses.report import ReportConfig, build_report, validate_summary
     from rope_interp.cli import commands
-    from rope_interp.report import ReportConfig, build_report, validate_summary
 
     model = tiny_layout_model("neox")
     tokens = torch.randint(0, 50, (1, 40), generator=torch.Generator().manual_seed(0))

@@ -11,10 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rope_interp.bridge import tiny_bridge
-from rope_interp.capture import BandStats
-from rope_interp.interventions import ablate_bands, positions_from_angles, prope
-from rope_interp.testing import tiny_model
+from rope_interp.intervene.ablate import ablate_bands, positions_from_angles, prope
+from rope_interp.model.testing import tiny_bridge, tiny_model
+from rope_interp.read.capture import BandStats
 
 N_NEW = 20
 

@@ -22,16 +22,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rope_interp import adapter
-from rope_interp.bridge import tiny_bridge
-from rope_interp.capture import BandCapture, BandStats
-from rope_interp.decompose import band_scores, iter_band_scores
-from rope_interp.hooks import attn_hook
-from rope_interp.interventions import ablate_bands, prope
-from rope_interp.patching import logit_diff
-from rope_interp.spec import RotaryBands
-from rope_interp.sweeps import direct_effect_sweep, exact_sweep, naive_sweep
-from rope_interp.testing import LAYOUTS, tiny_layout_model
+from rope_interp.intervene.ablate import ablate_bands, prope
+from rope_interp.model import adapter
+from rope_interp.model.hooks import attn_hook
+from rope_interp.model.layout import RotaryBands
+from rope_interp.model.testing import LAYOUTS, tiny_bridge, tiny_layout_model
+from rope_interp.read.capture import BandCapture, BandStats
+from rope_interp.read.decompose import band_scores, iter_band_scores
+from rope_interp.sweep.patching import logit_diff
+from rope_interp.sweep.tiers import direct_effect_sweep, exact_sweep, naive_sweep
 
 pytestmark = pytest.mark.gpu
 

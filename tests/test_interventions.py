@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from rope_interp import RopeInterpError, RotaryBands, band_scores, band_view, pass_view
-from rope_interp.decompose import band_score_terms
 from rope_interp.errors import LayerError, ParameterError, UselessInterventionError
-from rope_interp.hooks import attn_hook
-from rope_interp.interventions import BandIntervention, ablate_bands, prope, shift_bands
-from rope_interp.testing import tiny_layout_model
+from rope_interp.intervene.ablate import BandIntervention, ablate_bands, prope, shift_bands
+from rope_interp.model.hooks import attn_hook
+from rope_interp.model.testing import tiny_layout_model
+from rope_interp.read.decompose import band_score_terms
 
 TOKENS = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8]])
 
@@ -93,7 +93,7 @@ def test_shift_on_keys_means_keys_sat_delta_positions_later():
         with ablate_bands(model, None, layers=L, mode="shift", delta=d):
             _, shifted = model.run_with_cache(TOKENS, names_filter=names)
     from rope_interp.bands import rotate
-    from rope_interp.modes import position_angles
+    from rope_interp.intervene.modes import position_angles
 
     n = TOKENS.shape[1]
     pre = band_view(cache[attn_hook(L, "k")], 16, False)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rope_interp import ModelNotAvailableError, RotaryBands, band_scores, load_model
-from rope_interp import models as models_mod
+from rope_interp.model import load as models_mod
 
 
 def test_missing_embedded_package_names_the_install_command(monkeypatch):
@@ -146,8 +146,8 @@ def test_linear_layout_keeps_outputs_bit_identical():
     unembedding weights: shapes, values and every logit stay exactly the same."""
     import copy
 
-    from rope_interp.models import linear_layout
-    from rope_interp.testing import tiny_model
+    from rope_interp.model.load import linear_layout
+    from rope_interp.model.testing import tiny_model
 
     model = tiny_model(gated_mlp=True)
     t = torch.randint(0, 50, (2, 20), generator=torch.Generator().manual_seed(0))

@@ -36,7 +36,7 @@ def _split_model():
     """The tiny test model, once on the CPU and once with its blocks over cuda:0 and cuda:1."""
     from transformer_lens import HookedTransformer
 
-    from rope_interp.testing import tiny_model
+    from rope_interp.model.testing import tiny_model
 
     cpu = tiny_model(n_layers=4)
     cfg = cpu.cfg.to_dict()
@@ -55,8 +55,8 @@ def test_split_model_statistics_equal_cpu():
     sys.path.insert(0, str(Path(__file__).parent))
     from dist_driver import data
 
-    from rope_interp import registry
-    from rope_interp.testing import result_tensors as tensors
+    from rope_interp.analyses import registry
+    from rope_interp.model.testing import result_tensors as tensors
 
     cpu, split = _split_model()
     a = registry.run(cpu, data(), STATS, window=40, progress=False)
@@ -69,9 +69,9 @@ def test_split_model_statistics_equal_cpu():
 
 
 def test_split_model_band_capture_and_exact_sweep_equal_cpu():
-    from rope_interp.capture import BandStats
-    from rope_interp.metrics import loss_metric
-    from rope_interp.sweeps import exact_sweep
+    from rope_interp.read.capture import BandStats
+    from rope_interp.sweep.metrics import loss_metric
+    from rope_interp.sweep.tiers import exact_sweep
 
     cpu, split = _split_model()
     t = torch.randint(0, 50, (2, 32), generator=torch.Generator().manual_seed(0))

@@ -8,8 +8,9 @@ import torch
 
 from rope_interp import RotaryBands, band_scores
 from rope_interp.errors import LayerError, RopeInterpError
-from rope_interp.hooks import attn_hook
-from rope_interp.patching import (
+from rope_interp.model.hooks import attn_hook
+from rope_interp.model.testing import tiny_layout_model
+from rope_interp.sweep.patching import (
     MaskedBands,
     PatternDistance,
     capture_source,
@@ -21,7 +22,6 @@ from rope_interp.patching import (
     patch_layer_head_band,
     patch_sweep,
 )
-from rope_interp.testing import tiny_layout_model
 
 matplotlib.use("Agg")
 

@@ -60,7 +60,7 @@ def test_readme_has_the_blocks_this_test_knows():
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from rope_interp.testing import tiny_hf_dir
+    from rope_interp.model.testing import tiny_hf_dir
 
     return tiny_hf_dir(tmp_path_factory.mktemp("readme") / "tiny-model", n_layers=6, d_model=64)
 

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from rope_interp import report
+from rope_interp.analyses import report
 from rope_interp.cli import main
 
 
@@ -76,8 +76,8 @@ def test_quick_report_has_every_section_and_labelled_figures(tmp_path, monkeypat
 def _tiny_report(tmp_path, **cfg):
     import torch
 
-    from rope_interp.report import ReportConfig, build_report
-    from rope_interp.testing import tiny_model
+    from rope_interp.analyses.report import ReportConfig, build_report
+    from rope_interp.model.testing import tiny_model
 
     model = tiny_model()
     tokens = torch.randint(0, 50, (1, 120), generator=torch.Generator().manual_seed(0))
@@ -89,7 +89,7 @@ def test_report_reads_like_a_report(tmp_path):
     """Findings first, a table of contents, tables without pandas indexes or NaN, summary.json as records."""
     import json
 
-    from rope_interp.report import validate_summary
+    from rope_interp.analyses.report import validate_summary
 
     _, path = _tiny_report(tmp_path)
     page = path.read_text()
@@ -132,11 +132,11 @@ def test_issue9_item8_build_report_changes_no_global_state(tmp_path, grad):
     dtype = torch.get_default_dtype()
     torch.set_grad_enabled(grad)
     try:
-        from rope_interp.testing import tiny_model
+        from rope_interp.model.testing import tiny_model
 
         model = tiny_model()
         model.train()
-        from rope_interp.report import ReportConfig, build_report
+        from rope_interp.analyses.report import ReportConfig, build_report
 
         tokens = torch.randint(0, 50, (1, 70), generator=torch.Generator().manual_seed(0))
         build_report(

@@ -11,15 +11,14 @@ import textwrap
 import pytest
 import torch
 
-from rope_interp import adapter
 from rope_interp.bands import rotate
-from rope_interp.bridge import tiny_bridge
-from rope_interp.capture import BandCapture, BandStats
-from rope_interp.decompose import band_scores, iter_band_scores
 from rope_interp.errors import TokenError
-from rope_interp.hooks import attn_hook
-from rope_interp.spec import RotaryBands
-from rope_interp.testing import tiny_model
+from rope_interp.model import adapter
+from rope_interp.model.hooks import attn_hook
+from rope_interp.model.layout import RotaryBands
+from rope_interp.model.testing import tiny_bridge, tiny_model
+from rope_interp.read.capture import BandCapture, BandStats
+from rope_interp.read.decompose import band_scores, iter_band_scores
 
 
 def _scores(model, tokens, layer):
@@ -135,7 +134,7 @@ _RSS_SCRIPT = textwrap.dedent(
     import json, resource, sys, torch
     from rope_interp import load_model
     from rope_interp.data import load_text
-    from rope_interp.decompose import iter_band_scores
+    from rope_interp.read.decompose import iter_band_scores
     n, layer, chunk = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     torch.set_grad_enabled(False)
     model = load_model("smollm2-135m")
@@ -174,8 +173,8 @@ def _context_managers(model, toks):
     """Every HookSet rope_interp offers, built for ``model`` (name, factory)."""
     from rope_interp.analyses.heads import OffsetAttention
     from rope_interp.analyses.massive import MeanAblateDims
-    from rope_interp.interventions import ablate_bands, prope
-    from rope_interp.patching import MaskedBands, PatternDistance
+    from rope_interp.intervene.ablate import ablate_bands, prope
+    from rope_interp.sweep.patching import MaskedBands, PatternDistance
 
     rb = RotaryBands.from_model(model)
     q_mask = torch.zeros(1, 1, rb.n_heads, rb.n_bands, dtype=torch.bool)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rope_interp import BandCapture, NotRotaryError, RotaryBands, band_view
-from rope_interp.testing import LAYOUTS, tiny_layout_model, tiny_model
+from rope_interp.model.testing import LAYOUTS, tiny_layout_model, tiny_model
 
 
 def test_frequencies_and_dims_match_the_models_sin_cos_buffers(layout_model):

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from rope_interp.errors import ParameterError, UselessInterventionError
-from rope_interp.metrics import loss_metric
-from rope_interp.specs import InterventionSpec, SweepSpec
-from rope_interp.sweeps import exact_sweep
-from rope_interp.testing import tiny_layout_model
+from rope_interp.model.testing import tiny_layout_model
+from rope_interp.sweep.metrics import loss_metric
+from rope_interp.sweep.spec import InterventionSpec, SweepSpec
+from rope_interp.sweep.tiers import exact_sweep
 
 TOKENS = [[3, 1, 4, 1, 5, 9, 2, 6, 5, 3]]
 CORRUPT = [[3, 1, 4, 1, 7, 9, 2, 8, 5, 3]]
@@ -61,7 +61,7 @@ def test_intervention_spec_builds_the_same_intervention():
         ).to_json()
     )
     t = torch.tensor(TOKENS)
-    from rope_interp.interventions import ablate_bands
+    from rope_interp.intervene.ablate import ablate_bands
 
     with torch.no_grad():
         a = spec.build(model).run(t)
@@ -105,8 +105,8 @@ def test_cli_sweep_mode_and_spec_rerun(tmp_path, monkeypatch, capsys):
     from rope_interp import cli
 
     model = tiny_layout_model("gqa")
-    monkeypatch.setattr(cli, "load_from_args", lambda args: model)
-    monkeypatch.setattr(cli, "tokens_from_args", lambda m, args: torch.tensor(TOKENS))
+    monkeypatch.setattr(cli.common, "load_from_args", lambda args: model)
+    monkeypatch.setattr(cli.common, "tokens_from_args", lambda m, args: torch.tensor(TOKENS))
     out = tmp_path / "a"
     argv = ["sweep", "--mode", "scale_freq", "--factor", "2", "--bands", "0", "3", "--no-progress"]
     assert cli.main([*argv, "--out", str(out)]) == 0
@@ -127,7 +127,7 @@ def test_cli_refuses_bad_mode_parameters_before_loading(monkeypatch, tmp_path):
     def boom(args):
         raise AssertionError("the model must not be loaded for a bad call")
 
-    monkeypatch.setattr(cli, "load_from_args", boom)
+    monkeypatch.setattr(cli.common, "load_from_args", boom)
     for argv in (
         ["sweep", "--mode", "shift", "--delta", "nan"],
         ["sweep", "--mode", "shift", "--delta", "3", "--target", "qk"],

@@ -10,12 +10,12 @@ import torch
 
 from rope_interp import RotaryBands
 from rope_interp.errors import ParameterError, UselessInterventionError
-from rope_interp.hooking import HookSet
-from rope_interp.hooks import attn_hook
-from rope_interp.interventions import ablate_bands
-from rope_interp.metrics import logit_diff, loss_metric
-from rope_interp.modes import METHODS, MODE_TABLE, MODES, resolve_target
-from rope_interp.sweeps import (
+from rope_interp.intervene.ablate import ablate_bands
+from rope_interp.intervene.modes import METHODS, MODE_TABLE, MODES, resolve_target
+from rope_interp.model.hooks import HookSet, attn_hook
+from rope_interp.model.testing import tiny_layout_model
+from rope_interp.sweep.metrics import logit_diff, loss_metric
+from rope_interp.sweep.tiers import (
     TIERS,
     attribution_sweep,
     exact_sweep,
@@ -24,7 +24,6 @@ from rope_interp.sweeps import (
     refine_sweep,
     run_sweep,
 )
-from rope_interp.testing import tiny_layout_model
 
 TOKENS = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6, 5, 3]])
 CORRUPT = torch.tensor([[3, 1, 4, 1, 7, 9, 2, 8, 5, 3]])
@@ -258,14 +257,14 @@ def _cycle_through(graph: dict[str, set[str]], start: str) -> list[str] | None:
 @pytest.mark.parametrize(
     "module",
     [
-        "rope_interp.modes",
-        "rope_interp.metrics",
-        "rope_interp.grid",
-        "rope_interp.direct",
-        "rope_interp.sweeps",
-        "rope_interp.patching",
-        "rope_interp.interventions",
-        "rope_interp.specs",
+        "rope_interp.intervene.modes",
+        "rope_interp.sweep.metrics",
+        "rope_interp.sweep.grid",
+        "rope_interp.sweep.direct",
+        "rope_interp.sweep.tiers",
+        "rope_interp.sweep.patching",
+        "rope_interp.intervene.ablate",
+        "rope_interp.sweep.spec",
     ],
 )
 def test_sweep_modules_are_in_no_import_cycle(module):
@@ -276,7 +275,9 @@ def test_sweep_modules_are_in_no_import_cycle(module):
 
 def test_import_graph_sees_lazy_imports():
     graph = _import_graph()
-    assert "rope_interp.capture" in graph["rope_interp.modes"]  # a lazy import inside a function
+    assert (
+        "rope_interp.read.capture" in graph["rope_interp.intervene.modes"]
+    )  # a lazy import inside a function
 
 
 def test_refine_cap_is_respected_and_an_unstable_top_warns():

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from rope_interp import RotaryBands, band_view
-from rope_interp.hooks import attn_hook
-from rope_interp.interventions import ablate_bands
-from rope_interp.patching import logit_diff, loss_metric
-from rope_interp.sweeps import (
+from rope_interp.intervene.ablate import ablate_bands
+from rope_interp.model.hooks import attn_hook
+from rope_interp.model.testing import tiny_layout_model
+from rope_interp.sweep.patching import logit_diff, loss_metric
+from rope_interp.sweep.tiers import (
     ablated_patterns,
     ablation_sweep,
     attribution_sweep,
@@ -18,7 +19,6 @@ from rope_interp.sweeps import (
     exact_sweep,
     naive_sweep,
 )
-from rope_interp.testing import tiny_layout_model
 
 CLEAN = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6, 5, 3]])
 CORRUPT = torch.tensor([[3, 1, 4, 1, 7, 9, 2, 8, 5, 3]])
@@ -172,7 +172,7 @@ def test_cli_sweep_and_patch_write_csv_and_png(smol, tmp_path, monkeypatch, caps
 
     from rope_interp import cli
 
-    monkeypatch.setattr(cli, "load_from_args", lambda args: smol)
+    monkeypatch.setattr(cli.common, "load_from_args", lambda args: smol)
     rc = cli.main(
         [
             "sweep",
@@ -253,7 +253,7 @@ def test_smol_qk_attribution_and_refine_on_the_ioi_prompt(smol):
     attribution, and refine returns the exact top-5 with exact values (real model, IOI prompt)."""
     from scipy.stats import spearmanr
 
-    from rope_interp.sweeps import qk_attribution_sweep, refine_sweep
+    from rope_interp.sweep.tiers import qk_attribution_sweep, refine_sweep
 
     toks = smol.to_tokens("When Mary and John went to the store, John gave a drink to")
     metric = logit_diff(smol.to_single_token(" Mary"), smol.to_single_token(" John"))

@@ -148,7 +148,7 @@ def check_views(nb, bundle: str) -> list[str]:
 def test_check_views_needs_the_inlined_bundle():
     import nbformat
 
-    from rope_interp.html import Panel, View, circuitsvis_bundle
+    from rope_interp.view.html import Panel, View, circuitsvis_bundle
 
     panel = Panel("AttentionPattern", {"tokens": ["a", "b"], "attention": [[1.0, 0.0], [0.5, 0.5]]}, "p")
     offline = View("v", [panel])._repr_html_()
@@ -172,7 +172,7 @@ def test_notebook_runs_in_a_kernel(path, tmp_path, record_property):
     import nbformat
     from nbclient import NotebookClient
 
-    from rope_interp.html import circuitsvis_bundle
+    from rope_interp.view.html import circuitsvis_bundle
 
     nb = nbformat.read(path, as_version=4)
     assert nb.cells[0].metadata.get("tags") == ["setup"], "the first cell must be the setup cell"

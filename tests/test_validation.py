@@ -34,7 +34,7 @@ from rope_interp.errors import (
     RopeInterpError,
     TokenError,
 )
-from rope_interp.testing import tiny_model
+from rope_interp.model.testing import tiny_model
 
 N_LAYERS, N_HEADS, N_KV, N_BANDS, D_HEAD, D_VOCAB, N_CTX = 2, 4, 2, 8, 16, 50, 64
 TOKS = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]])
@@ -493,7 +493,7 @@ def test_issue9_item3_token_ids_outside_the_vocabulary(model):
 @pytest.fixture(scope="module")
 def hf_model(tmp_path_factory):
     """A tiny HF Llama with a word-level tokenizer (right padding), loaded with load_model."""
-    from rope_interp.testing import tiny_hf_dir
+    from rope_interp.model.testing import tiny_hf_dir
 
     return ri.load_model(str(tiny_hf_dir(tmp_path_factory.mktemp("tiny") / "tiny-llama")))
 
@@ -671,7 +671,7 @@ def cli_env(tmp_path_factory, hf_model):
 
 @pytest.mark.parametrize(("cmd", "bad"), list(_cli_cases()))
 def test_cli_bad_option_is_a_nonzero_exit_with_one_line(cli_env, cmd, bad, tmp_path, monkeypatch, capsys):
-    import rope_interp.models as models
+    import rope_interp.model.load as models
     from rope_interp.cli import main
 
     model, text = cli_env

@@ -16,13 +16,12 @@ import pytest
 import torch
 
 from rope_interp import band_scores
-from rope_interp.capture import band_hooks
 from rope_interp.errors import RopeInterpError
-from rope_interp.hooking import HookSet
-from rope_interp.hooks import attn_hook
-from rope_interp.spec import RotaryBands
-from rope_interp.testing import tiny_layout_model, tiny_model
-from rope_interp.vis import (
+from rope_interp.model.hooks import HookSet, attn_hook
+from rope_interp.model.layout import RotaryBands
+from rope_interp.model.testing import tiny_layout_model, tiny_model
+from rope_interp.read.capture import band_hooks
+from rope_interp.view.panels import (
     CroppedViewWarning,
     ablation_view,
     attention_diff,

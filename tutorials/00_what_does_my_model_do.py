@@ -29,8 +29,8 @@ import pandas as pd
 import torch
 
 import rope_interp as ri
-from rope_interp import vis
 from rope_interp.analyses import positional_heads
+from rope_interp.view import panels as vis
 
 torch.set_grad_enabled(False)
 

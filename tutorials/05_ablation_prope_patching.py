@@ -19,10 +19,10 @@ import matplotlib.pyplot as plt
 import torch
 
 import rope_interp as ri
-from rope_interp import vis
-from rope_interp.interventions import ablate_bands, prope
-from rope_interp.patching import logit_diff, patch_sweep
-from rope_interp.sweeps import direct_effect_sweep
+from rope_interp.intervene.ablate import ablate_bands, prope
+from rope_interp.sweep.patching import logit_diff, patch_sweep
+from rope_interp.sweep.tiers import direct_effect_sweep
+from rope_interp.view import panels as vis
 
 torch.set_grad_enabled(False)
 

@@ -44,16 +44,24 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .. import adapter
 from ..bands import band_norms
 from ..errors import ParameterError
-from ..hooks import attn_hook, mlp_hook
-from ..interventions import ablate_bands
-from ..registry import Analysis, Option, RunContext
-from ..spec import RotaryBands
+from ..intervene.ablate import ablate_bands
+from ..model import adapter
+from ..model.hooks import attn_hook, mlp_hook
+from ..model.layout import RotaryBands
 from ..validate import finite, indices, positive_int
-from .induction import as_blocks, auto_size, text_tokens
-from .inputs import figure, heatmap, iter_windows, layer_head_band_frame, layer_list, qk_pair_hooks, windows
+from .inputs import (
+    figure,
+    heatmap,
+    iter_windows,
+    layer_head_band_frame,
+    layer_list,
+    qk_pair_hooks,
+    text_tokens,
+    windows,
+)
+from .registry import Analysis, Option, RunContext, as_blocks, auto_size
 from .spectral import _add_sums, corr_from_sums
 
 METRICS = ("entropy", "max_weight", "mlp_norm")
@@ -238,7 +246,7 @@ def causal_alignment(
     :func:`band_usage` on ``data``); plus ``n_random`` random-plane rotations of the same angle.
 
     >>> import torch
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> r = causal_alignment(tiny_model(), torch.randint(0, 50, (1, 16)), layer=0, head=1, phases=[0.0, 3.0],
     ...                      progress=False)
     >>> r.labels[-1], tuple(r.entropy.shape)
@@ -372,7 +380,7 @@ def report_section(result: CausalAlignment | WeightedAlignment) -> list:
     """Items for the report page: the can/cannot text, the changes at the largest Δφ, the figure, the table.
 
     >>> import torch
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> r = causal_alignment(tiny_model(), torch.randint(0, 50, (1, 16)), layer=0, head=1, phases=[0.0, 3.0],
     ...                      progress=False)
     >>> [type(x).__name__ for x in report_section(r)]
@@ -512,7 +520,7 @@ def weighted_alignment(
     across queries with normalised entropy and max weight off the sink, ``log(m + 1)`` partialled out.
 
     >>> import torch
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> w = weighted_alignment(tiny_model(), torch.randint(0, 50, (1, 16)), progress=False)
     >>> tuple(w.pcorr_entropy.shape), w.n_queries
     ((2, 4, 8), 15)

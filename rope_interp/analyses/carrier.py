@@ -38,13 +38,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .. import adapter
 from ..errors import ParameterError, RopeInterpError
-from ..hooks import attn_hook, ln2_normalized_hook
-from ..registry import Analysis, Option, RunContext
-from ..spec import RotaryBands
+from ..model import adapter
+from ..model.hooks import attn_hook, ln2_normalized_hook
+from ..model.layout import RotaryBands
 from ..validate import finite, positive_int
-from .inputs import figure, layer_list, windows
+from .inputs import figure, layer_list, text_tokens, windows
+from .registry import Analysis, Option, RunContext, as_blocks, auto_size
 from .spectral import psd
 
 SITES = ("sink", "mlp_in")
@@ -225,7 +225,7 @@ def carrier_lines(
     ``skip + 16`` tokens long, and none longer than the first (which fixes ``nfft``).
 
     >>> import torch
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> c = carrier_lines(tiny_model(n_ctx=128), torch.randint(0, 50, (1, 128)), progress=False)
     >>> tuple(c.ratio_sink.shape), c.summary()["sink_checked"] > 0
     ((2, 4, 8), True)
@@ -306,7 +306,7 @@ def survey_inputs(model: Any, tokens: Tensor, n_pos: int, seed: int = 0) -> dict
     uniform random ids (seeded).
 
     >>> import torch
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> s = survey_inputs(tiny_model(), torch.arange(1, 40)[None], 32)
     >>> sorted(s), s["repeated"][0, :3].tolist()
     (['random', 'repeated', 'text'], [1, 2, 2])
@@ -342,7 +342,7 @@ def carrier_survey(
     """:func:`carrier_lines` on natural text, one repeated token and random tokens (:func:`survey_inputs`).
 
     >>> import torch
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> s = carrier_survey(tiny_model(n_ctx=128), torch.randint(0, 50, (1, 128)), n_pos=128, progress=False)
     >>> sorted(s.summary())
     ['random', 'repeated', 'text']
@@ -372,7 +372,7 @@ def report_section(result: CarrierSurvey | CarrierLines) -> list:
     """Items for the report page: the what-it-can-and-cannot-show text, the figure, the lines found.
 
     >>> import torch
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> s = carrier_survey(tiny_model(n_ctx=128), torch.randint(0, 50, (1, 128)), n_pos=128, progress=False)
     >>> [type(x).__name__ for x in report_section(s)]
     ['str', 'str', 'Figure', 'DataFrame']
@@ -398,7 +398,6 @@ def report_section(result: CarrierSurvey | CarrierLines) -> list:
 
 
 # ---- registry record (CLI subcommand and report section) ----------------------------------------------
-from .induction import as_blocks, auto_size, text_tokens  # noqa: E402
 
 
 def _finish(ctx: RunContext, opts: dict[str, Any], accs: list) -> CarrierSurvey:

@@ -41,15 +41,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .. import adapter
 from ..bands import band_norms
 from ..errors import ParameterError, RopeInterpError
-from ..hooks import attn_hook, resid_mid_hook
-from ..registry import Analysis, Option, RunContext
-from ..spec import RotaryBands
+from ..model import adapter
+from ..model.hooks import attn_hook, resid_mid_hook
+from ..model.layout import RotaryBands
 from ..validate import finite, indices, positive_int
-from .induction import as_blocks, text_tokens
-from .inputs import figure, layer_list, windows
+from .inputs import figure, layer_list, text_tokens, windows
+from .registry import Analysis, Option, RunContext, as_blocks
 
 STAGES = ("resid", "mlp_in", "mlp_out")
 DIRS = ("band", "random")
@@ -304,7 +303,7 @@ def band_directions(model: Any, layer: int, head: int, bands: Sequence[int]) -> 
 
     Column ``2t, 2t + 1`` span band ``bands[t]``'s read directions (orthogonalised against earlier bands).
 
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> u = band_directions(tiny_model(), 0, 1, [2, 5])
     >>> tuple(u.shape), bool(torch.allclose(u.T @ u, torch.eye(4, dtype=torch.float64), atol=1e-10))
     ((32, 4), True)
@@ -340,7 +339,7 @@ def ffn_harmonics(
     snapped frequencies give distinct, non-DC bins for all tracked harmonics and products.
 
     >>> import torch
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> h = ffn_harmonics(tiny_model(), torch.randint(0, 50, (1, 32)), layer=0, band=0, second_band=1,
     ...                   n_pos=64, a_rel=[0.25, 0.5, 1.0], progress=False)
     >>> tuple(h.amp1.shape), tuple(h.amp2.shape)
@@ -470,7 +469,7 @@ def report_section(result: FFNHarmonics) -> list:
     """Items for the report page: the can/cannot text, slopes and levels, the figure, the table at max ``a``.
 
     >>> import torch
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> h = ffn_harmonics(tiny_model(), torch.randint(0, 50, (1, 32)), layer=0, band=0, second_band=1,
     ...                   n_pos=64, a_rel=[0.25, 0.5, 1.0], progress=False)
     >>> [type(x).__name__ for x in report_section(h)]

@@ -16,7 +16,7 @@ construction), and found such heads by eye. Here:
   pass-through remainder adds up to the head's full pre-softmax margin;
 * **causal check**: zero the ``k`` highest-frequency bands of the head's q/k
   (bands ``0..k−1``) versus the ``k`` lowest, and report the fraction of the
-  positional score that survives. Uses :func:`rope_interp.interventions.ablate_bands`
+  positional score that survives. Uses :func:`rope_interp.intervene.ablate.ablate_bands`
   when it exists, otherwise the analytic equivalent for the head's own layer
   (:meth:`BandScores.pattern` with ``drop=``) — identical numbers, since only the
   head's own layer is read.
@@ -32,15 +32,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .. import adapter
-from ..decompose import iter_band_scores
-from ..engine import Accumulator, run_pass
-from ..hooking import FwdHooks, HookSet, per_device
-from ..hooks import attn_hook
-from ..registry import Analysis, Block, Option, RunContext, literal_choices
-from ..spec import RotaryBands
+from ..model import adapter
+from ..model.hooks import FwdHooks, HookSet, attn_hook, per_device
+from ..model.layout import RotaryBands
+from ..read.decompose import iter_band_scores
 from ..validate import finite, positive_int
 from .inputs import figure, heatmap, layer_list
+from .registry import Analysis, Block, Option, RunContext, literal_choices
+from .stream import Accumulator, run_pass
 
 KIND = {0: "diagonal", 1: "previous"}
 Method = Literal["auto", "hooks", "analytic"]
@@ -286,7 +285,7 @@ def causal_check(
     abl = None
     if method in ("auto", "hooks"):
         try:
-            from ..interventions import ablate_bands as abl
+            from ..intervene.ablate import ablate_bands as abl
         except ImportError:
             if method == "hooks":
                 raise
@@ -328,7 +327,7 @@ def positional_heads(
     ``causal_windows`` windows, kept from the scoring pass (so ``data`` may be a generator).
 
     >>> import torch
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> r = positional_heads(tiny_model(), torch.randint(0, 50, (1, 20)), ablate_k=None, progress=False)
     >>> tuple(r.scores.shape), tuple(r.margin.shape)
     ((2, 4, 2), (2, 4, 2, 8))
@@ -385,7 +384,7 @@ def layer_causal_checks(
     """:func:`causal_check` (analytic) for several ``(head, offset)`` pairs of one layer at once.
 
     >>> import torch
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> m, toks = tiny_model(), [torch.randint(0, 50, (1, 12))]
     >>> c = layer_causal_checks(m, toks, 1, [(2, 1)], k=3)[0]
     >>> ref = causal_check(m, toks, 1, 2, 1, k=3, method="analytic")
@@ -569,7 +568,7 @@ def _findings(r: PositionalHeads) -> list[str]:
 
 
 def _section(r: PositionalHeads) -> list[Block]:
-    from ..html import paragraph, table_html
+    from ..view.html import paragraph, table_html
 
     blocks: list[Block] = [(None, paragraph(ANALYSIS.description)), (None, r.plot())]
     found = _found_table(r)

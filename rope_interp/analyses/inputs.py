@@ -11,7 +11,7 @@ the window size, never on the length of the text:
 * an iterable (list, generator...) of any of those.
 
 >>> import torch
->>> from rope_interp.testing import tiny_model
+>>> from rope_interp.model.testing import tiny_model
 >>> model = tiny_model()
 >>> [tuple(w.shape) for w in iter_windows(model, torch.arange(40) % 50, window=16)]
 [(1, 16), (1, 16), (1, 8)]
@@ -27,10 +27,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .. import adapter
-from ..capture import band_hooks
 from ..errors import ContextLengthError, RopeInterpError, TokenError
-from ..hooking import FwdHooks
+from ..model import adapter
+from ..model.hooks import FwdHooks
+from ..read.capture import band_hooks
 from ..validate import positive_int
 
 
@@ -244,3 +244,12 @@ def qk_pair_hooks(model: Any, layers: Sequence[int], fn: Callable[..., None]) ->
             fn(a.layer, q, a.bands.detach(), qp, a.passthrough.detach())
 
     return band_hooks(model, on_band, list(layers), ("rot_q", "rot_k"))
+
+
+def text_tokens(model: Any, data: Any, n: int | None = None) -> Tensor:
+    """The first ``n`` tokens (all: None) of the first row of ``data`` (ids, a string, or a list of windows)."""
+    if isinstance(data, (list, tuple)) and data and isinstance(data[0], Tensor):
+        data = torch.cat([w[:1] for w in data], -1)
+    tokens = adapter.to_tokens(model, data) if not isinstance(data, Tensor) else data
+    tokens = tokens[None] if tokens.ndim == 1 else tokens
+    return tokens[:1, :n] if n else tokens[:1]

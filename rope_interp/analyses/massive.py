@@ -23,14 +23,14 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from .. import adapter, distributed
-from ..engine import Accumulator, run_pass
-from ..hooking import FwdHooks, HookSet, per_device
-from ..hooks import attn_hook
-from ..registry import Analysis, Block, Option, RunContext
-from ..spec import RotaryBands
+from .. import distributed
+from ..model import adapter
+from ..model.hooks import FwdHooks, HookSet, attn_hook, per_device
+from ..model.layout import RotaryBands
 from ..validate import finite, positive_int
 from .inputs import figure, heatmap, layer_list, windows
+from .registry import Analysis, Block, Option, RunContext
+from .stream import Accumulator, run_pass
 
 SITES = ("rot_q", "rot_k")
 
@@ -210,7 +210,7 @@ def massive_values(
     """The per-(head, dim) norm matrix of post-RoPE q and k, streamed over ``data``.
 
     >>> import torch
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> mv = massive_values(tiny_model(), torch.randint(0, 50, (2, 16)), progress=False)
     >>> tuple(mv.M("q").shape), tuple(mv.M("k").shape)
     ((2, 4, 16), (2, 2, 16))
@@ -229,7 +229,7 @@ class MeanAblateDims(HookSet):
     ``masks[(layer, site)]`` is a bool ``[heads, d_head]`` (``site`` "rot_q" or "rot_k").
 
     >>> import torch
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> model = tiny_model()
     >>> mask = torch.zeros(4, 16, dtype=torch.bool); mask[0, 3] = True
     >>> with MeanAblateDims(model, {(0, "rot_q"): mask}):
@@ -366,7 +366,7 @@ def massive_ablation(
     """Loss with the massive q/k dims of ``found`` mean-ablated vs ``n_control`` matched random controls.
 
     ``baseline``: ``(summed loss, token count)`` of the unmodified model on the same windows,
-    when already known (the shared pass of :mod:`rope_interp.registry` computes it), saving
+    when already known (the shared pass of :mod:`rope_interp.analyses.registry` computes it), saving
     one forward per window. Conditions are stacked along the batch of one forward while they fit
     in ``max_batch_tokens`` tokens (:class:`StackedMeanAblate`; 1 runs one condition per forward).
     ``max_windows``: only the first windows of ``data`` (the experiment on a prefix of the text).
@@ -496,7 +496,7 @@ def _findings(r: MassiveResult) -> list[str]:
 
 
 def _section(r: MassiveResult) -> list[Block]:
-    from ..html import paragraph, table_html
+    from ..view.html import paragraph, table_html
 
     blocks: list[Block] = [(None, paragraph(ANALYSIS.description)), (None, r.values.plot())]
     a = r.ablation

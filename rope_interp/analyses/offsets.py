@@ -33,13 +33,13 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from ..bands import band_angles, band_norms
-from ..capture import BandStats
-from ..engine import Accumulator, run_pass
 from ..errors import ContextLengthError
-from ..registry import Analysis, Block, Option, RunContext
-from ..spec import RotaryBands
+from ..model.layout import RotaryBands
+from ..read.capture import BandStats
 from ..validate import finite, positive_int
 from .inputs import figure, heatmap, layer_list
+from .registry import Analysis, Block, Option, RunContext
+from .stream import Accumulator, run_pass
 
 
 def predicted_bands(freqs: Float[Tensor, "... band"], context_length: int) -> Bool[Tensor, "... band"]:
@@ -263,7 +263,7 @@ def offset_features(
     leaves out the BOS token, whose q/k are atypical.
 
     >>> import torch
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> r = offset_features(tiny_model(), torch.randint(0, 50, (2, 16)), progress=False)
     >>> tuple(r.angle.shape), tuple(r.table().shape)
     ((2, 4, 8), (8, 10))
@@ -363,7 +363,7 @@ def _findings(r: OffsetFeatures) -> list[str]:
 
 
 def _section(r: OffsetFeatures) -> list[Block]:
-    from ..html import paragraph, table_html
+    from ..view.html import paragraph, table_html
 
     return [
         (None, paragraph(ANALYSIS.description + f" Here L = {r.context_length}.")),

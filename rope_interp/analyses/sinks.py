@@ -28,15 +28,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .. import adapter
 from ..bands import band_norms
-from ..engine import Accumulator, run_pass
-from ..hooking import FwdHooks, per_device
-from ..hooks import attn_hook
-from ..registry import Analysis, Block, Option
-from ..spec import RotaryBands
+from ..model import adapter
+from ..model.hooks import FwdHooks, attn_hook, per_device
+from ..model.layout import RotaryBands
 from ..validate import positive_int
 from .inputs import figure, heatmap, layer_list, prefix_mean
+from .registry import Analysis, Block, Option
+from .stream import Accumulator, run_pass
 
 
 @dataclass
@@ -148,7 +147,7 @@ def sink_channels(
     """Per band, how much a head's score separates the first key (BOS/sink) from the others.
 
     >>> import torch
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> s = sink_channels(tiny_model(), torch.randint(0, 50, (1, 12)), progress=False)
     >>> tuple(s.bos_term.shape), tuple(s.bos_attention.shape)
     ((2, 4, 8), (2, 4))
@@ -278,7 +277,7 @@ def _findings(r: SinkChannels) -> list[str]:
 
 
 def _section(r: SinkChannels) -> list[Block]:
-    from ..html import paragraph, table_html
+    from ..view.html import paragraph, table_html
 
     return [
         (None, paragraph(ANALYSIS.description)),

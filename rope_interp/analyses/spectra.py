@@ -2,7 +2,7 @@
 
 The measures (and their public functions ``band_spectra``, ``attention_spectra``,
 ``mlp_spectra``, ``phase_alignment``) are defined in :mod:`.spectral`. Here each one
-is also an :class:`~rope_interp.engine.Accumulator`, built from :mod:`.spectral`'s
+is also an :class:`~rope_interp.analyses.stream.Accumulator`, built from :mod:`.spectral`'s
 own pure helpers (``psd``, ``row_spectrum_stats``, ``corr_from_sums``...), so that the
 report computes all four in the shared pass; ``tests/test_engine.py`` checks that
 they equal the public functions.
@@ -16,16 +16,15 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .. import adapter
-from ..engine import Accumulator
 from ..errors import MergeError
-from ..hooking import FwdHooks
-from ..hooks import attn_hook, mlp_hook
-from ..registry import Analysis, Block, Option, RunContext, literal_choices
-from ..spec import RotaryBands
+from ..model import adapter
+from ..model.hooks import FwdHooks, attn_hook, mlp_hook
+from ..model.layout import RotaryBands
 from . import spectral
 from .inputs import layer_list, prefix_mean
+from .registry import Analysis, Block, Option, RunContext, literal_choices
 from .spectral import _add_sums, _entropy, _nfft, corr_from_sums, psd, row_spectrum_stats
+from .stream import Accumulator
 
 Part = Literal["bands", "attention", "mlp", "phase"]
 """The spectral measures: band trajectories, attention rows, MLP activations, phase alignment."""
@@ -323,7 +322,7 @@ def _findings(r: Spectra) -> list[str]:
 
 
 def _section(r: Spectra) -> list[Block]:
-    from ..html import paragraph
+    from ..view.html import paragraph
 
     blocks: list[Block] = [(None, paragraph(ANALYSIS.description + f" Layers {r.layers}."))]
     for p, res in r.parts.items():  # each measure says which paper version it follows, or that it is ours

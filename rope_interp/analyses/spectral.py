@@ -46,11 +46,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .. import adapter
 from ..errors import ParameterError
-from ..hooking import per_device
-from ..hooks import attn_hook, mlp_hook
-from ..spec import RotaryBands
+from ..model import adapter
+from ..model.hooks import attn_hook, mlp_hook, per_device
+from ..model.layout import RotaryBands
 from .inputs import figure, heatmap, layer_head_band_frame, layer_list, prefix_mean, qk_pair_hooks, windows
 
 THIRDS = ((0.0, 0.25), (0.25, 0.75), (0.75, 1.0 + 1e-9))
@@ -214,7 +213,7 @@ def band_spectra(
     """PSD over positions of each band's complex trajectory ``x0 + i x1`` (post-RoPE q and k). Ours: a sanity check.
 
     >>> import torch
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> s = band_spectra(tiny_model(), torch.randint(0, 50, (1, 32)), nfft=64, progress=False)
     >>> tuple(s.psd_q.shape)
     (2, 8, 64)
@@ -338,7 +337,7 @@ def attention_spectra(
     Follows Ruscio et al. v3/v4 (ACL 2025) with our own cut points (see :data:`PROVENANCE`).
 
     >>> import torch
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> a = attention_spectra(tiny_model(), torch.randint(0, 50, (1, 40)), min_row=8, progress=False)
     >>> tuple(a.energy.shape), a.n_rows
     ((2, 4, 3), 4)
@@ -463,7 +462,7 @@ def mlp_spectra(
     Ours; on text it mostly reports that no θ_i fundamental reaches the MLP (see :data:`PROVENANCE`).
 
     >>> import torch
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> s = mlp_spectra(tiny_model(), torch.randint(0, 50, (1, 32)), nfft=64, progress=False)
     >>> tuple(s.psd.shape)
     (2, 2, 33)
@@ -570,7 +569,7 @@ def phase_alignment(
     Ours and observational (see :data:`PROVENANCE`); the causal test is :func:`.alignment.causal_alignment`.
 
     >>> import torch
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> p = phase_alignment(tiny_model(), torch.randint(0, 50, (1, 16)), progress=False)
     >>> tuple(p.corr_entropy.shape), p.n_queries
     ((2, 4, 8), 15)

@@ -18,12 +18,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..capture import BandStats
-from ..engine import Accumulator, run_pass
-from ..registry import Analysis, Block, Option, RunContext
-from ..spec import RotaryBands
+from ..model.layout import RotaryBands
+from ..read.capture import BandStats
 from ..validate import positive_int
 from .inputs import figure, heatmap, layer_list
+from .registry import Analysis, Block, Option, RunContext
+from .stream import Accumulator, run_pass
 
 SITES = {"q": "rot_q", "k": "rot_k", "v": "v"}
 
@@ -151,7 +151,7 @@ def frequency_usage(
     ``window`` cuts long input into windows of that many tokens. ``start_pos=1`` leaves out BOS.
 
     >>> import torch
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> u = frequency_usage(tiny_model(), torch.randint(0, 50, (2, 16)), progress=False)
     >>> tuple(u.q_norm.shape), tuple(u.k_norm.shape), u.n_tokens
     ((2, 4, 8), (2, 2, 8), 32)
@@ -226,7 +226,7 @@ def _findings(r: FrequencyUsage) -> list[str]:
 def _section(r: FrequencyUsage) -> list[Block]:
     import pandas as pd
 
-    from ..html import paragraph, table_html
+    from ..view.html import paragraph, table_html
 
     rows = pd.DataFrame(_summary(r)["per_layer"])
     return [

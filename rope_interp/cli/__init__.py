@@ -1,13 +1,13 @@
 """The ``rope-interp`` command line.
 
 Subcommands are :class:`~rope_interp.cli.commands.Command` objects (:func:`all_commands`):
-``bands``, ``summary``, one per registered analysis (:mod:`rope_interp.registry`;
+``bands``, ``summary``, one per registered analysis (:mod:`rope_interp.analyses.registry`;
 an analysis registered at run time gets its command too), ``report``, and ``sweep`` /
-``patch`` from :mod:`rope_interp.sweeps_cli`. Shared options (``--model``, ``--text``,
+``patch`` from :mod:`rope_interp.cli.sweeps`. Shared options (``--model``, ``--text``,
 ``--max-tokens``, ``--device``, ``--dtype``, ``--out``) live in
 :func:`~rope_interp.cli.common.common_parser` and are validated before any work.
 Files go to a staging folder moved into ``--out`` only when the command succeeds
-(:mod:`rope_interp.cli.output`). Errors print one line, not a traceback
+(:mod:`rope_interp.view.output`). Errors print one line, not a traceback
 (``--traceback`` shows it).
 """
 
@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from contextlib import contextmanager, redirect_stdout
 
 from .. import distributed
+from ..view.output import StagedOutput
 from .commands import AnalysisCommand, BandsCommand, Command, ParserCommands, ReportCommand, SummaryCommand
 from .common import common_parser, load_from_args, out_dir, text_from_args, tokens_from_args
-from .output import StagedOutput
 
 EXAMPLES = """examples:
   rope-interp bands                           # band table of the embedded SmolLM2-135M
@@ -34,8 +34,8 @@ EXAMPLES = """examples:
 
 def all_commands() -> list[Command]:
     """Every subcommand, in ``--help`` order (the registry is read now, so late registrations count)."""
-    from .. import sweeps_cli
-    from ..registry import analyses
+    from ..analyses.registry import analyses
+    from . import sweeps as sweeps_cli
 
     return [
         BandsCommand(),

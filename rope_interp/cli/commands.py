@@ -1,5 +1,5 @@
 """The subcommands as objects: ``bands``, ``summary``, one per registered analysis, ``report``, and the
-``sweep``/``patch`` pair of :mod:`rope_interp.sweeps_cli`.
+``sweep``/``patch`` pair of :mod:`rope_interp.cli.sweeps`.
 
 A :class:`Command` adds its parser (``add_to``) and runs (``run(args) -> exit code``);
 ``default_out`` is the folder it writes into when ``--out`` is not given (None: it
@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from ..registry import Analysis
+from ..analyses.registry import Analysis
 from .common import (
     check_layers,
     layer_index,
@@ -73,7 +73,7 @@ class BandsCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         import pandas as pd
 
-        from ..spec import RotaryBands
+        from ..model.layout import RotaryBands
 
         spec = RotaryBands.from_model(load_from_args(args))
         check_layers(spec.n_layers, [args.layer])
@@ -105,13 +105,13 @@ def band_share(model: Any, tokens: Any, layer: int, window: int | None = 512, ch
     Memory is one chunk, ``[batch, head, band, chunk_size, window]``, whatever the text length.
 
     >>> import torch
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> s = band_share(tiny_model(), torch.randint(0, 50, (1, 40)), 0, window=16, chunk_size=4)
     >>> tuple(s.shape), round(float(s.sum()), 6)
     ((8,), 1.0)
     """
     from ..analyses.inputs import iter_windows
-    from ..decompose import iter_band_scores
+    from ..read.decompose import iter_band_scores
 
     total = None
     for w in iter_windows(model, tokens, window):
@@ -150,7 +150,7 @@ class SummaryCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         import torch
 
-        from ..spec import RotaryBands
+        from ..model.layout import RotaryBands
 
         model = load_from_args(args)
         spec = RotaryBands.from_model(model)
@@ -203,7 +203,7 @@ class AnalysisCommand(Command):
             opt.add_to(g)
 
     def run(self, args: argparse.Namespace) -> int:
-        from ..registry import run
+        from ..analyses.registry import run
 
         a = self.analysis
         opts = a.options_with({o.name: getattr(args, o.name) for o in a.options})
@@ -249,8 +249,8 @@ class ReportCommand(Command):
     default_out = "report"
 
     def add_to(self, sub: Any, parents: Parents) -> None:
-        from ..registry import analyses
-        from ..report import FIXED_SECTIONS
+        from ..analyses.registry import analyses
+        from ..analyses.report import FIXED_SECTIONS
 
         choices = [FIXED_SECTIONS[0], *(a.name for a in analyses()), *FIXED_SECTIONS[1:]]
         p = _parser(
@@ -279,7 +279,7 @@ class ReportCommand(Command):
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     def run(self, args: argparse.Namespace) -> int:
-        from ..report import ReportConfig, build_report
+        from ..analyses.report import ReportConfig, build_report
 
         if not args.sections:
             from ..errors import ParameterError
@@ -318,7 +318,7 @@ class ReportCommand(Command):
         return 0
 
 
-# ---- sweep / patch (defined in rope_interp.sweeps_cli) ---------------------------------------------------
+# ---- sweep / patch (defined in rope_interp.cli.sweeps) ---------------------------------------------------
 class ParserCommands(Command):
     """Subcommands whose parsers another module builds with ``add_parser(sub, parents)`` (setting ``func``)."""
 

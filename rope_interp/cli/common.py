@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import distributed
 from ..errors import ParameterError, RopeInterpError
-from .output import current_stage
+from ..view.output import current_stage
 
 
 def _int_at_least(minimum: int, what: str):
@@ -94,7 +94,7 @@ def check_common(args: argparse.Namespace) -> None:
 
 def load_from_args(args: argparse.Namespace) -> Any:
     """The model that ``--model``/``--device``/``--dtype`` name."""
-    from ..models import load_model
+    from ..model.load import load_model
 
     return load_model(args.model, device=args.device, dtype=args.dtype)
 

@@ -15,10 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import adapter
-from .errors import RopeInterpError
-from .hooking import FwdHooks, HookSet
-from .hooks import attn_hook
+from ..errors import RopeInterpError
+from ..model import adapter
+from ..model.hooks import FwdHooks, HookSet, attn_hook
 
 Metric = Callable[[Tensor], Tensor]
 
@@ -82,7 +81,7 @@ class PatternDistance(HookSet):
     It ignores the logits; sweeps attach its hook (it is a HookSet). Conditions at layers
     after ``layer`` cannot change the pattern and get the base value.
 
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> model, toks = tiny_model(), torch.tensor([[1, 2, 3, 4]])
     >>> ref = PatternDistance.reference(model, toks, layer=1)
     >>> pd = PatternDistance(model, 1, ref)

@@ -1,11 +1,11 @@
 """CLI subcommands ``sweep`` (intervene on each band of each layer, any mode) and ``patch``
-(clean→corrupted band patching), registered through :data:`rope_interp.cli.COMMANDS`.
+(clean→corrupted band patching), registered in :func:`rope_interp.cli.all_commands`.
 
-Both build a :class:`~rope_interp.specs.SweepSpec` (or read one with ``--spec FILE``), run it,
+Both build a :class:`~rope_interp.sweep.spec.SweepSpec` (or read one with ``--spec FILE``), run it,
 and write ``<name>.csv`` (one row per condition), ``<name>.png`` (heatmap) and
 ``<name>.spec.json`` (the spec and the result, so a figure can be traced to what was done)
 to ``--out``, then print the conditions with the largest effect. Choices for ``--mode``,
-``--target`` and ``--method`` come from the Literals in :mod:`rope_interp.modes`.
+``--target`` and ``--method`` come from the Literals in :mod:`rope_interp.intervene.modes`.
 
     rope-interp sweep --max-tokens 64 --layers 0 5 10 --method exact
     rope-interp sweep --mode no_rotation --method refine
@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .modes import METHODS, MODES, TARGETS
+from ..intervene.modes import METHODS, MODES, TARGETS
 
 PER = {
     "layer-band": ("layer", "band"),
@@ -97,8 +97,8 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 def _check_args(args: argparse.Namespace) -> None:
     """Validate options before any model is loaded or file written."""
-    from .errors import ParameterError
-    from .validate import finite, positive_int
+    from ..errors import ParameterError
+    from ..validate import finite, positive_int
 
     for name in ("batch_size", "refine_top", "top"):
         positive_int("--" + name.replace("_", "-"), getattr(args, name), allow_none=True)
@@ -123,7 +123,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _load_spec(args: argparse.Namespace):
-    from .specs import SweepSpec
+    from ..sweep.spec import SweepSpec
 
     return SweepSpec.from_file(args.spec)
 
@@ -132,8 +132,8 @@ def _write(result: Any, args: argparse.Namespace, name: str, title: str) -> None
     import matplotlib
 
     matplotlib.use("Agg")
-    from .cli import out_dir
-    from .specs import write_result
+    from ..sweep.spec import write_result
+    from .common import out_dir
 
     folder = out_dir(args, f"rope-interp-{name}")
     df = result.to_dataframe()
@@ -148,8 +148,8 @@ def _write(result: Any, args: argparse.Namespace, name: str, title: str) -> None
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .cli import load_from_args, tokens_from_args
-    from .specs import SweepSpec
+    from ..sweep.spec import SweepSpec
+    from .common import load_from_args, tokens_from_args
 
     _check_args(args)
     if args.spec is not None:
@@ -157,7 +157,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         model = load_from_args(args)
     else:
         params = {k: getattr(args, k) for k in ("delta", "phase", "factor") if getattr(args, k) is not None}
-        from .modes import check_params, resolve_target
+        from ..intervene.modes import check_params, resolve_target
 
         check_params(
             args.mode,
@@ -186,9 +186,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_patch(args: argparse.Namespace) -> int:
-    from .cli import load_from_args
-    from .errors import ParameterError
-    from .specs import SweepSpec
+    from ..errors import ParameterError
+    from ..sweep.spec import SweepSpec
+    from .common import load_from_args
 
     _check_args(args)
     if args.spec is not None:

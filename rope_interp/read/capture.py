@@ -18,13 +18,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from . import adapter
-from .bands import band_norms, band_view, pass_view
-from .errors import MergeError, ParameterError, RopeInterpError, SiteError, check_index
-from .hooking import FwdHooks, HookSet
-from .hooks import QK_SITES, attn_hook, is_key_site
-from .spec import RotaryBands
-from .validate import positive_int
+from ..bands import band_norms, band_view, pass_view
+from ..errors import MergeError, ParameterError, RopeInterpError, SiteError
+from ..model import adapter
+from ..model.hooks import QK_SITES, FwdHooks, HookSet, attn_hook, is_key_site
+from ..model.layout import RotaryBands
+from ..validate import indices, positive_int
 
 CAPTURE_SITES = (*QK_SITES, "v")
 
@@ -69,7 +68,7 @@ def band_hooks(
     """A ``fwd_hooks`` list that calls ``callback(BandActivation)`` at each chosen hook.
 
     >>> import torch
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> model = tiny_model()
     >>> seen = []
     >>> hooks = band_hooks(model, lambda a: seen.append((a.layer, a.site, tuple(a.bands.shape))), layers=0)
@@ -103,7 +102,7 @@ class BandCapture(HookSet):
     ``capture.passthrough(layer, site)``.
 
     >>> import torch
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> model = tiny_model()
     >>> with BandCapture(model, layers=[1], sites=["k", "rot_k"], bands=[0, 1]) as cap:
     ...     _ = model(torch.tensor([[5, 6, 7, 8]]))
@@ -127,8 +126,8 @@ class BandCapture(HookSet):
         self.spec = RotaryBands.from_model(model)
         self.layers = adapter.layers(model, layers)
         self.sites = _check_sites(sites)
-        self.heads = None if heads is None else check_index("head", heads, self.spec.n_heads)
-        self.bands_sel = None if bands is None else check_index("band", bands, self.spec.n_bands)
+        self.heads = None if heads is None else indices("head", heads, self.spec.n_heads)
+        self.bands_sel = None if bands is None else indices("band", bands, self.spec.n_bands)
         self.keep_passthrough = keep_passthrough
         self.store_device = None if store_device is None else torch.device(store_device)
         self._bands: dict[tuple[int, str], Tensor] = {}
@@ -251,7 +250,7 @@ class BandStats(HookSet):
     for token ids, pass ``mask`` (bool ``[batch, pos]``, True on real tokens).
 
     >>> import torch
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> model = tiny_model()
     >>> stats = BandStats(model, sites=["rot_q", "rot_k"])
     >>> _ = stats.update(torch.randint(0, 50, (2, 16)))

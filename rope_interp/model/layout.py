@@ -10,10 +10,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from ..bands import band_dims
+from ..errors import LayerError
+from ..validate import _as_int, indices, positive_int
 from . import adapter
-from .bands import band_dims
-from .errors import LayerError, check_index
-from .validate import _as_int, positive_int
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class RotaryBands:
         attn_scale: ``Float[n_layers]`` divisor of ``q·k`` in the scores.
         kv_map: ``Long[n_heads]`` the kv head each query head reads (GQA).
 
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> rb = RotaryBands.from_model(tiny_model(d_head=8, rotary_base=10000))
     >>> rb.n_bands, rb.dims.tolist()
     (4, [[0, 4], [1, 5], [2, 6], [3, 7]])
@@ -129,7 +129,7 @@ class RotaryBands:
         """
         import pandas as pd
 
-        layer = check_index("layer", [layer], self.n_layers)[0]
+        layer = indices("layer", [layer], self.n_layers)[0]
         L = positive_int("context_length", context_length, allow_none=True) or self.n_ctx
         dims = self.dims
         return pd.DataFrame(

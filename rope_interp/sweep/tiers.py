@@ -1,9 +1,9 @@
 """Band sweeps: one engine, every intervention mode, five tiers that trade exactness for speed.
 
 Every sweep changes one cell of a grid (layer × band, layer × head × band, layer × band ×
-pos; see :class:`rope_interp.grid.Grid`) at a time and records a metric. A cell gets any
-mode of :data:`rope_interp.modes.MODE_TABLE` (``mode="zero"`` by default; ``params`` as for
-:func:`~rope_interp.interventions.ablate_bands`) or, with ``source=clean_tokens``, the bands
+pos; see :class:`rope_interp.sweep.grid.Grid`) at a time and records a metric. A cell gets any
+mode of :data:`rope_interp.intervene.modes.MODE_TABLE` (``mode="zero"`` by default; ``params`` as for
+:func:`~rope_interp.intervene.ablate.ablate_bands`) or, with ``source=clean_tokens``, the bands
 of a clean run (patching). ``target`` None means the mode's default (``"k"`` for shift,
 ``"qk"`` otherwise; ``"qk"`` for patching). The tiers (:data:`TIERS`, one per ``Method``):
 
@@ -19,7 +19,7 @@ of a clean run (patching). ``target`` None means the mode's default (``"k"`` for
   one forward and one backward (plus one forward of the source run).
 * ``"qk_attribution"`` — AtP*'s QK-fix (Kramár et al. 2024, §3.1), per band: the change of
   every head's attention pattern at the cell's layer is computed *exactly* from the per-band
-  score decomposition (:func:`rope_interp.direct.band_changed_patterns`), then dotted with
+  score decomposition (:func:`rope_interp.sweep.direct.band_changed_patterns`), then dotted with
   the gradient of the metric with respect to that layer's ``hook_pattern`` — all layers from
   one captured forward and one backward. Only the path from the pattern onwards is
   linearised, so it is exact when the metric is linear in that layer's pattern.
@@ -29,7 +29,7 @@ of a clean run (patching). ``target`` None means the mode's default (``"k"`` for
   the rest (``result.extra["exact_mask"]`` marks which is which).
 
 The analytic direct effect (:func:`ablated_patterns`, :func:`direct_effect_sweep`) lives in
-:mod:`rope_interp.direct` and is re-exported here.
+:mod:`rope_interp.sweep.direct` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -42,17 +42,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import adapter, distributed
-from .bands import band_view
+from .. import distributed
+from ..bands import band_view
+from ..errors import ParameterError, RopeInterpError
+from ..intervene.modes import METHODS, Method, Mode, check_params, check_target, resolve_target
+from ..model import adapter
+from ..model.hooks import HookSet, attn_hook
+from ..model.layout import RotaryBands
+from ..validate import positive_int
 from .direct import ablated_patterns, band_changed_patterns, direct_effect_sweep, pass_scores  # noqa: F401
-from .errors import ParameterError, RopeInterpError
 from .grid import CellOp, Grid, MaskedBands, SweepResult, capture_source
-from .hooking import HookSet
-from .hooks import attn_hook
 from .metrics import Metric, metric_values
-from .modes import METHODS, Method, Mode, check_params, check_target, resolve_target
-from .spec import RotaryBands
-from .validate import positive_int
 
 
 def _prepare(model, tokens, per, source, layers, heads, bands, positions, target, mode, params):
@@ -113,8 +113,8 @@ def naive_sweep(
 ) -> SweepResult:
     """Reference tier: one full hooked forward per condition. ``values`` shape follows ``per``.
 
-    >>> from rope_interp.testing import tiny_model
-    >>> from rope_interp.metrics import logit_diff
+    >>> from rope_interp.model.testing import tiny_model
+    >>> from rope_interp.sweep.metrics import logit_diff
     >>> r = naive_sweep(tiny_model(), torch.tensor([[1, 2, 3]]), logit_diff(1, 2), layers=[0], progress=False)
     >>> r.values.shape
     torch.Size([1, 8])
@@ -265,8 +265,8 @@ def exact_sweep(
     """Exact tier: prefix reuse + ``batch_size`` conditions per forward (default: as many as
     fit in ``max_batch_tokens`` tokens). Same values as :func:`naive_sweep` to float rounding.
 
-    >>> from rope_interp.testing import tiny_model
-    >>> from rope_interp.metrics import logit_diff
+    >>> from rope_interp.model.testing import tiny_model
+    >>> from rope_interp.sweep.metrics import logit_diff
     >>> m, t, ld = tiny_model(), torch.tensor([[1, 2, 3]]), logit_diff(1, 2)
     >>> ex = exact_sweep(m, t, ld, layers=[1], progress=False)
     >>> torch.allclose(ex.values, naive_sweep(m, t, ld, layers=[1], progress=False).values, atol=1e-5)
@@ -336,8 +336,8 @@ def attribution_sweep(
     """Attribution tier: ``values = base + Σ grad · (new − run)`` over each cell's band
     components (zero-ablation: ``0 − run``; patching: ``source − run``). One forward + one backward.
 
-    >>> from rope_interp.testing import tiny_model
-    >>> from rope_interp.metrics import logit_diff
+    >>> from rope_interp.model.testing import tiny_model
+    >>> from rope_interp.sweep.metrics import logit_diff
     >>> r = attribution_sweep(tiny_model(), torch.tensor([[1, 2, 3]]), logit_diff(1, 2), progress=False)
     >>> r.values.shape, r.method
     (torch.Size([2, 8]), 'attribution')
@@ -388,8 +388,8 @@ def qk_attribution_sweep(
     the gradient of the metric w.r.t. each layer's ``hook_pattern`` comes from one forward and
     one backward. Exact when the metric is linear in that layer's pattern.
 
-    >>> from rope_interp.testing import tiny_model
-    >>> from rope_interp.metrics import logit_diff
+    >>> from rope_interp.model.testing import tiny_model
+    >>> from rope_interp.sweep.metrics import logit_diff
     >>> r = qk_attribution_sweep(tiny_model(), torch.tensor([[1, 2, 3]]), logit_diff(1, 2), progress=False)
     >>> r.values.shape, r.method
     (torch.Size([2, 8]), 'qk_attribution')
@@ -487,8 +487,8 @@ def refine_sweep(
     Returns exact values for the shortlist, estimates elsewhere; ``extra["exact_mask"]`` (bool,
     grid shape) says which, ``extra["n_exact"]`` how many, ``extra["relative_error"]`` the final ``r``.
 
-    >>> from rope_interp.testing import tiny_model
-    >>> from rope_interp.metrics import logit_diff
+    >>> from rope_interp.model.testing import tiny_model
+    >>> from rope_interp.sweep.metrics import logit_diff
     >>> m, t, ld = tiny_model(), torch.tensor([[1, 2, 3]]), logit_diff(1, 2)
     >>> r = refine_sweep(m, t, ld, top=3, progress=False)
     >>> ex = exact_sweep(m, t, ld, progress=False)
@@ -579,8 +579,8 @@ def run_sweep(
 ) -> SweepResult:
     """Any tier by name (:data:`TIERS`); ``kwargs`` go to it (``source=``, ``mode=``, ``params=``, selections...).
 
-    >>> from rope_interp.testing import tiny_model
-    >>> from rope_interp.metrics import loss_metric
+    >>> from rope_interp.model.testing import tiny_model
+    >>> from rope_interp.sweep.metrics import loss_metric
     >>> t = torch.tensor([[1, 2, 3, 4]])
     >>> run_sweep(tiny_model(), t, loss_metric(t), method="naive", mode="no_rotation", progress=False).values.shape
     torch.Size([2, 8])
@@ -600,8 +600,8 @@ def ablation_sweep(
 ) -> SweepResult:
     """Intervene on one cell at a time (``mode=``, default zero; ``method`` picks the tier).
 
-    >>> from rope_interp.testing import tiny_model
-    >>> from rope_interp.metrics import loss_metric
+    >>> from rope_interp.model.testing import tiny_model
+    >>> from rope_interp.sweep.metrics import loss_metric
     >>> t = torch.tensor([[1, 2, 3, 4]])
     >>> ablation_sweep(tiny_model(), t, loss_metric(t), progress=False).values.shape
     torch.Size([2, 8])

@@ -3,8 +3,8 @@
 A mode is a pure function on a band view ``[..., pos, head, band, 2]`` plus a row that says
 which parameters it takes (validated here, once), whether it needs token positions, which
 target it acts on by default and when it provably changes nothing. Adding a mode is one
-function and one :class:`ModeRow` in :data:`MODE_TABLE`; :class:`~rope_interp.interventions.BandIntervention`,
-the sweeps (:mod:`rope_interp.sweeps`) and ``rope-interp sweep --mode`` pick it up.
+function and one :class:`ModeRow` in :data:`MODE_TABLE`; :class:`~rope_interp.intervene.ablate.BandIntervention`,
+the sweeps (:mod:`rope_interp.sweep.tiers`) and ``rope-interp sweep --mode`` pick it up.
 
 =============  ==========================  ================  ==============  ===========================
 mode           parameters                  position-dep.     default target  refused as a no-op when
@@ -50,8 +50,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .errors import ParameterError, UselessInterventionError
-from .validate import finite
+from ..errors import ParameterError, UselessInterventionError
+from ..validate import finite
 
 Mode = Literal["zero", "mean", "no_rotation", "shift", "scale_freq"]
 Target = Literal["q", "k", "qk"]
@@ -407,9 +407,9 @@ def resolve_reference(spec: Any, ref: Any, layers: Sequence[int], side: str) -> 
     """A mean ``reference`` for one side (``"q"``/``"k"``) as ``{layer: [heads, n_bands, 2]}`` (all heads, all bands).
 
     ``ref``: a tensor ``[n_layers, heads, n_bands, 2]``, a dict ``{"q": ..., "k": ...}`` of those,
-    or a :class:`~rope_interp.capture.BandStats` tracking ``rot_q``/``rot_k``.
+    or a :class:`~rope_interp.read.capture.BandStats` tracking ``rot_q``/``rot_k``.
     """
-    from .capture import BandStats
+    from ..read.capture import BandStats
 
     n_h = spec.n_heads if side == "q" else spec.n_kv_heads
     if isinstance(ref, BandStats):

@@ -1,4 +1,4 @@
-"""TransformerLens ``TransformerBridge`` support: what :mod:`rope_interp.adapter` needs to read a bridge.
+"""TransformerLens ``TransformerBridge`` support: what :mod:`rope_interp.model.adapter` needs to read a bridge.
 
 A bridge wraps a HuggingFace model instead of re-implementing it, so some facts
 ``HookedTransformer`` keeps in its config live in the HF modules instead:
@@ -20,6 +20,7 @@ instead of silently recording nothing.
 KV cache: the bridge caches keys *after* rotation (``hook_rot_k`` sees only the new
 keys of a decoding step), HookedTransformer *before* (``hook_rot_k`` sees all keys).
 
+>>> from rope_interp.model.testing import tiny_bridge
 >>> bridge = tiny_bridge("llama")
 >>> is_bridge(bridge), rotary_dim(bridge), round(attn_scale(bridge, 0) ** 2, 6)
 (True, 8, 8.0)
@@ -35,7 +36,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .errors import RopeInterpError
+from ..errors import RopeInterpError
 
 WORKAROUND = (
     "load the model as a HookedTransformer instead (rope_interp.load_model(name) or "
@@ -80,11 +81,12 @@ def fires_rot_hooks(model: Any, layer: int = 0) -> bool:
 def check_rot_hooks(model: Any) -> None:
     """Raise :class:`BridgeRotaryHooksError` unless every layer fires the rot hooks.
 
+    >>> from rope_interp.model.testing import tiny_bridge
     >>> check_rot_hooks(tiny_bridge("llama"))  # fires: nothing to say
     >>> check_rot_hooks(tiny_bridge("gptj"))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    rope_interp.bridge.BridgeRotaryHooksError: this TransformerBridge (GPTJForCausalLM, ...) never fires ...
+    rope_interp.model.bridge.BridgeRotaryHooksError: this TransformerBridge (GPTJForCausalLM, ...) never fires ...
     """
     from .compat import warn_known_breaks
 
@@ -175,6 +177,7 @@ def rotary_tables(
     we ask for a float64 result, so they are not rounded to a half-precision
     model's dtype). Includes HF's ``attention_scaling`` (the YaRN amplitude).
 
+    >>> from rope_interp.model.testing import tiny_bridge
     >>> sin, cos = rotary_tables(tiny_bridge("phi"), 0, 3)  # partial rotary: 4 of 8 dims
     >>> tuple(sin.shape), sin.dtype
     ((3, 4), torch.float64)
@@ -195,6 +198,7 @@ def table_angles(
     ``i`` in every pairing the bridge applies (half-duplicated Llama/NeoX halves, GPT-OSS
     half-width tables, GLM adjacent pairs, partial rotary). The amplitude (YaRN) cancels.
 
+    >>> from rope_interp.model.testing import tiny_bridge
     >>> cos, sin = _hf_tables(tiny_bridge("llama"), 0, 3, torch.float64)
     >>> table_angles(cos, sin, 4, torch.float64)[:, :2].round(decimals=6).tolist()
     [[0.0, 0.0], [1.0, 0.1], [2.0, 0.2]]
@@ -248,64 +252,3 @@ def boot(
             name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
         )
     return bridge.eval()
-
-
-def tiny_tokenizer(vocab_size: int = 64) -> Any:
-    """An offline word-level tokenizer over tokens ``t0 .. t{vocab_size-1}`` (t1 = BOS, t2 = EOS)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    tk = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tk,
-        bos_token="t1",
-        eos_token="t2",
-        unk_token="t0",
-        pad_token="t2",
-        add_bos_token=True,  # else TransformerLens re-loads the tokenizer from the hub
-        name_or_path="rope-interp-tiny",
-    )
-
-
-_TINY = {
-    "llama": ("LlamaConfig", dict(num_key_value_heads=2)),
-    "qwen2": ("Qwen2Config", dict(num_key_value_heads=2)),
-    "gemma2": ("Gemma2Config", dict(num_key_value_heads=2, head_dim=8, sliding_window=4)),
-    "phi": ("PhiConfig", dict(partial_rotary_factor=0.5)),
-    "neox": ("GPTNeoXConfig", dict(rotary_pct=0.5)),
-    "gptj": ("GPTJConfig", dict(rotary_dim=4)),
-    "codegen": ("CodeGenConfig", dict(rotary_dim=4)),
-}
-
-
-def tiny_bridge(
-    arch: str = "llama", *, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides: Any
-) -> Any:
-    """A small random HF model of architecture ``arch`` booted as a ``TransformerBridge`` (CPU, offline).
-
-    ``arch``: one of ``llama``, ``qwen2``, ``gemma2`` (soft-cap, sliding window), ``phi``
-    (partial rotary), and ``neox``, ``gptj``, ``codegen`` (whose bridges do not fire the
-    rot hooks). 2 layers, 4 heads, ``d_head`` 8; ``overrides`` go to the HF config.
-
-    >>> from rope_interp.decompose import band_scores
-    >>> model = tiny_bridge("gemma2")
-    >>> bs = band_scores(model, torch.tensor([[1, 5, 6, 7, 8, 9]]), layer=0)
-    >>> tuple(bs.per_band.shape), bs.softcap, bs.window
-    ((1, 4, 4, 6, 6), 50.0, 4)
-    """
-    import transformers
-    from transformers import AutoModelForCausalLM
-
-    if arch not in _TINY:
-        raise ValueError(f"unknown tiny bridge architecture {arch!r}; expected one of {sorted(_TINY)}")
-    cls_name, extra = _TINY[arch]
-    if arch in ("gptj", "codegen"):
-        size = dict(n_embd=32, n_layer=2, n_head=4, n_positions=128)
-    else:
-        size = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
-        size["max_position_embeddings"] = 128
-    kwargs = {**size, "vocab_size": 64, **extra, **overrides}
-    torch.manual_seed(seed)
-    hf = AutoModelForCausalLM.from_config(getattr(transformers, cls_name)(**kwargs)).eval()
-    return boot(hf, tiny_tokenizer(kwargs["vocab_size"]), f"tiny-{arch}", dtype=dtype)

@@ -1,13 +1,13 @@
 """The analytic direct effect: attention patterns with a band's score term changed, from the exact
-per-band decomposition (:mod:`rope_interp.decompose`), for every band at once, without extra forwards.
+per-band decomposition (:mod:`rope_interp.read.decompose`), for every band at once, without extra forwards.
 
 * :func:`ablated_patterns` / :func:`direct_effect_sweep` — each band's term removed (zeroing
   the band on q or k of that layer alone), read at ``hook_pattern``.
 * :func:`band_changed_patterns` — the pure maths behind them and behind the QK-fixed
-  attribution tier (:func:`rope_interp.sweeps.qk_attribution_sweep`): the pattern of every head
+  attribution tier (:func:`rope_interp.sweep.tiers.qk_attribution_sweep`): the pattern of every head
   when band ``b``'s q and/or k components are replaced, one band (and optionally one position)
   at a time. The causal / local-window mask is the decomposition's own
-  (:meth:`rope_interp.decompose.BandScores.causal_mask`), the soft-cap the model's.
+  (:meth:`rope_interp.read.decompose.BandScores.causal_mask`), the soft-cap the model's.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from . import adapter
-from .bands import pass_view
-from .capture import BandCapture
-from .decompose import BandScores, band_score_terms
-from .errors import RopeInterpError, check_index
+from ..bands import pass_view
+from ..errors import RopeInterpError
+from ..model import adapter
+from ..model.layout import RotaryBands
+from ..read.capture import BandCapture
+from ..read.decompose import BandScores, band_score_terms
+from ..validate import indices
 from .grid import SweepResult
-from .spec import RotaryBands
 
 
 def _causal_mask(m: int, n: int, window: int | None, device: Any) -> Tensor:
@@ -134,7 +135,7 @@ def ablated_patterns(
     Slot ``j`` of the band axis is the pattern without band ``bands[j]``; it equals
     ``hook_pattern`` of a run that zeroes that band on q (or k) of this layer only.
 
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> ablated_patterns(tiny_model(), torch.tensor([[1, 2, 3]]), 0).shape
     torch.Size([1, 4, 8, 3, 3])
     """
@@ -147,7 +148,7 @@ def ablated_patterns(
         model(tokens, stop_at_layer=L + 1)
     terms, rest = _layer_terms(model, cap, spec, L)
     heads = adapter.heads(model, heads)
-    bands = list(range(spec.n_bands)) if bands is None else check_index("band", bands, spec.n_bands)
+    bands = list(range(spec.n_bands)) if bands is None else indices("band", bands, spec.n_bands)
     terms, rest = terms[:, heads], rest[:, heads]
     others = [i for i in range(spec.n_bands) if i not in set(bands)]
     if others:
@@ -174,7 +175,7 @@ def direct_effect_sweep(
     [0, 1]) or ``KL(full || without band)`` (``"kl"``) between pattern rows. One forward
     (up to the last layer asked) captures q/k; the rest is the exact decomposition.
 
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> r = direct_effect_sweep(tiny_model(), torch.tensor([[1, 2, 3, 4]]), progress=False)
     >>> r.dims, tuple(r.values.shape)
     (('layer', 'head', 'band'), (2, 4, 8))
@@ -185,7 +186,7 @@ def direct_effect_sweep(
     adapter.check_decomposable(model)
     tokens = adapter.to_tokens(model, tokens)
     layers, heads = adapter.layers(model, layers), adapter.heads(model, heads)
-    bands = list(range(spec.n_bands)) if bands is None else check_index("band", bands, spec.n_bands)
+    bands = list(range(spec.n_bands)) if bands is None else indices("band", bands, spec.n_bands)
     cap = BandCapture(model, layers=layers, keep_passthrough=True)
     with torch.no_grad(), cap:
         model(tokens, stop_at_layer=max(layers) + 1)

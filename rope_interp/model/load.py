@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .errors import ModelNotAvailableError, NotRotaryError
+from ..errors import ModelNotAvailableError, NotRotaryError
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ small named wrappers with documented output shapes —
 
 Every value is ``metric(logits of the patched corrupted run)``; the result's ``.base`` is
 the metric of the unpatched corrupted run and ``.effect`` the difference. ``method``
-chooses the tier from :data:`rope_interp.sweeps.TIERS` (``"exact"`` — default, prefix reuse
+chooses the tier from :data:`rope_interp.sweep.tiers.TIERS` (``"exact"`` — default, prefix reuse
 and batched conditions; ``"naive"`` — one full hooked forward per condition, the reference;
 ``"attribution"`` — gradient × (clean − corrupted); ``"qk_attribution"`` — the pattern change
 computed exactly, then linearised (AtP*); ``"refine"`` — estimates, with the top cells exact).
-Patching builds on the sweep engine (:mod:`rope_interp.sweeps`, :mod:`rope_interp.grid`).
+Patching builds on the sweep engine (:mod:`rope_interp.sweep.tiers`, :mod:`rope_interp.sweep.grid`).
 
 The head axis: query heads for ``target="q"``; kv heads for ``"k"``; for ``"qk"`` kv
 *groups* (kv head ``g`` with every query head reading it; the same as heads for
@@ -22,7 +22,7 @@ multi-head attention). Patching band ``i`` moves the 2 numbers of band ``i``; th
 pass-through dims of partial-rotary models are left alone (``passthrough=True`` on
 :class:`MaskedBands` moves them too).
 
-Metrics live in :mod:`rope_interp.metrics` (re-exported here): :func:`logit_diff`,
+Metrics live in :mod:`rope_interp.sweep.metrics` (re-exported here): :func:`logit_diff`,
 :func:`loss_metric`, :func:`kl_metric`, :class:`PatternDistance`.
 """
 
@@ -34,12 +34,12 @@ from typing import Any
 import torch  # noqa: F401  (used by the doctests)
 from torch import Tensor
 
-from . import adapter
-from .errors import ParameterError, RopeInterpError
+from ..errors import ParameterError, RopeInterpError
+from ..intervene.modes import Method
+from ..model import adapter
 from .grid import AXES, CellOp, Grid, MaskedBands, SweepResult, capture_source  # noqa: F401  (public names)
 from .metrics import Metric, PatternDistance, kl_metric, logit_diff, loss_metric, metric_values  # noqa: F401
-from .modes import Method
-from .sweeps import run_sweep
+from .tiers import run_sweep
 
 
 def check_pair(model: Any, clean: Any, corrupted: Any) -> tuple[Tensor, Tensor]:
@@ -76,7 +76,7 @@ def patch_sweep(
     (axes in the canonical order layer, head, band, pos; see the module docstring for the
     head axis). ``kwargs`` go to the tier (e.g. ``batch_size`` for ``"exact"``).
 
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> model = tiny_model()
     >>> clean, corrupt = torch.tensor([[1, 2, 3, 4]]), torch.tensor([[1, 2, 9, 4]])
     >>> r = patch_sweep(model, clean, corrupt, logit_diff(5, 6), ["layer", "band"], progress=False)
@@ -106,7 +106,7 @@ def patch_sweep(
 def patch_layer_band(model, clean, corrupted, metric, **kwargs) -> SweepResult:
     """``values [layer, band]``: patch band ``b`` of every head at layer ``L`` (q and k by default).
 
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> m = tiny_model(); t = torch.tensor([[1, 2, 3]])
     >>> patch_layer_band(m, t, t, logit_diff(1, 2), progress=False).effect.abs().max().item() < 1e-5
     True

@@ -23,11 +23,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from . import adapter
+from ..errors import LayerError
+from ..model import adapter
+from ..model.layout import RotaryBands
+from ..validate import indices, positive_int
 from .capture import BandCapture
-from .errors import LayerError, check_index
-from .spec import RotaryBands
-from .validate import positive_int
 
 
 def band_score_terms(
@@ -167,7 +167,7 @@ def _selection(model: Any, layer: int, heads, bands) -> tuple[RotaryBands, int, 
         )
     layer = adapter.layers(model, layer)[0]
     heads = adapter.heads(model, heads)
-    bands = list(range(spec.n_bands)) if bands is None else check_index("band", bands, spec.n_bands)
+    bands = list(range(spec.n_bands)) if bands is None else indices("band", bands, spec.n_bands)
     return spec, layer, heads, bands
 
 
@@ -252,7 +252,7 @@ def band_scores(
     Runs the model only up to ``layer``. Raises a clear error instead of allocating
     more than ``max_bytes``: select ``heads``/``bands`` or use :func:`iter_band_scores`.
 
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> bs = band_scores(tiny_model(), torch.tensor([[1, 2, 3, 4]]), layer=1)
     >>> bs.per_band.shape
     torch.Size([1, 4, 8, 4, 4])
@@ -298,7 +298,7 @@ def iter_band_scores(
     prefix (keys after the chunk's last query are masked anyway), so peak memory
     is that of one chunk. ``chunk.q_start`` gives the absolute query offset.
 
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> chunks = list(iter_band_scores(tiny_model(), torch.arange(10)[None], 0, chunk_size=4))
     >>> [(c.q_start, tuple(c.per_band.shape[-2:])) for c in chunks]
     [(0, (4, 4)), (4, (4, 8)), (8, (2, 10))]

@@ -3,17 +3,17 @@
 A record says everything the command line and the report need: the name and help,
 typed options (:class:`Option`, with choices taken from the API's ``Literal`` types),
 ``start`` (the accumulators it feeds during the shared pass, see
-:mod:`rope_interp.engine`), ``finish`` (extra runs afterwards — causal checks,
+:mod:`rope_interp.analyses.stream`), ``finish`` (extra runs afterwards — causal checks,
 ablations — and the result object), ``summary`` (named records for ``summary.json``),
 ``findings`` (key numbers in sentences), ``tables`` (CSV files) and ``section`` (the
 report's blocks).
 
 Adding an analysis is one module defining ``ANALYSIS = Analysis(...)`` plus one line in
-:mod:`rope_interp.analyses.catalog`; :func:`register` adds one at run time (a plug-in or a
+``rope_interp/analyses/__init__.py``, which registers the built-ins (this module imports no analysis); :func:`register` adds one at run time (a plug-in or a
 test) and it appears in ``rope-interp --help`` and in the report.
 
 >>> import torch
->>> from rope_interp.testing import tiny_model
+>>> from rope_interp.model.testing import tiny_model
 >>> [a.name for a in analyses()][:6]  # the built-ins, in report order
 ['usage', 'heads', 'sinks', 'offsets', 'massive', 'spectrum']
 >>> res = run(tiny_model(), torch.randint(0, 50, (1, 24)), {"usage": {}, "massive": {"ablation": False}},
@@ -30,8 +30,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from .engine import Accumulator, run_pass
-from .errors import ParameterError, RopeInterpError
+from ..errors import ParameterError, RopeInterpError
+from .inputs import text_tokens
+from .stream import Accumulator, run_pass
 
 Block = tuple[str | None, Any]
 """One report block: an optional sub-heading and an item (HTML string, Figure or DataFrame)."""
@@ -88,7 +89,7 @@ class Option:
 
     def check(self, value: Any) -> Any:
         """Validate one value; raises :class:`ParameterError` saying what is allowed."""
-        from .validate import finite
+        from ..validate import finite
 
         values = list(value) if self.many and value is not None else [value]
         for v in values:
@@ -156,22 +157,10 @@ class Analysis:
 
 
 _REGISTRY: dict[str, Analysis] = {}
-_BUILTINS_LOADED = False
-
-
-def _load_builtins() -> None:
-    global _BUILTINS_LOADED
-    if not _BUILTINS_LOADED:
-        _BUILTINS_LOADED = True
-        from .analyses.catalog import BUILTIN
-
-        for a in BUILTIN:
-            register(a)
 
 
 def register(analysis: Analysis) -> Analysis:
     """Add an analysis to the registry (its name must be new); returns it."""
-    _load_builtins()
     if not isinstance(analysis, Analysis):
         raise TypeError(f"register() takes an Analysis record, got {type(analysis).__name__}")
     if analysis.name in _REGISTRY:
@@ -197,13 +186,11 @@ def registered(analysis: Analysis) -> Iterator[Analysis]:
 
 def analyses() -> list[Analysis]:
     """Every registered analysis, in registration order."""
-    _load_builtins()
     return list(_REGISTRY.values())
 
 
 def get(name: str) -> Analysis:
     """The analysis registered as ``name``."""
-    _load_builtins()
     if name not in _REGISTRY:
         raise ParameterError(f"no analysis named {name!r}; registered: {list(_REGISTRY)}")
     return _REGISTRY[name]
@@ -251,3 +238,20 @@ def run(
     if timings is not None:
         timings.update(times)
     return results
+
+
+def as_blocks(items: list) -> list[Block]:
+    """:func:`report_section` items as report blocks; DataFrames become tables (no index, NaN as "—")."""
+    from ..view.html import table_html
+
+    return [(None, table_html(x, digits=4, max_rows=30) if hasattr(x, "to_html") else x) for x in items]
+
+
+def auto_size(ctx: RunContext, value: int | None, per: int, lo: int, hi: int) -> int:
+    """``value``, or (None) one unit per ``per`` tokens of the run's text, clamped to ``[lo, hi]``.
+
+    The report's sizes scale with its text, so ``--quick`` (256 tokens) stays quick.
+    """
+    if value is not None:
+        return value
+    return max(lo, min(hi, int(text_tokens(ctx.model, ctx.data).shape[1]) // per))

@@ -3,10 +3,10 @@ applies any intervention mode (or a patch from a source run) to chosen cells.
 
 A *cell* is one (head, band, pos) selection within a layer (axes as chosen by ``per``);
 :class:`Grid` lists them and turns a list of cells into boolean masks ``[K, pos|1, head, band]``;
-:class:`CellOp` is what a cell receives (a row of :data:`rope_interp.modes.MODE_TABLE`
+:class:`CellOp` is what a cell receives (a row of :data:`rope_interp.intervene.modes.MODE_TABLE`
 applied to the band view, or the source run's bands); :class:`MaskedBands` writes ``K``
 conditions into ``K`` stacked copies of a run at one layer. :class:`SweepResult` holds the
-values. The tiers that use these live in :mod:`rope_interp.sweeps`.
+values. The tiers that use these live in :mod:`rope_interp.sweep.tiers`.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import adapter
-from .bands import band_view, pass_view
-from .errors import ParameterError, RopeInterpError, check_index
-from .hooking import FwdHooks, HookSet
-from .hooks import attn_hook
-from .modes import BandContext, angle_dtype, check_target, resolve_reference, row
-from .spec import RotaryBands
+from ..bands import band_view, pass_view
+from ..errors import ParameterError, RopeInterpError
+from ..intervene.modes import BandContext, angle_dtype, check_target, resolve_reference, row
+from ..model import adapter
+from ..model.hooks import FwdHooks, HookSet, attn_hook
+from ..model.layout import RotaryBands
+from ..validate import indices
 
 AXES = ("layer", "head", "band", "pos")
 
@@ -110,19 +110,19 @@ class Grid:
             coords["head"] = (
                 list(range(n_head_axis))
                 if heads is None
-                else check_index("head" if target == "q" else "kv head", heads, n_head_axis)
+                else indices("head" if target == "q" else "kv head", heads, n_head_axis)
             )
         elif heads is not None:
             raise RopeInterpError("heads= selects the head axis: add 'head' to per (or leave heads=None)")
         if "band" in dims or bands is not None:
             coords["band"] = (
-                list(range(spec.n_bands)) if bands is None else check_index("band", bands, spec.n_bands)
+                list(range(spec.n_bands)) if bands is None else indices("band", bands, spec.n_bands)
             )
         if "pos" in dims:
             coords["pos"] = (
                 list(range(n_pos))
                 if positions is None
-                else check_index("position", positions, n_pos, "the input")
+                else indices("position", positions, n_pos, "the input")
             )
         elif positions is not None:
             raise RopeInterpError("positions= selects the pos axis: add 'pos' to per")
@@ -173,15 +173,15 @@ class Grid:
 
 # ---- what a cell receives ---------------------------------------------------------------------------------
 class CellOp:
-    """The new band view a selected cell gets: a mode of :data:`~rope_interp.modes.MODE_TABLE`
+    """The new band view a selected cell gets: a mode of :data:`~rope_interp.intervene.modes.MODE_TABLE`
     applied to the run's own bands, or (``source``) the bands of another run.
 
     Built once per sweep, for all heads and bands of ``layers`` (the masks pick cells);
-    ``params`` must already be validated (:func:`~rope_interp.modes.check_params`). Position-
+    ``params`` must already be validated (:func:`~rope_interp.intervene.modes.check_params`). Position-
     dependent modes use positions ``0 .. n - 1`` (a sweep has no KV cache). A per-band
     ``phase`` has one value per band of the model.
 
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> m = tiny_model()
     >>> op = CellOp(m, [0], mode="zero")
     >>> op.new_view(torch.ones(1, 3, 4, 8, 2), 0, "q").abs().sum().item()
@@ -249,7 +249,7 @@ class MaskedBands(HookSet):
     source run (None = zero-ablation); ``op`` any :class:`CellOp`. Writes in place, on the
     model's device.
 
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> model, toks = tiny_model(), torch.tensor([[1, 2, 3]])
     >>> q = torch.zeros(1, 1, 4, 8, dtype=torch.bool); q[..., 0] = True
     >>> torch.allclose(MaskedBands(model, 0, q, None).run(toks), model(toks))

@@ -1,4 +1,18 @@
-"""Scoped hooks: every rope_interp object that hooks a model is a :class:`HookSet`.
+"""Hook names and scoped hooks: the one place that names TransformerLens hook points, and
+the one way anything hooks a model (:class:`HookSet`).
+
+**Names.**
+
+Every other module asks :func:`attn_hook` for a name instead of writing
+``"blocks.{layer}.attn.hook_..."`` itself, so a change of naming (a new model
+class, a new TransformerLens major) is a one-file change.
+
+>>> attn_hook(3, "rot_q")
+'blocks.3.attn.hook_rot_q'
+>>> parse_attn_hook("blocks.12.attn.hook_k")
+(12, 'k')
+
+**Scoped hooks.** Every rope_interp object that hooks a model is a :class:`HookSet`.
 
 A ``HookSet`` is usable two ways, as TransformerLens users expect:
 
@@ -9,7 +23,7 @@ A ``HookSet`` is usable two ways, as TransformerLens users expect:
 
 Composition. ``a + b`` is a :class:`ComposedHooks`: ``a`` acts first, then ``b``, on
 every activation both touch. That holds also for the query-side modes that
-:mod:`rope_interp.interventions` applies late, at ``hook_rot_k`` (``no_rotation``,
+:mod:`rope_interp.intervene.ablate` applies late, at ``hook_rot_k`` (``no_rotation``,
 ``scale_freq``): within a composition, the ``hook_rot_q`` work of every part is run
 at ``hook_rot_k`` of the same layer, part by part (part 1's q then k work, then part
 2's...), on the same query tensor, before the scores are computed. Nesting contexts
@@ -27,7 +41,7 @@ several threads; use one model per thread. Entering a rope_interp context on a m
 holds a context entered by another thread raises :class:`~rope_interp.errors.HookStateError`.
 
 >>> import torch
->>> from rope_interp.testing import tiny_model
+>>> from rope_interp.model.testing import tiny_model
 >>> from rope_interp import ablate_bands
 >>> model = tiny_model()
 >>> a, b = ablate_bands(model, [0], mode="zero"), ablate_bands(model, [1], mode="zero")
@@ -43,15 +57,98 @@ rope_interp.errors.HookStateError: hook contexts must be exited in reverse order
 
 from __future__ import annotations
 
+import re
 import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
-from .errors import HookStateError, RopeInterpError
+from ..errors import HookStateError, RopeInterpError
+
+Site = Literal["q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "z"]
+"""Attention hook sites that rope_interp reads or writes."""
+
+QKSite = Literal["q", "k", "rot_q", "rot_k"]
+"""The four sites that carry queries/keys: before (``q``, ``k``) and after rotation."""
+
+SITES: tuple[str, ...] = get_args(Site)
+QK_SITES: tuple[str, ...] = get_args(QKSite)
+
+_PATTERN = re.compile(r"^blocks\.(\d+)\.attn\.hook_([a-z_]+)$")
+
+
+def attn_hook(layer: int, site: Site) -> str:
+    """Name of the attention hook point ``site`` in block ``layer``."""
+    if site not in SITES:
+        raise ValueError(f"unknown attention hook site {site!r}; expected one of {SITES}")
+    return f"blocks.{int(layer)}.attn.hook_{site}"
+
+
+TableSite = Literal["cos", "sin"]
+
+
+def rotary_table_hook(layer: int, table: TableSite) -> str:
+    """Name of a bridge attention's ``hook_cos``/``hook_sin``: the rotary tables at the true positions.
+
+    Only a ``TransformerBridge`` has them; they fire just before ``hook_rot_q``/``hook_rot_k``.
+
+    >>> rotary_table_hook(0, "cos")
+    'blocks.0.attn.hook_cos'
+    """
+    if table not in ("cos", "sin"):
+        raise ValueError(f"unknown rotary table {table!r}; expected 'cos' or 'sin'")
+    return f"blocks.{int(layer)}.attn.hook_{table}"
+
+
+MLPSite = Literal["pre", "post"]
+
+
+def mlp_hook(layer: int, site: MLPSite) -> str:
+    """Name of the MLP hook ``hook_pre`` (before the activation function) or ``hook_post`` in block ``layer``.
+
+    >>> mlp_hook(2, "post")
+    'blocks.2.mlp.hook_post'
+    """
+    if site not in ("pre", "post"):
+        raise ValueError(f"unknown MLP hook site {site!r}; expected 'pre' or 'post'")
+    return f"blocks.{int(layer)}.mlp.hook_{site}"
+
+
+def ln2_normalized_hook(layer: int) -> str:
+    """Name of the MLP's normalised input (``ln2.hook_normalized``) in block ``layer``.
+
+    Only a HookedTransformer has it (a ``TransformerBridge`` names its norms differently).
+
+    >>> ln2_normalized_hook(4)
+    'blocks.4.ln2.hook_normalized'
+    """
+    return f"blocks.{int(layer)}.ln2.hook_normalized"
+
+
+def resid_mid_hook(layer: int) -> str:
+    """Name of the residual stream between attention and MLP (``hook_resid_mid``) in block ``layer``.
+
+    >>> resid_mid_hook(4)
+    'blocks.4.hook_resid_mid'
+    """
+    return f"blocks.{int(layer)}.hook_resid_mid"
+
+
+def parse_attn_hook(name: str) -> tuple[int, str]:
+    """Inverse of :func:`attn_hook`: ``(layer, site)`` of a hook name."""
+    match = _PATTERN.match(name)
+    if match is None or match.group(2) not in SITES:
+        raise ValueError(f"{name!r} is not a rope_interp attention hook name")
+    return int(match.group(1)), match.group(2)
+
+
+def is_key_site(site: str) -> bool:
+    """True for sites whose head axis has ``n_key_value_heads`` entries under GQA."""
+    return site in ("k", "rot_k", "v")
+
 
 HookFn = Callable[..., Any]
 FwdHooks = list[tuple[str, HookFn]]
@@ -71,7 +168,7 @@ _ACTIVE: weakref.WeakKeyDictionary[Any, list[_Entry]] = weakref.WeakKeyDictionar
 def active_contexts(model: Any) -> int:
     """How many rope_interp hook contexts are open on ``model`` (in any thread).
 
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> active_contexts(tiny_model())
     0
     """
@@ -173,7 +270,7 @@ class ComposedHooks(HookSet):
     """Several hook sets applied together, in order: earlier parts act first (see the module docstring).
 
     >>> import torch
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> from rope_interp import ablate_bands
     >>> model = tiny_model()
     >>> toks = torch.tensor([[1, 2, 3, 4, 5]])

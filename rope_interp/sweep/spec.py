@@ -4,7 +4,7 @@ A figure can be traced to exactly what was done: every sweep run from a :class:`
 carries it in ``result.extra["spec"]``, the CLI writes it beside its CSV
 (``<name>.spec.json``) and accepts it back (``rope-interp sweep --spec FILE``).
 
-* :class:`InterventionSpec` — the arguments of :func:`~rope_interp.interventions.ablate_bands`
+* :class:`InterventionSpec` — the arguments of :func:`~rope_interp.intervene.ablate.ablate_bands`
   (``.build(model)``);
 * :class:`SweepSpec` — the input tokens, the metric, the grid, the mode or patch source and the
   tier (``.run(model)``).
@@ -16,7 +16,7 @@ A ``mean`` reference (a tensor or BandStats) cannot be serialised and is refused
 >>> spec = InterventionSpec(mode="shift", bands=[3], layers=[1], params={"delta": 5})
 >>> InterventionSpec.from_json(spec.to_json()) == spec
 True
->>> from rope_interp.testing import tiny_model
+>>> from rope_interp.model.testing import tiny_model
 >>> spec.build(tiny_model()).target    # shift acts on keys unless told otherwise
 'k'
 """
@@ -29,9 +29,9 @@ from typing import Any
 
 import torch
 
-from .errors import ParameterError
+from ..errors import ParameterError
+from ..intervene.modes import METHODS, MODES, Method, Mode, Target, check_target, json_params
 from .grid import AXES, SweepResult
-from .modes import METHODS, MODES, Method, Mode, Target, check_target, json_params
 
 SPEC_VERSION = 1
 
@@ -87,7 +87,7 @@ class _JsonSpec:
 
 @dataclass(frozen=True)
 class InterventionSpec(_JsonSpec):
-    """The arguments of :func:`~rope_interp.interventions.ablate_bands`, as data."""
+    """The arguments of :func:`~rope_interp.intervene.ablate.ablate_bands`, as data."""
 
     mode: Mode = "zero"
     bands: list[int] | None = None
@@ -109,8 +109,8 @@ class InterventionSpec(_JsonSpec):
         return cls(**d)
 
     def build(self, model: Any):
-        """The :class:`~rope_interp.interventions.BandIntervention` this spec describes (validated there)."""
-        from .interventions import ablate_bands
+        """The :class:`~rope_interp.intervene.ablate.BandIntervention` this spec describes (validated there)."""
+        from ..intervene.ablate import ablate_bands
 
         return ablate_bands(
             model,
@@ -135,7 +135,7 @@ class SweepSpec(_JsonSpec):
     (strings are single tokens, ints token ids). ``options``: tier options (``batch_size``,
     ``top``, ``estimate``, ``max_batch_tokens``).
 
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> spec = SweepSpec(tokens=[[1, 2, 3, 4]], metric={"name": "loss"}, mode="no_rotation", layers=[1])
     >>> r = spec.run(tiny_model())
     >>> r.values.shape, r.extra["spec"]["mode"]
@@ -206,7 +206,7 @@ class SweepSpec(_JsonSpec):
 
     # ---- running -------------------------------------------------------------------------------------------
     def _tokens(self, model: Any, ids: Any, text: Any, what: str) -> torch.Tensor:
-        from . import adapter
+        from ..model import adapter
 
         if (ids is None) == (text is None):
             raise ParameterError(
@@ -238,7 +238,7 @@ class SweepSpec(_JsonSpec):
 
     def run(self, model: Any, progress: bool = False) -> SweepResult:
         """Run the sweep on ``model``; the result carries this spec in ``extra["spec"]``."""
-        from .sweeps import run_sweep
+        from .tiers import run_sweep
 
         tokens = self._tokens(model, self.tokens, self.text, "run")
         kw: dict[str, Any] = dict(

@@ -3,8 +3,8 @@
 ``rope-interp report --out DIR`` (embedded SmolLM2-135M and the bundled corpus by
 default) writes ``DIR/report.html``, the raw tables as CSV and ``summary.json``.
 By default it reads the first 2,048 tokens (``--max-tokens`` for more) so that it
-finishes in minutes on a 2-core CPU. Every analysis of :mod:`rope_interp.registry`
-runs in one shared streaming pass (:mod:`rope_interp.engine`), then its extra runs.
+finishes in minutes on a 2-core CPU. Every analysis of :mod:`rope_interp.analyses.registry`
+runs in one shared streaming pass (:mod:`rope_interp.analyses.stream`), then its extra runs.
 
 The page: the model and text, a **Findings** block (the key numbers in sentences), a
 table of contents, the band table, one section per analysis (in registry order) and
@@ -32,7 +32,7 @@ FIXED_SECTIONS = ("bands", "views")
 """Report sections that are not analyses: the band table (first) and the interactive views (last)."""
 
 SUMMARY_DOC = {
-    "schema": "format tag, 'rope_interp.report/1'",
+    "schema": "format tag, 'rope_interp.analyses.report/1'",
     "model": "model name",
     "tokens": "tokens analysed",
     "source": "where the text came from",
@@ -101,7 +101,7 @@ def preserved_state(model: Any) -> Iterator[None]:
 
 # ---- sections -------------------------------------------------------------------------------------------
 def header_block(run: ReportRun, total_seconds: float) -> Block:
-    from .html import paragraph
+    from ..view.html import paragraph
 
     s = run.spec
     return (
@@ -121,13 +121,13 @@ def findings(run: ReportRun, chosen: list[Analysis]) -> list[str]:
 
 
 def findings_block(sentences: list[str]) -> Block:
-    from .html import bullet_list
+    from ..view.html import bullet_list
 
     return ("Findings", f'<div class="findings">{bullet_list(sentences)}</div>')
 
 
 def bands_section(run: ReportRun) -> list[Block]:
-    from .html import paragraph, table_html
+    from ..view.html import paragraph, table_html
 
     df = run.spec.to_dataframe(0, context_length=int(run.tokens.shape[1])).reset_index()
     return [("Rotary bands", paragraph(run.spec.describe())), (None, table_html(df, digits=4))]
@@ -149,9 +149,9 @@ def view_layer(heads: Any, layers: list[int] | None, n_layers: int) -> int:
 
 
 def views_section(run: ReportRun) -> list[Block]:
-    from .html import paragraph
-    from .interventions import ablate_bands
-    from .vis import ablation_view
+    from ..intervene.ablate import ablate_bands
+    from ..view.html import paragraph
+    from ..view.panels import ablation_view
 
     spec, cfg = run.spec, run.cfg
     nb = min(cfg.n_view_bands, spec.n_bands // 2)
@@ -182,7 +182,7 @@ def build_summary(
     run: ReportRun, chosen: list[Analysis], sentences: list[str], total: float
 ) -> dict[str, Any]:
     return {
-        "schema": "rope_interp.report/1",
+        "schema": "rope_interp.analyses.report/1",
         "model": run.spec.model_name,
         "tokens": int(run.tokens.shape[1]),
         "source": run.source,
@@ -242,10 +242,10 @@ def build_report(
     """Run the analyses and write ``out/report.html`` (+ CSV tables, ``summary.json``). Returns the HTML path.
 
     Grad mode, default dtype, the model's train/eval mode and its hooks are as before on return.
-    Files go to a staging folder moved into ``out`` at the end (:mod:`rope_interp.cli.output`).
+    Files go to a staging folder moved into ``out`` at the end (:mod:`rope_interp.view.output`).
     """
-    from .cli.output import StagedOutput, current_stage
-    from .spec import RotaryBands
+    from ..model.layout import RotaryBands
+    from ..view.output import StagedOutput, current_stage
 
     cfg = cfg or ReportConfig()
     out = Path(out)
@@ -260,8 +260,9 @@ def build_report(
 def _write_report(
     model: Any, tokens: torch.Tensor, out: Path, cfg: ReportConfig, source: str, spec: Any
 ) -> Path:
-    from . import distributed, registry
-    from .html import TOC, save_html_page
+    from .. import distributed
+    from ..view.html import TOC, save_html_page
+    from . import registry
 
     started = time.perf_counter()
     if cfg.max_tokens:

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import torch
 
+from .bridge import boot
+
 Layout = Literal["neox", "gptj"]
 
 # One entry per layout family the acceptance tests must cover.
@@ -205,3 +207,64 @@ def result_tensors(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:
         ):
             out.update(result_tensors(v, name + "."))
     return out
+
+
+def tiny_tokenizer(vocab_size: int = 64) -> Any:
+    """An offline word-level tokenizer over tokens ``t0 .. t{vocab_size-1}`` (t1 = BOS, t2 = EOS)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="t1",
+        eos_token="t2",
+        unk_token="t0",
+        pad_token="t2",
+        add_bos_token=True,  # else TransformerLens re-loads the tokenizer from the hub
+        name_or_path="rope-interp-tiny",
+    )
+
+
+_TINY = {
+    "llama": ("LlamaConfig", dict(num_key_value_heads=2)),
+    "qwen2": ("Qwen2Config", dict(num_key_value_heads=2)),
+    "gemma2": ("Gemma2Config", dict(num_key_value_heads=2, head_dim=8, sliding_window=4)),
+    "phi": ("PhiConfig", dict(partial_rotary_factor=0.5)),
+    "neox": ("GPTNeoXConfig", dict(rotary_pct=0.5)),
+    "gptj": ("GPTJConfig", dict(rotary_dim=4)),
+    "codegen": ("CodeGenConfig", dict(rotary_dim=4)),
+}
+
+
+def tiny_bridge(
+    arch: str = "llama", *, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides: Any
+) -> Any:
+    """A small random HF model of architecture ``arch`` booted as a ``TransformerBridge`` (CPU, offline).
+
+    ``arch``: one of ``llama``, ``qwen2``, ``gemma2`` (soft-cap, sliding window), ``phi``
+    (partial rotary), and ``neox``, ``gptj``, ``codegen`` (whose bridges do not fire the
+    rot hooks). 2 layers, 4 heads, ``d_head`` 8; ``overrides`` go to the HF config.
+
+    >>> from rope_interp.read.decompose import band_scores
+    >>> model = tiny_bridge("gemma2")
+    >>> bs = band_scores(model, torch.tensor([[1, 5, 6, 7, 8, 9]]), layer=0)
+    >>> tuple(bs.per_band.shape), bs.softcap, bs.window
+    ((1, 4, 4, 6, 6), 50.0, 4)
+    """
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    if arch not in _TINY:
+        raise ValueError(f"unknown tiny bridge architecture {arch!r}; expected one of {sorted(_TINY)}")
+    cls_name, extra = _TINY[arch]
+    if arch in ("gptj", "codegen"):
+        size = dict(n_embd=32, n_layer=2, n_head=4, n_positions=128)
+    else:
+        size = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+        size["max_position_embeddings"] = 128
+    kwargs = {**size, "vocab_size": 64, **extra, **overrides}
+    torch.manual_seed(seed)
+    hf = AutoModelForCausalLM.from_config(getattr(transformers, cls_name)(**kwargs)).eval()
+    return boot(hf, tiny_tokenizer(kwargs["vocab_size"]), f"tiny-{arch}", dtype=dtype)

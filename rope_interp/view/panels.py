@@ -30,11 +30,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from . import adapter
-from .decompose import BandScores, band_scores
-from .errors import RopeInterpError, check_index
-from .hooking import HookSet
-from .hooks import attn_hook, is_key_site
+from ..errors import RopeInterpError
+from ..model import adapter
+from ..model.hooks import HookSet, attn_hook, is_key_site
+from ..read.decompose import BandScores, band_scores
+from ..validate import indices
 from .html import Panel, View, circuitsvis_bundle, html_page, props_json, save_html_page  # noqa: F401
 
 MAX_TOKENS = 128
@@ -114,7 +114,7 @@ def _crop_tokens(model: Any, tokens: Any, max_tokens: int) -> tuple[Tensor, list
 def token_labels(model: Any, tokens: Any, batch: int = 0) -> list[str]:
     """String labels of one sequence: the tokenizer's pieces, or ``#id`` for models without one.
 
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> token_labels(tiny_model(), torch.tensor([[3, 1, 4]]))
     ['#3', '#1', '#4']
     """
@@ -179,7 +179,7 @@ def attention_diff(
                 f"Showing the {max_heads} of {n_heads} heads whose pattern changed most "
                 f"(mean |{others[0][0]} − clean|): {', '.join(labels[h] for h in heads)}."
             )
-    heads = check_index("head", heads, n_heads, "the patterns")
+    heads = indices("head", heads, n_heads, "the patterns")
     toks, panels = tokens[window], []
     scales = [max(float(d[heads].abs().max()), 1e-12) for d in diffs]
     for h in heads:
@@ -229,7 +229,7 @@ def band_contribution_view(
     ``band`` is the band number (must be among ``band_scores.bands``).
 
     >>> from rope_interp import band_scores
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> bs = band_scores(tiny_model(), torch.tensor([[1, 2, 3, 4]]), layer=0)
     >>> view = band_contribution_view(list("abcd"), bs, band=0)
     >>> [p.component for p in view.panels]
@@ -337,12 +337,12 @@ def layer_band_norms(
     Norms are the same before and after rotation (``q``/``rot_q``); ``k``/``rot_k``
     have one column per kv head under GQA.
 
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> view = layer_band_norms(tiny_model(), torch.tensor([[1, 2, 3]]), layer=1, band=0, site="k")
     >>> view.panels[0].props["labels"]
     ['kv head 0', 'kv head 1']
     """
-    from .capture import BandCapture
+    from ..read.capture import BandCapture
 
     toks, notices = _crop_tokens(model, tokens, max_tokens)
     layer = adapter.layers(model, layer)[0]
@@ -370,7 +370,7 @@ def layer_band_view(
 ) -> View:
     """:func:`band_contribution_view` computed on a model (first ``max_tokens`` positions).
 
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> view = layer_band_view(tiny_model(), torch.tensor([[1, 2, 3, 4]]), layer=1, band=2, heads=[0, 3])
     >>> view.panels[0].props["attentionHeadNames"]
     ['L1H0', 'L1H3']
@@ -410,18 +410,18 @@ def ablation_view(
 
     "bands removed" is :meth:`BandScores.pattern` with those bands' score terms dropped
     — exact for this layer alone, with everything upstream clean. If ``hooks`` (any
-    :class:`~rope_interp.hooking.HookSet`, e.g. a band ablation of earlier layers too)
+    :class:`~rope_interp.model.hooks.HookSet`, e.g. a band ablation of earlier layers too)
     is given, the pattern the model computes under those hooks is added as more columns.
     ``heads=None`` shows the ``max_heads`` heads the removal changes most.
 
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> view = ablation_view(tiny_model(), torch.tensor([[1, 2, 3, 4, 5]]), layer=1, bands=[0, 1, 2])
     >>> view.title, view.columns, len(view.panels)
     ('Layer 1: attention with bands 0–2 removed', 3, 12)
     """
     toks, notices = _crop_tokens(model, tokens, max_tokens)  # causal: patterns of a prefix are exact
     bs = band_scores(model, toks, layer, heads=heads)
-    drop = check_index("band", bands, len(bs.bands))  # all bands selected: position == band
+    drop = indices("band", bands, len(bs.bands))  # all bands selected: position == band
     clean = bs.pattern()
     others = [(f"bands {_ranges(drop)} removed", bs.pattern(drop=drop))]
     if hooks is not None:

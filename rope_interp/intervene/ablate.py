@@ -6,7 +6,7 @@ Two layers, as everywhere in rope_interp:
   :func:`mean_bands`, :func:`unrotate_bands`, :func:`shift_bands`,
   :func:`scale_freq_bands`) that know nothing about TransformerLens, and
   :func:`positions_from_angles` (integer positions from wrapped rotary angles);
-* :class:`BandIntervention`, a :class:`~rope_interp.hooking.HookSet` that applies one of
+* :class:`BandIntervention`, a :class:`~rope_interp.model.hooks.HookSet` that applies one of
   them at ``hook_rot_q`` / ``hook_rot_k`` of chosen layers, heads and bands. The public
   entry points are :func:`ablate_bands` and :func:`prope`.
 
@@ -15,7 +15,7 @@ Where the modes act (all after rotation, at ``hook_rot_q`` / ``hook_rot_k``):
 * ``zero`` — the band is 0 (the same before or after rotation, since rotation keeps norms).
 * ``mean`` — the band is replaced by its mean over positions of the post-rotation
   values (Jin et al.'s massive-value ablation), or by a fixed ``reference``
-  (a tensor, or a :class:`~rope_interp.capture.BandStats` ``mean_vector``).
+  (a tensor, or a :class:`~rope_interp.read.capture.BandStats` ``mean_vector``).
 * ``no_rotation`` — the band is not rotated: ``rotate(x, -theta_i * m)`` turns the
   post-rotation band back to ``amplitude * pre`` (NoPE for that band).
 * ``shift`` — an extra rotation by ``phase`` radians, or ``delta`` positions
@@ -24,7 +24,7 @@ Where the modes act (all after rotation, at ``hook_rot_q`` / ``hook_rot_k``):
   :class:`~rope_interp.errors.UselessInterventionError` (the same angle on both cancels in q·k).
 * ``scale_freq`` — the band turns at ``factor * theta_i``: an extra ``(factor - 1) theta_i m``.
 
-The modes are rows of :data:`rope_interp.modes.MODE_TABLE` (parameters, validation, the
+The modes are rows of :data:`rope_interp.intervene.modes.MODE_TABLE` (parameters, validation, the
 function on the band view); parameters must be finite, and an intervention that provably
 changes nothing (shift on q and k alike, ``delta=0``, ``factor=1``) raises
 :class:`~rope_interp.errors.UselessInterventionError`. An empty band (or head) list is a
@@ -70,12 +70,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from . import adapter
-from . import bridge as _bridge
-from .bands import band_view
-from .errors import RopeInterpError, check_index
-from .hooking import FwdHooks, HookSet
-from .hooks import attn_hook, rotary_table_hook
+from ..bands import band_view
+from ..errors import RopeInterpError
+from ..model import adapter
+from ..model import bridge as _bridge
+from ..model.hooks import FwdHooks, HookSet, attn_hook, rotary_table_hook
+from ..model.layout import RotaryBands
+from ..validate import finite, indices
 from .modes import (  # noqa: F401  (the pure functions are re-exported here, where users found them)
     MODE_TABLE,
     MODES,
@@ -96,8 +97,6 @@ from .modes import (  # noqa: F401  (the pure functions are re-exported here, wh
     unrotate_bands,
     zero_bands,
 )
-from .spec import RotaryBands
-from .validate import finite
 
 ANGLE_TOL = 0.05
 """Angle error (radians) that :func:`positions_from_angles` tolerates; bf16 tables have ~0.004."""
@@ -177,7 +176,7 @@ class BandIntervention(HookSet):
         self.spec = spec = RotaryBands.from_model(model)
         self.mode, self.target = mode, target
         self.layers = adapter.layers(model, layers)
-        self.bands = list(range(spec.n_bands)) if bands is None else check_index("band", bands, spec.n_bands)
+        self.bands = list(range(spec.n_bands)) if bands is None else indices("band", bands, spec.n_bands)
         self.q_heads, self.k_heads = self._resolve_heads(heads, kv_heads)
         self.params = check_params(mode, params, target, symmetric_qk=self._symmetric_qk())
         self._dev = dev = adapter.device(model)
@@ -222,7 +221,7 @@ class BandIntervention(HookSet):
         spec = self.spec
         q = None if heads is None else adapter.heads(self.model, heads)
         if kv_heads is not None:
-            k = check_index("kv head", kv_heads, spec.n_kv_heads)
+            k = indices("kv head", kv_heads, spec.n_kv_heads)
             if "k" not in self.target:
                 raise RopeInterpError(f"kv_heads only applies to keys, but target={self.target!r}")
             return q, k
@@ -378,7 +377,7 @@ def ablate_bands(
     under GQA. Returns a :class:`BandIntervention`: a context manager (model restored in
     ``finally``) with ``.fwd_hooks()`` for ``model.run_with_hooks``; compose with ``+``.
 
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> model = tiny_model()
     >>> toks = torch.tensor([[1, 2, 3, 4, 5]])
     >>> base = model(toks)
@@ -403,7 +402,7 @@ def prope(model: Any, p: float, layers: int | Sequence[int] | None = None) -> Ba
     Bands ``round(p * n_bands) .. n_bands - 1`` (the lowest frequencies) get ``no_rotation``
     on q and k; the kept bands keep their original frequencies. ``p=1`` is RoPE, ``p=0`` NoPE.
 
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> prope(tiny_model(), 0.75).bands      # 8 bands: the lowest 2 stop rotating
     [6, 7]
     """

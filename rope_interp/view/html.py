@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .errors import RopeInterpError
+from ..errors import RopeInterpError
 
 # ---------------------------------------------------------------------------- rendering
 

@@ -14,7 +14,7 @@ layer and handed to every accumulator that reads that layer (:func:`qk_pair_hook
 The forward stops after the deepest layer any accumulator reads.
 
 >>> import torch
->>> from rope_interp.testing import tiny_model
+>>> from rope_interp.model.testing import tiny_model
 >>> from rope_interp.analyses.usage import UsageAccumulator
 >>> from rope_interp.analyses.massive import MassiveAccumulator
 >>> model = tiny_model()
@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .hooking import FwdHooks
+from ..model.hooks import FwdHooks
 
 
 class Accumulator:
@@ -80,7 +80,7 @@ class Accumulator:
 
 
 def _pair_hooks(model: Any, accs: Sequence[Accumulator]) -> FwdHooks:
-    from .analyses.inputs import qk_pair_hooks
+    from .inputs import qk_pair_hooks
 
     by_layer: dict[int, list[Accumulator]] = {}
     for a in accs:
@@ -130,8 +130,8 @@ def run_pass(
     runs a contiguous block of the windows and the accumulators are merged across ranks in rank
     order, so every rank ends with the single-process sums; a failure on one rank raises
     :class:`~rope_interp.distributed.RankFailedError` on all of them."""
-    from . import distributed
-    from .analyses.inputs import windows
+    from .. import distributed
+    from .inputs import windows
 
     n = 0
     if not accs:

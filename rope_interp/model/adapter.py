@@ -3,7 +3,7 @@
 Analyses and interventions never touch ``model.blocks[...]`` or ``model.cfg``
 directly; they ask this module. Two model classes are supported:
 ``HookedTransformer`` and ``TransformerBridge`` (whose HF-side facts are read by
-:mod:`rope_interp.bridge`); supporting another means teaching these functions,
+:mod:`rope_interp.model.bridge`); supporting another means teaching these functions,
 not every caller.
 """
 
@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import validate as _validate
+from ..errors import ContextLengthError, NotAModelError, NotRotaryError, PaddingError, TokenError
+from ..validate import indices
 from . import bridge as _bridge
-from . import validate as _validate
-from .errors import ContextLengthError, NotAModelError, NotRotaryError, PaddingError, TokenError, check_index
 
 
 def config(model: Any) -> Any:
@@ -33,7 +34,7 @@ def config(model: Any) -> Any:
 
 def check_rotary(model: Any) -> Any:
     """Return the config, or raise :class:`NotRotaryError` for a non-rotary model
-    (and :class:`~rope_interp.bridge.BridgeRotaryHooksError` for a bridge that never
+    (and :class:`~rope_interp.model.bridge.BridgeRotaryHooksError` for a bridge that never
     fires ``hook_rot_q``/``hook_rot_k``). Read the rotary layout with
     :func:`rotary_dim` / :func:`adjacent_pairs`, not from the config."""
     cfg = config(model)
@@ -95,14 +96,14 @@ def layers(model: Any, layers: int | Sequence[int] | None) -> list[int]:
     n = n_layers(model)
     if layers is None:
         return list(range(n))
-    return check_index("layer", layers, n)
+    return indices("layer", layers, n)
 
 
 def heads(model: Any, heads: int | Sequence[int] | None) -> list[int]:
     n = n_heads(model)
     if heads is None:
         return list(range(n))
-    return check_index("head", heads, n)
+    return indices("head", heads, n)
 
 
 def attn(model: Any, layer: int) -> Any:
@@ -182,7 +183,7 @@ def tokens_and_mask(model: Any, tokens: Any, what: str = "tokens") -> tuple[Tens
     length (not from the pad id, which is often also a real token such as EOS), on the side the
     tokenizer pads (``tokenizer.padding_side``).
 
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> toks, mask = tokens_and_mask(tiny_model(), torch.tensor([[1, 2, 3]]))
     >>> toks.shape, mask
     (torch.Size([1, 3]), None)
@@ -240,9 +241,9 @@ def to_tokens(model: Any, tokens: Any, what: str = "tokens") -> Tensor:
     or empty input, :class:`ContextLengthError` for sequences longer than the model's context, and
     :class:`~rope_interp.errors.PaddingError` for a batch of strings of different lengths (its
     padding would be counted as real tokens; entry points that honour a mask, such as
-    :meth:`~rope_interp.capture.BandStats.update`, use :func:`tokens_and_mask` instead).
+    :meth:`~rope_interp.read.capture.BandStats.update`, use :func:`tokens_and_mask` instead).
 
-    >>> from rope_interp.testing import tiny_model
+    >>> from rope_interp.model.testing import tiny_model
     >>> to_tokens(tiny_model(), [1, 2, 3]).shape
     torch.Size([1, 3])
     >>> to_tokens(tiny_model(), [-1, 2])

@@ -1,0 +1,6 @@
+"""The view layer: offline HTML pages, circuitsvis panels and atomic output folders.
+
+* :mod:`.html` — page building blocks (paragraphs, tables, the table of contents), one offline page;
+* :mod:`.panels` — circuitsvis views of band edits (:func:`ablation_view`, :func:`attention_diff`, ...);
+* :mod:`.output` — :class:`StagedOutput`: files appear in ``--out`` only when a run succeeds.
+"""
