@@ -576,10 +576,6 @@ def _p(text: str) -> str:
     return f"<p>{html.escape(text)}</p>"
 
 
-def _n_pos(fe: FrequencyEntropy) -> int:
-    return fe.seq_len - fe.start_pos
-
-
 def _massive_bands_text(c: InductionCircuit) -> str:
     counts = c.massive_per_band[: c.n_bands]
     if not sum(counts):
