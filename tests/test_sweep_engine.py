@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import ast
-import pathlib
-
 import pytest
 import torch
 
@@ -215,69 +212,6 @@ def test_refine_returns_the_exact_top_cells_with_exact_values(source):
     est = qk_attribution_sweep(model, TOKENS, metric, source=source, progress=False)
     torch.testing.assert_close(r.values[~mask], est.values[~mask])
     assert r.extra["n_exact"] == int(mask.sum()) >= 10 and r.method == "refine"
-
-
-# ---- structure -----------------------------------------------------------------------------------------------
-def _import_graph() -> dict[str, set[str]]:
-    """Edges between rope_interp modules from every import statement (lazy ones inside functions too)."""
-    root = pathlib.Path(__file__).resolve().parents[1] / "rope_interp"
-    graph: dict[str, set[str]] = {}
-    for path in root.rglob("*.py"):
-        rel = path.relative_to(root).with_suffix("")
-        parts = list(rel.parts)
-        name = ".".join(["rope_interp", *parts])
-        pkg = ["rope_interp", *parts[:-1]] if parts[-1] != "__init__" else ["rope_interp", *parts[:-1]]
-        if parts[-1] == "__init__":
-            name = ".".join(pkg)
-        edges = graph.setdefault(name, set())
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level:
-                base = pkg[: len(pkg) - (node.level - 1)]
-                mod = ".".join(base + ([node.module] if node.module else []))
-                targets = [mod] if node.module else [f"{mod}.{a.name}" for a in node.names]
-                edges.update(targets)
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("rope_interp"):
-                edges.add(node.module)
-    return {k: {e for e in v if e in graph and e != k} for k, v in graph.items()}
-
-
-def _cycle_through(graph: dict[str, set[str]], start: str) -> list[str] | None:
-    stack, seen = [(start, [start])], set()
-    while stack:
-        node, path = stack.pop()
-        for nxt in graph.get(node, ()):
-            if nxt == start:
-                return path + [start]
-            if nxt not in seen and nxt != "rope_interp":
-                seen.add(nxt)
-                stack.append((nxt, path + [nxt]))
-    return None
-
-
-@pytest.mark.parametrize(
-    "module",
-    [
-        "rope_interp.intervene.modes",
-        "rope_interp.sweep.metrics",
-        "rope_interp.sweep.grid",
-        "rope_interp.sweep.direct",
-        "rope_interp.sweep.tiers",
-        "rope_interp.sweep.patching",
-        "rope_interp.intervene.ablate",
-        "rope_interp.sweep.spec",
-    ],
-)
-def test_sweep_modules_are_in_no_import_cycle(module):
-    graph = _import_graph()
-    assert module in graph
-    assert _cycle_through(graph, module) is None
-
-
-def test_import_graph_sees_lazy_imports():
-    graph = _import_graph()
-    assert (
-        "rope_interp.read.capture" in graph["rope_interp.intervene.modes"]
-    )  # a lazy import inside a function
 
 
 def test_refine_cap_is_respected_and_an_unstable_top_warns():
