@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from torch import Tensor
@@ -126,6 +126,14 @@ def finite(name: str, value: Any) -> Any:
     if not math.isfinite(float(value)):
         raise ParameterError(f"{name} must be a finite number, got {value!r}")
     return value
+
+
+@overload
+def positive_int(name: str, value: Any, *, allow_none: Literal[False] = False, minimum: int = 1) -> int: ...
+@overload
+def positive_int(name: str, value: Any, *, allow_none: Literal[True], minimum: int = 1) -> int | None: ...
+@overload
+def positive_int(name: str, value: Any, *, allow_none: bool, minimum: int = 1) -> int | None: ...
 
 
 def positive_int(name: str, value: Any, *, allow_none: bool = False, minimum: int = 1) -> int | None:

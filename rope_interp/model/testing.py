@@ -154,7 +154,7 @@ def tiny_hf_dir(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
     )
     torch.manual_seed(seed)
-    ids = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    ids: dict[str, Any] = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
     if model_type == "gpt2":
         cfg = GPT2Config(
             n_layer=n_layers, n_embd=32, n_head=2, vocab_size=len(vocab), n_positions=n_ctx, **ids

@@ -193,13 +193,10 @@ class SiteMoments:
 
     @classmethod
     def zeros(cls, n_layers: int, n_heads: int, n_bands: int, device: torch.device) -> SiteMoments:
-        z = dict(dtype=torch.float64, device=device)
-        return cls(
-            torch.zeros(n_layers, n_heads, n_bands, **z),
-            torch.zeros(n_layers, n_heads, n_bands, **z),
-            torch.zeros(n_layers, n_heads, n_bands, 2, **z),
-            torch.zeros(n_layers, n_heads, n_bands, 2, 2, **z),
-        )
+        def z(*extra: int) -> Tensor:
+            return torch.zeros(n_layers, n_heads, n_bands, *extra, dtype=torch.float64, device=device)
+
+        return cls(z(), z(), z(2), z(2, 2))
 
     def add_(self, other: SiteMoments) -> None:
         for name in ("sum_norm", "sum_sq_norm", "sum_vec", "sum_outer"):
