@@ -230,7 +230,7 @@ def carrier_lines(
     >>> tuple(c.ratio_sink.shape), c.summary()["sink_checked"] > 0
     ((2, 4, 8), True)
     """
-    if adapter.is_bridge(model):
+    if not adapter.of(model).hooked_blocks:
         raise RopeInterpError(
             "carrier_lines reads ln2.hook_normalized of a HookedTransformer: load the model with "
             "rope_interp.load_model(..., bridge=False)"

@@ -284,7 +284,7 @@ class FFNHarmonics:
 
 
 def _ffn_stages(model: Any, layer: int) -> dict[str, Callable[[Tensor], Tensor]]:
-    if adapter.is_bridge(model) or not hasattr(model, "blocks"):
+    if not adapter.of(model).hooked_blocks or not hasattr(model, "blocks"):
         raise RopeInterpError(
             "ffn_harmonics calls blocks[layer].ln2 and .mlp directly: load the model as a HookedTransformer "
             "(rope_interp.load_model(..., bridge=False))"

@@ -201,7 +201,7 @@ class BandIntervention(HookSet):
         if mode == "mean" and self.params.get("reference") is not None:
             self._init_reference(self.params["reference"])
         # bridge: positions read from hook_cos/hook_sin (see the module docstring)
-        self._from_tables = self._positional and adapter.is_bridge(model)
+        self._from_tables = self._positional and adapter.of(model).positions_from_tables
         self._positions: dict[int, Tensor] = {}
         self._cos: dict[int, Tensor] = {}
         if self._from_tables:

@@ -1,16 +1,32 @@
-"""Thin adapter over TransformerLens models: the one place that reads model internals.
+"""The one place that reads model internals: an adapter object per model kind.
 
 Analyses and interventions never touch ``model.blocks[...]`` or ``model.cfg``
-directly; they ask this module. Two model classes are supported:
-``HookedTransformer`` and ``TransformerBridge`` (whose HF-side facts are read by
-:mod:`rope_interp.model.bridge`); supporting another means teaching these functions,
-not every caller.
+directly; they ask this module. What kind a model is gets decided once, when it
+is first seen (:func:`of`, cached per model object, as einops picks a backend per
+tensor type), and every question is then answered by that kind's class:
+
+* :class:`HookedAdapter` — a TransformerLens ``HookedTransformer`` (and anything that is
+  no other kind: a non-model fails in :meth:`~ModelAdapter.config` with ``NotAModelError``);
+* :class:`BridgeAdapter` — a ``TransformerBridge``, whose HF-side facts are read by
+  :mod:`rope_interp.model.bridge`.
+
+Supporting another kind means writing one :class:`ModelAdapter` subclass and registering
+it with :func:`register`, not teaching every caller. The module-level functions
+(``rotary_dim(model)`` ...) delegate to ``of(model)``.
+
+>>> from rope_interp.model.testing import tiny_model
+>>> model = tiny_model()
+>>> a = of(model)
+>>> type(a).__name__, a is of(model), a.rotary_dim(), a.hooked_blocks, a.positions_from_tables
+('HookedAdapter', True, 16, True, False)
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import weakref
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -21,15 +37,263 @@ from ..validate import indices
 from . import bridge as _bridge
 
 
+class ModelAdapter(ABC):
+    """What rope_interp asks of a model, answered for one model object of one kind.
+
+    Subclasses answer the kind-specific questions (the abstract methods) and set the
+    capability flags; :meth:`claims` says which models are of the kind. Build one with
+    :func:`of` (cached per model), not directly.
+
+    Capability flags (class attributes):
+        positions_from_tables: token positions are read from the applied cos/sin tables
+            (``hook_cos``/``hook_sin``), not from the hook inputs; such a model does not expose
+            positions to ``start_at_layer`` runs.
+        hooked_blocks: ``model.blocks[i]`` are TransformerLens' own blocks (``ln2.hook_normalized``
+            fires, ``ln2``/``mlp`` can be called on a residual stream directly).
+    """
+
+    positions_from_tables: ClassVar[bool] = False
+    hooked_blocks: ClassVar[bool] = True
+
+    def __init__(self, model: Any) -> None:
+        try:
+            ref: Callable[[], Any] = weakref.ref(model)  # the cache must not keep the model alive
+        except TypeError:  # an object without weak references (never cached)
+            ref = lambda: model  # noqa: E731
+        self._ref = ref
+
+    @classmethod
+    @abstractmethod
+    def claims(cls, model: Any) -> bool:
+        """Whether ``model`` is of this kind."""
+
+    @property
+    def model(self) -> Any:
+        """The model this adapter answers for."""
+        model = self._ref()
+        if model is None:
+            raise ReferenceError("the model of this adapter no longer exists")
+        return model
+
+    # ---- shared by every kind --------------------------------------------------------------
+    def config(self) -> Any:
+        """The model's ``HookedTransformerConfig`` (or bridge config)."""
+        cfg = getattr(self.model, "cfg", None)
+        if cfg is None:
+            raise NotAModelError(
+                "expected a TransformerLens HookedTransformer or TransformerBridge, got "
+                f"{type(self.model).__name__} (no .cfg); load one with rope_interp.load_model(...)"
+            )
+        return cfg
+
+    def check_rotary(self) -> Any:
+        """Return the config, or raise :class:`NotRotaryError` for a non-rotary model (and what
+        the kind raises for a rotary model it cannot read, see :meth:`_check_rotary_layout`)."""
+        cfg = self.config()
+        pos = getattr(cfg, "positional_embedding_type", None)
+        if pos != "rotary":
+            raise NotRotaryError(
+                f"model {getattr(cfg, 'model_name', '?')!r} uses positional_embedding_type={pos!r}; "
+                "rope_interp needs a rotary (RoPE) model (positional_embedding_type='rotary')"
+            )
+        self._check_rotary_layout(cfg)
+        return cfg
+
+    def adjacent_pairs(self) -> bool:
+        """GPT-J pairing ``(2i, 2i+1)`` (True) or NeoX/Llama halves ``(i, i + rotary_dim/2)`` (False)."""
+        return bool(getattr(self.config(), "rotary_adjacent_pairs", False))
+
+    def n_layers(self) -> int:
+        return int(self.config().n_layers)
+
+    def n_heads(self) -> int:
+        return int(self.config().n_heads)
+
+    def n_kv_heads(self) -> int:
+        cfg = self.config()
+        n = getattr(cfg, "n_key_value_heads", None)
+        if n is None or getattr(cfg, "ungroup_grouped_query_attention", False):
+            return int(cfg.n_heads)
+        return int(n)
+
+    def attn(self, layer: int) -> Any:
+        """The attention module of block ``layer``."""
+        return self.model.blocks[layer].attn
+
+    def device(self) -> torch.device:
+        """Where the model's weights live (inputs and results follow it)."""
+        try:
+            return next(self.model.parameters()).device
+        except StopIteration:
+            return torch.device(getattr(self.config(), "device", None) or "cpu")
+
+    # ---- kind-specific -----------------------------------------------------------------------
+    @abstractmethod
+    def _check_rotary_layout(self, cfg: Any) -> None:
+        """Raise when this rotary model's rotated queries/keys cannot be read."""
+
+    @abstractmethod
+    def rotary_dim(self) -> int:
+        """Number of rotated dims per head (``d_head`` unless partial rotary)."""
+
+    @abstractmethod
+    def attn_scale(self, layer: int) -> float:
+        """The divisor of ``q·k`` in this layer's attention scores."""
+
+    @abstractmethod
+    def softcap(self) -> float | None:
+        """The attention-score soft-cap (``cap * tanh(s / cap)``), None without one."""
+
+    @abstractmethod
+    def rotary_tables(self, layer: int, n_pos: int) -> tuple[Tensor, Tensor]:
+        """(sin, cos), each float64 ``[n_pos, rotary_dim]``, as this layer's attention computes them."""
+
+    @abstractmethod
+    def rotary_buffers(self, layer: int) -> tuple[Tensor, Tensor]:
+        """The sin/cos tables the model actually applies (in its dtype)."""
+
+    @abstractmethod
+    def local_window(self, layer: int) -> int | None:
+        """Sliding-window size of a local-attention layer (keys ``m - window < n <= m``), else None."""
+
+
+_KINDS: list[type[ModelAdapter]] = []
+
+
+def register(kind: type[ModelAdapter]) -> type[ModelAdapter]:
+    """Class decorator: make ``kind`` one of the kinds :func:`of` chooses from.
+
+    Kinds registered later are asked first, so a kind that refines another (a subclass
+    claiming some of its models) is registered after it.
+    """
+    _KINDS.append(kind)
+    return kind
+
+
+@register
+class HookedAdapter(ModelAdapter):
+    """A TransformerLens ``HookedTransformer``: everything is in its config and attention modules.
+
+    The kind of last resort (it claims every model no other kind claims), so that a
+    non-model is refused by :meth:`config` with the same ``NotAModelError`` as before.
+    """
+
+    @classmethod
+    def claims(cls, model: Any) -> bool:
+        return True
+
+    def _check_rotary_layout(self, cfg: Any) -> None:
+        if getattr(cfg, "rotary_dim", None) is None:
+            raise NotRotaryError("model config has positional_embedding_type='rotary' but no rotary_dim")
+
+    def rotary_dim(self) -> int:
+        return int(self.check_rotary().rotary_dim)
+
+    def attn_scale(self, layer: int) -> float:
+        return float(self.attn(layer).attn_scale)
+
+    def softcap(self) -> float | None:
+        cap = getattr(self.config(), "attn_scores_soft_cap", None)
+        return float(cap) if cap is not None and cap > 0 else None
+
+    def rotary_tables(self, layer: int, n_pos: int) -> tuple[Tensor, Tensor]:
+        """Calls the attention module's own ``calculate_sin_cos_rotary`` (so every frequency
+        scaling TransformerLens implements is included by construction) in float64, which keeps
+        low frequencies exact even for fp16/bf16 models whose cached buffers are rounded. Falls
+        back to the cached ``rotary_sin/rotary_cos``."""
+        cfg = self.check_rotary()
+        mod = self.attn(layer)
+        fn = getattr(mod, "calculate_sin_cos_rotary", None)
+        if fn is not None:
+            base = mod._rotary_base() if hasattr(mod, "_rotary_base") else cfg.rotary_base
+            sin, cos = fn(cfg.rotary_dim, n_pos, base=base, dtype=torch.float64)
+            return sin.double(), cos.double()
+        sin, cos = mod.rotary_sin, mod.rotary_cos
+        return sin[:n_pos].double().cpu(), cos[:n_pos].double().cpu()
+
+    def rotary_buffers(self, layer: int) -> tuple[Tensor, Tensor]:
+        mod = self.attn(layer)
+        return mod.rotary_sin, mod.rotary_cos
+
+    def local_window(self, layer: int) -> int | None:
+        if getattr(self.attn(layer), "attn_type", "global") == "local":
+            return int(self.config().window_size)
+        return None
+
+
+@register
+class BridgeAdapter(ModelAdapter):
+    """A ``TransformerBridge`` around an HF model: tables, scale, soft-cap and window read from the
+    HF modules (:mod:`rope_interp.model.bridge`); positions from ``hook_cos``/``hook_sin``.
+
+    >>> from rope_interp.model.testing import tiny_bridge
+    >>> a = of(tiny_bridge("llama"))
+    >>> type(a).__name__, a.rotary_dim(), a.positions_from_tables, a.hooked_blocks
+    ('BridgeAdapter', 8, True, False)
+    """
+
+    positions_from_tables = True
+    hooked_blocks = False
+
+    @classmethod
+    def claims(cls, model: Any) -> bool:
+        return _bridge.is_bridge(model)
+
+    def _check_rotary_layout(self, cfg: Any) -> None:
+        _bridge.check_rot_hooks(self.model)
+
+    def rotary_dim(self) -> int:
+        self.check_rotary()  # the bridge config's rotary_dim is often unset: read the applied tables
+        return _bridge.rotary_dim(self.model)
+
+    def attn_scale(self, layer: int) -> float:
+        return _bridge.attn_scale(self.model, layer)
+
+    def softcap(self) -> float | None:
+        return _bridge.softcap(self.model)
+
+    def rotary_tables(self, layer: int, n_pos: int) -> tuple[Tensor, Tensor]:
+        self.check_rotary()
+        return _bridge.rotary_tables(self.model, layer, n_pos)
+
+    def rotary_buffers(self, layer: int) -> tuple[Tensor, Tensor]:
+        """A bridge has no buffers: its tables for ``n_ctx`` positions in the model's dtype."""
+        sin, cos = _bridge.rotary_tables(self.model, layer, int(self.config().n_ctx))
+        dt = next(self.model.parameters()).dtype
+        return sin.to(dt), cos.to(dt)
+
+    def local_window(self, layer: int) -> int | None:
+        return _bridge.local_window(self.model, layer)
+
+
+_SEEN: weakref.WeakKeyDictionary[Any, ModelAdapter] = weakref.WeakKeyDictionary()
+
+
+def of(model: Any) -> ModelAdapter:
+    """The adapter of ``model``: its kind chosen when it is first seen, then cached per model object."""
+    try:
+        found = _SEEN.get(model)
+    except TypeError:  # unhashable or no weak references: choose every time
+        found = None
+    if found is not None and found._ref() is model:
+        return found
+    kind = next(k for k in reversed(_KINDS) if k.claims(model))
+    made = kind(model)
+    try:
+        _SEEN[model] = made
+    except TypeError:
+        pass
+    return made
+
+
+def is_bridge(model: Any) -> bool:
+    """True for a ``TransformerBridge``, False for a ``HookedTransformer``."""
+    return isinstance(of(model), BridgeAdapter)
+
+
 def config(model: Any) -> Any:
     """The model's ``HookedTransformerConfig`` (or bridge config)."""
-    cfg = getattr(model, "cfg", None)
-    if cfg is None:
-        raise NotAModelError(
-            f"expected a TransformerLens HookedTransformer or TransformerBridge, got {type(model).__name__} (no .cfg); "
-            "load one with rope_interp.load_model(...)"
-        )
-    return cfg
+    return of(model).config()
 
 
 def check_rotary(model: Any) -> Any:
@@ -37,52 +301,29 @@ def check_rotary(model: Any) -> Any:
     (and :class:`~rope_interp.model.bridge.BridgeRotaryHooksError` for a bridge that never
     fires ``hook_rot_q``/``hook_rot_k``). Read the rotary layout with
     :func:`rotary_dim` / :func:`adjacent_pairs`, not from the config."""
-    cfg = config(model)
-    pos = getattr(cfg, "positional_embedding_type", None)
-    if pos != "rotary":
-        raise NotRotaryError(
-            f"model {getattr(cfg, 'model_name', '?')!r} uses positional_embedding_type={pos!r}; "
-            "rope_interp needs a rotary (RoPE) model (positional_embedding_type='rotary')"
-        )
-    if is_bridge(model):
-        _bridge.check_rot_hooks(model)
-    elif getattr(cfg, "rotary_dim", None) is None:
-        raise NotRotaryError("model config has positional_embedding_type='rotary' but no rotary_dim")
-    return cfg
-
-
-def is_bridge(model: Any) -> bool:
-    """True for a ``TransformerBridge``, False for a ``HookedTransformer``."""
-    return _bridge.is_bridge(model)
+    return of(model).check_rotary()
 
 
 def rotary_dim(model: Any) -> int:
     """Number of rotated dims per head (``d_head`` unless partial rotary)."""
-    cfg = check_rotary(model)
-    if is_bridge(model):  # the bridge config's rotary_dim is often unset: read the applied tables
-        return _bridge.rotary_dim(model)
-    return int(cfg.rotary_dim)
+    return of(model).rotary_dim()
 
 
 def adjacent_pairs(model: Any) -> bool:
     """GPT-J pairing ``(2i, 2i+1)`` (True) or NeoX/Llama halves ``(i, i + rotary_dim/2)`` (False)."""
-    return bool(getattr(config(model), "rotary_adjacent_pairs", False))
+    return of(model).adjacent_pairs()
 
 
 def n_layers(model: Any) -> int:
-    return int(config(model).n_layers)
+    return of(model).n_layers()
 
 
 def n_heads(model: Any) -> int:
-    return int(config(model).n_heads)
+    return of(model).n_heads()
 
 
 def n_kv_heads(model: Any) -> int:
-    cfg = config(model)
-    n = getattr(cfg, "n_key_value_heads", None)
-    if n is None or getattr(cfg, "ungroup_grouped_query_attention", False):
-        return int(cfg.n_heads)
-    return int(n)
+    return of(model).n_kv_heads()
 
 
 def kv_map(model: Any) -> Tensor:
@@ -108,21 +349,17 @@ def heads(model: Any, heads: int | Sequence[int] | None) -> list[int]:
 
 def attn(model: Any, layer: int) -> Any:
     """The attention module of block ``layer``."""
-    return model.blocks[layer].attn
+    return of(model).attn(layer)
 
 
 def attn_scale(model: Any, layer: int) -> float:
     """The divisor of ``q·k`` in this layer's attention scores."""
-    if is_bridge(model):
-        return _bridge.attn_scale(model, layer)
-    return float(attn(model, layer).attn_scale)
+    return of(model).attn_scale(layer)
 
 
 def softcap(model: Any) -> float | None:
-    if is_bridge(model):
-        return _bridge.softcap(model)
-    cap = getattr(config(model), "attn_scores_soft_cap", None)
-    return float(cap) if cap is not None and cap > 0 else None
+    """The attention-score soft-cap, None without one."""
+    return of(model).softcap()
 
 
 def check_decomposable(model: Any) -> None:
@@ -136,24 +373,9 @@ def check_decomposable(model: Any) -> None:
 
 
 def rotary_tables(model: Any, layer: int, n_pos: int) -> tuple[Tensor, Tensor]:
-    """(sin, cos), each float64 ``[n_pos, rotary_dim]``, as this layer's attention computes them.
-
-    Calls the attention module's own ``calculate_sin_cos_rotary`` (so every
-    frequency scaling TransformerLens implements is included by construction) in
-    float64, which keeps low frequencies exact even for fp16/bf16 models whose
-    cached buffers are rounded. Falls back to the cached ``rotary_sin/rotary_cos``.
-    """
-    cfg = check_rotary(model)
-    if is_bridge(model):
-        return _bridge.rotary_tables(model, layer, n_pos)
-    mod = attn(model, layer)
-    fn = getattr(mod, "calculate_sin_cos_rotary", None)
-    if fn is not None:
-        base = mod._rotary_base() if hasattr(mod, "_rotary_base") else cfg.rotary_base
-        sin, cos = fn(cfg.rotary_dim, n_pos, base=base, dtype=torch.float64)
-        return sin.double(), cos.double()
-    sin, cos = mod.rotary_sin, mod.rotary_cos
-    return sin[:n_pos].double().cpu(), cos[:n_pos].double().cpu()
+    """(sin, cos), each float64 ``[n_pos, rotary_dim]``, as this layer's attention computes them
+    (see :meth:`HookedAdapter.rotary_tables`, :func:`rope_interp.model.bridge.rotary_tables`)."""
+    return of(model).rotary_tables(layer, n_pos)
 
 
 def rotary_buffers(model: Any, layer: int) -> tuple[Tensor, Tensor]:
@@ -161,12 +383,7 @@ def rotary_buffers(model: Any, layer: int) -> tuple[Tensor, Tensor]:
 
     A bridge has no buffers: its tables for ``n_ctx`` positions in the model's dtype.
     """
-    if is_bridge(model):
-        sin, cos = _bridge.rotary_tables(model, layer, int(config(model).n_ctx))
-        dt = next(model.parameters()).dtype
-        return sin.to(dt), cos.to(dt)
-    mod = attn(model, layer)
-    return mod.rotary_sin, mod.rotary_cos
+    return of(model).rotary_buffers(layer)
 
 
 def _is_text(tokens: Any) -> bool:
@@ -264,17 +481,9 @@ def to_tokens(model: Any, tokens: Any, what: str = "tokens") -> Tensor:
 
 def device(model: Any) -> torch.device:
     """Where the model's weights live (inputs and results follow it)."""
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device(getattr(config(model), "device", None) or "cpu")
+    return of(model).device()
 
 
 def local_window(model: Any, layer: int) -> int | None:
     """Sliding-window size of a local-attention layer (keys ``m - window < n <= m``), else None."""
-    if is_bridge(model):
-        return _bridge.local_window(model, layer)
-    mod = attn(model, layer)
-    if getattr(mod, "attn_type", "global") == "local":
-        return int(config(model).window_size)
-    return None
+    return of(model).local_window(layer)

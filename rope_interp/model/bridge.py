@@ -1,4 +1,4 @@
-"""TransformerLens ``TransformerBridge`` support: what :mod:`rope_interp.model.adapter` needs to read a bridge.
+"""``TransformerBridge`` support: what :class:`~.adapter.BridgeAdapter` needs to read a bridge.
 
 A bridge wraps a HuggingFace model instead of re-implementing it, so some facts
 ``HookedTransformer`` keeps in its config live in the HF modules instead:

@@ -18,8 +18,9 @@ import json
 import logging
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -66,6 +67,53 @@ def embedded_gguf_path(name: str = "smollm2-135m") -> Path:
     return files[0]
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """What a model name given to :func:`load_model` names (see :func:`resolve_name`).
+
+    Attributes:
+        kind: ``"gguf"`` (a GGUF file: an embedded model's or a path), ``"hf_dir"`` (a local
+            HuggingFace model directory with ``config.json``) or ``"hub"`` (a name for
+            TransformerLens / the HF hub).
+        where: the GGUF file or the directory (a :class:`~pathlib.Path`), or the hub name.
+        label: the model's name once loaded (``cfg.model_name``, the cache folder's prefix).
+    """
+
+    kind: Literal["gguf", "hf_dir", "hub"]
+    where: Path | str
+    label: str
+
+
+def resolve_name(name: str) -> ModelSource:
+    """Turn a user's model name or path into what to load, checking what can be checked offline.
+
+    Raises :class:`~rope_interp.errors.ModelNotAvailableError` for an embedded model whose
+    package is missing and ``FileNotFoundError`` for a path that is no GGUF file or model directory.
+
+    >>> resolve_name("meta-llama/Llama-3.2-1B")
+    ModelSource(kind='hub', where='meta-llama/Llama-3.2-1B', label='meta-llama/Llama-3.2-1B')
+    >>> resolve_name("no/such/model.gguf")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: GGUF file no/such/model.gguf does not exist
+    """
+    key = name.lower()
+    if key in EMBEDDED or key in EMBEDDED_ALIASES:
+        return ModelSource("gguf", embedded_gguf_path(key), EMBEDDED_ALIASES.get(key, key))
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file {path} does not exist")
+        return ModelSource("gguf", path, path.stem)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is a directory without config.json: not a HuggingFace model dir")
+        return ModelSource("hf_dir", path, path.name)
+    if path.exists() or os.sep in name and not name.count("/") == 1:
+        raise FileNotFoundError(f"{name!r} is neither a GGUF file nor a HuggingFace model directory")
+    return ModelSource("hub", name, name)
+
+
 def load_model(
     name: str = "smollm2-135m",
     *,
@@ -105,20 +153,11 @@ def load_model(
         )
     dtype = _dtype(dtype)
     device = torch.device(device or "cpu")
-    key = name.lower()
-    if key in EMBEDDED or key in EMBEDDED_ALIASES:
-        return _load_gguf(embedded_gguf_path(key), device, dtype, cache, label=EMBEDDED_ALIASES.get(key, key))
-    path = Path(name).expanduser()
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise FileNotFoundError(f"GGUF file {path} does not exist")
-        return _load_gguf(path, device, dtype, cache, label=path.stem)
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} is a directory without config.json: not a HuggingFace model dir")
-        return _load_hf_dir(path, device, dtype)
-    if path.exists() or os.sep in name and not name.count("/") == 1:
-        raise FileNotFoundError(f"{name!r} is neither a GGUF file nor a HuggingFace model directory")
+    source = resolve_name(name)
+    if source.kind == "gguf":
+        return _load_gguf(Path(source.where), device, dtype, cache, label=source.label)
+    if source.kind == "hf_dir":
+        return _load_hf_dir(Path(source.where), device, dtype)
     from transformer_lens import HookedTransformer
 
     kwargs = dict(fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False)
@@ -373,27 +412,17 @@ def _load_bridge(name: str, device: torch.device, dtype: torch.dtype, cache: boo
     """A ``TransformerBridge`` for any name :func:`load_model` accepts."""
     from .bridge import boot
 
-    key = name.lower()
-    if key in EMBEDDED or key in EMBEDDED_ALIASES:
-        label = EMBEDDED_ALIASES.get(key, key)
-        hf, tok = _hf_from_gguf_cached(embedded_gguf_path(key), label, cache)
-        return boot(hf, tok, label, device=device, dtype=dtype)
-    path = Path(name).expanduser()
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise FileNotFoundError(f"GGUF file {path} does not exist")
-        hf, tok = _hf_from_gguf_cached(path, path.stem, cache)
-        return boot(hf, tok, path.stem, device=device, dtype=dtype)
-    if path.is_dir():
+    source = resolve_name(name)
+    if source.kind == "gguf":
+        hf, tok = _hf_from_gguf_cached(Path(source.where), source.label, cache)
+        return boot(hf, tok, source.label, device=device, dtype=dtype)
+    if source.kind == "hf_dir":
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} is a directory without config.json: not a HuggingFace model dir")
+        path = Path(source.where)
         check_hf_rotary(AutoConfig.from_pretrained(str(path)), str(path))
         hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
-        return boot(hf, AutoTokenizer.from_pretrained(str(path)), path.name, device=device, dtype=dtype)
-    if path.exists() or os.sep in name and not name.count("/") == 1:
-        raise FileNotFoundError(f"{name!r} is neither a GGUF file nor a HuggingFace model directory")
+        return boot(hf, AutoTokenizer.from_pretrained(str(path)), source.label, device=device, dtype=dtype)
     from transformer_lens.model_bridge import TransformerBridge
 
     return TransformerBridge.boot_transformers(name, device=device, dtype=dtype, **boot_kwargs).eval()

@@ -28,6 +28,7 @@ from ..model import adapter
 from ..model.layout import RotaryBands
 from ..validate import indices, positive_int
 from .capture import BandCapture
+from .masks import causal_mask, masked_scores
 
 
 def band_score_terms(
@@ -101,12 +102,7 @@ class BandScores:
         """Bool ``[q_pos, k_pos]``: True where the model lets the query see the key
         (key <= query, and within the sliding window of a local-attention layer)."""
         m, n = self.per_band.shape[-2:]
-        qpos = torch.arange(self.q_start, self.q_start + m, device=self.per_band.device)[:, None]
-        kpos = torch.arange(n, device=self.per_band.device)[None, :]
-        mask = kpos <= qpos
-        if self.window is not None:
-            mask &= kpos > qpos - self.window
-        return mask
+        return causal_mask(m, n, self.window, self.q_start, self.per_band.device)
 
     def scores(self, drop: Sequence[int] = (), keep_only: Sequence[int] | None = None) -> Tensor:
         """Scores as the model would compute them (soft-cap, then causal mask = -inf),
@@ -119,9 +115,7 @@ class BandScores:
             s = self.total()
             if len(drop):
                 s = s - self.per_band[:, :, list(drop)].sum(2)
-        if self.softcap is not None:
-            s = self.softcap * torch.tanh(s / self.softcap)
-        return s.masked_fill(~self.causal_mask(), float("-inf"))
+        return masked_scores(s, self.softcap, self.window, self.q_start)
 
     def pattern(self, drop: Sequence[int] = (), keep_only: Sequence[int] | None = None) -> Tensor:
         """Softmax of :meth:`scores` over keys: ``[batch, head, q_pos, k_pos]``."""

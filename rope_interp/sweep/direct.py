@@ -6,8 +6,8 @@ per-band decomposition (:mod:`rope_interp.read.decompose`), for every band at on
 * :func:`band_changed_patterns` — the pure maths behind them and behind the QK-fixed
   attribution tier (:func:`rope_interp.sweep.tiers.qk_attribution_sweep`): the pattern of every head
   when band ``b``'s q and/or k components are replaced, one band (and optionally one position)
-  at a time. The causal / local-window mask is the decomposition's own
-  (:meth:`rope_interp.read.decompose.BandScores.causal_mask`), the soft-cap the model's.
+  at a time. The soft-cap and the causal / local-window mask are the decomposition's own
+  (:func:`rope_interp.read.masks.masked_pattern`).
 """
 
 from __future__ import annotations
@@ -24,24 +24,10 @@ from ..errors import RopeInterpError
 from ..model import adapter
 from ..model.layout import RotaryBands
 from ..read.capture import BandCapture
-from ..read.decompose import BandScores, band_score_terms
+from ..read.decompose import band_score_terms
+from ..read.masks import masked_pattern
 from ..validate import indices
 from .grid import SweepResult
-
-
-def _causal_mask(m: int, n: int, window: int | None, device: Any) -> Tensor:
-    """Bool ``[q, k]``: what the model lets the last ``m`` queries see of ``n`` keys (decompose's rule)."""
-    empty = torch.empty(0, 0, 1, m, n, device=device)
-    bs = BandScores(empty, empty[:, :, 0], layer=0, heads=[], bands=[], q_start=n - m, window=window)
-    return bs.causal_mask()
-
-
-def _pattern(s: Tensor, softcap: float | None, window: int | None) -> Tensor:
-    """Softmax over keys of scores ``[..., q, k]`` after the soft-cap and the causal mask."""
-    if softcap is not None:
-        s = softcap * torch.tanh(s / softcap)
-    keep = _causal_mask(s.shape[-2], s.shape[-1], window, s.device)
-    return torch.softmax(s.masked_fill(~keep, float("-inf")), dim=-1)
 
 
 def _drop_each_pattern(
@@ -52,7 +38,7 @@ def _drop_each_pattern(
 ) -> Float[Tensor, "batch head band q k"]:
     """Softmax patterns with each band's term removed in turn (pure maths)."""
     s = (terms.sum(2) + remainder)[:, :, None] - terms
-    return _pattern(s, softcap, window)
+    return masked_pattern(s, softcap, window)
 
 
 def band_changed_patterns(
@@ -93,7 +79,7 @@ def band_changed_patterns(
         km = torch.where(row[None, :, None, None, None], kn, k)
         t_new, _ = band_score_terms(qm, km, attn_scale)
         d = t_new - t
-    return _pattern(s, softcap, window), _pattern(s[:, :, None] + d, softcap, window)
+    return masked_pattern(s, softcap, window), masked_pattern(s[:, :, None] + d, softcap, window)
 
 
 def pass_scores(
@@ -199,7 +185,7 @@ def direct_effect_sweep(
         terms, rest = _layer_terms(model, cap, spec, L)
         terms, rest = terms[:, heads], rest[:, heads]
         window = adapter.local_window(model, L)
-        full = _pattern(terms.sum(2) + rest, softcap, window)
+        full = masked_pattern(terms.sum(2) + rest, softcap, window)
         out = []
         for i in range(0, len(bands), chunk):
             sel = bands[i : i + chunk]

@@ -205,7 +205,7 @@ class CellOp:
         self._adt = angle_dtype(dev)
         self._freqs = {L: spec.freqs[L].to(device=dev, dtype=self._adt) for L in layers}
         self._reference: dict[tuple[int, str], Tensor] = {}
-        if self.row is not None and self.row.position_dependent and adapter.is_bridge(model):
+        if self.row is not None and self.row.position_dependent and adapter.of(model).positions_from_tables:
             raise ParameterError(
                 f"a sweep in mode {mode!r} needs token positions, which a TransformerBridge does not expose to "
                 "start_at_layer runs; load the model as a HookedTransformer"
