@@ -30,6 +30,7 @@ from ..errors import ContextLengthError, ParameterError
 from ..model import adapter
 from ..model.hooks import FwdHooks, HookSet, attn_hook
 from ..model.layout import RotaryBands
+from ..progress import progress_bar
 from ..validate import positive_int
 from .inputs import figure, heatmap, layer_list, text_tokens, windows
 from .registry import Analysis, Option, RunContext, as_blocks, auto_size
@@ -312,8 +313,6 @@ def frequency_entropy(
     >>> tuple(fe.entropy.shape), [r["condition"] for r in fe.ablation][:2]
     ((2, 4, 8), ['unablated', '2 lowest-entropy bands zeroed'])
     """
-    from tqdm.auto import tqdm
-
     layers = layer_list(model, layers)
     start_pos = positive_int("start_pos", start_pos, minimum=0)
     n_control = positive_int("n_control", n_control, minimum=0)
@@ -380,7 +379,7 @@ def frequency_entropy(
                     ablate_k,
                 )
             )
-    for name, hs, cnt in tqdm(conds, desc="entropy ablation", disable=not progress, leave=False):
+    for name, hs, cnt in progress_bar(conds, desc="entropy ablation", enabled=progress):
         tot, count = 0.0, 0
         for tokens in cache:
             with torch.no_grad():

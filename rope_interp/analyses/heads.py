@@ -35,6 +35,7 @@ from torch import Tensor
 from ..model import adapter
 from ..model.hooks import FwdHooks, HookSet, attn_hook, per_device
 from ..model.layout import RotaryBands
+from ..progress import progress_bar
 from ..read.decompose import iter_band_scores
 from ..validate import finite, positive_int
 from .inputs import figure, heatmap, layer_list
@@ -359,11 +360,9 @@ def add_causal_checks(
     window for all the layer's heads — the same numbers (only the head's own pattern is read,
     and it depends on nothing the ablation changes upstream), far fewer forwards.
     """
-    from tqdm.auto import tqdm
-
     found = result.found()
     if method == "hooks":
-        for layer, h, o, s in tqdm(found, desc="causal check", disable=not progress, leave=False):
+        for layer, h, o, s in progress_bar(found, desc="causal check", enabled=progress):
             c = causal_check(model, cache, layer, h, o, k, start_pos, method)
             result.causal.append(dict(c, score=s))
         return result
@@ -371,7 +370,7 @@ def add_causal_checks(
     for layer, h, o, _ in found:
         by_layer.setdefault(layer, []).append((h, o))
     checks: dict[tuple[int, int, int], dict] = {}
-    for layer, pairs in tqdm(by_layer.items(), desc="causal check", disable=not progress, leave=False):
+    for layer, pairs in progress_bar(by_layer.items(), desc="causal check", enabled=progress):
         for c in layer_causal_checks(model, cache, layer, pairs, k, start_pos):
             checks[c["layer"], c["head"], c["offset"]] = c
     result.causal.extend(dict(checks[layer, h, o], score=s) for layer, h, o, s in found)

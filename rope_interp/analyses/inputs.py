@@ -30,6 +30,7 @@ from torch import Tensor
 from ..errors import ContextLengthError, RopeInterpError, TokenError
 from ..model import adapter
 from ..model.hooks import FwdHooks
+from ..progress import progress_bar
 from ..read.capture import band_hooks
 from ..validate import positive_int
 
@@ -149,14 +150,12 @@ def windows(
     the first that many windows (the bar counts to the limit)."""
     import itertools
 
-    from tqdm.auto import tqdm
-
     window = _check_window(model, window)  # before count_windows divides by it
     it = itertools.islice(iter_windows(model, data, window), limit)
     total = count_windows(model, data, window)
     if limit is not None:
         total = limit if total is None else min(total, limit)
-    yield from tqdm(it, desc=desc, disable=not progress, total=total, leave=False)
+    yield from progress_bar(it, desc=desc, enabled=progress, total=total)
 
 
 def prefix_mean(

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from ..model.hooks import FwdHooks
+from ..progress import progress_bar
 
 
 class Accumulator:
@@ -144,9 +145,8 @@ def run_pass(
             forward_window(model, tokens, accs)
             n += 1
         return n
-    # under torchrun: this rank's contiguous block of windows, then every rank's sums merged in rank order
-    from tqdm.auto import tqdm
 
+    # under torchrun: this rank's contiguous block of windows, then every rank's sums merged in rank order
     def every_window() -> list[Tensor]:
         every = list(windows(model, data, window, False, desc))
         for a in accs:
@@ -154,7 +154,7 @@ def run_pass(
         return every
 
     def feed(mine: list[Tensor]) -> int:
-        for tokens in tqdm(mine, desc=desc, disable=not (progress and distributed.is_root()), leave=False):
+        for tokens in progress_bar(mine, desc=desc, enabled=progress):
             forward_window(model, tokens, accs)
         return len(mine)
 
