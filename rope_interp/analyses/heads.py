@@ -472,8 +472,7 @@ class HeadsAccumulator(Accumulator):
             self.cache.append(tokens)
 
     def merge(self, other: HeadsAccumulator) -> HeadsAccumulator:
-        if (other.layers, other.offsets, other.start_pos) != (self.layers, self.offsets, self.start_pos):
-            raise ValueError("cannot merge positional-head sums over different layers, offsets or start_pos")
+        self.check_merge(other, "layers", "offsets", "start_pos", what="positional-head sums")
         self.att.sums += other.att.sums.to(self.att.sums.device)
         self.att.counts += other.att.counts
         self.margin += other.margin.to(self.margin.device)

@@ -39,7 +39,7 @@ from ..read.capture import BandStats
 from ..validate import finite, positive_int
 from .inputs import figure, heatmap, layer_list
 from .registry import Analysis, Block, Option, RunContext
-from .stream import Accumulator, run_pass
+from .stream import Accumulator, check_merge, run_pass
 
 
 def predicted_bands(freqs: Float[Tensor, "... band"], context_length: int) -> Bool[Tensor, "... band"]:
@@ -139,8 +139,7 @@ class OffsetFeatures:
 
     def merge(self, other: OffsetFeatures) -> OffsetFeatures:
         """Token-weighted combination of two results over the same layers (streaming)."""
-        if other.layers != self.layers:
-            raise ValueError(f"cannot merge offsets over layers {other.layers} into {self.layers}")
+        check_merge(self, other, "layers", what="offsets")
         n = self.n_tokens + other.n_tokens
         a, b = self.n_tokens / n, other.n_tokens / n
         mix = {

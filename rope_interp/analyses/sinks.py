@@ -209,8 +209,7 @@ class SinkAccumulator(Accumulator):
         self.n_tokens += tokens.numel()
 
     def merge(self, other: SinkAccumulator) -> SinkAccumulator:
-        if (other.layers, other.start_pos) != (self.layers, self.start_pos):
-            raise ValueError("cannot merge sink sums over different layers or start_pos")
+        self.check_merge(other, "layers", "start_pos", what="sink sums")
         for n in self.sums:
             self.sums[n] += other.sums[n].to(self.sums[n].device)
         self.sep_pass += other.sep_pass.to(self.sep_pass.device)

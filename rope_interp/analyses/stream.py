@@ -33,8 +33,41 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import MergeError
 from ..model.hooks import FwdHooks
 from ..progress import progress_bar
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and bool((a == b).all())
+    return bool(a == b)
+
+
+def check_merge(mine: Any, other: Any, *names: str, what: str | None = None) -> None:
+    """Raise :class:`~rope_interp.errors.MergeError` unless ``other`` is a ``type(mine)`` whose
+    attributes ``names`` equal ``mine``'s (the layout two sums must share to be added up).
+
+    The message names each attribute that differs, ``other``'s value first.
+
+    >>> from types import SimpleNamespace as NS
+    >>> check_merge(NS(layers=[0, 1], start_pos=1), NS(layers=[0, 1], start_pos=1), "layers", "start_pos")
+    >>> check_merge(NS(layers=[0], start_pos=1), NS(layers=[1], start_pos=1), "layers", "start_pos", what="sums")
+    Traceback (most recent call last):
+    ...
+    rope_interp.errors.MergeError: cannot merge sums with different layers (other vs this): layers: [1] vs [0]
+    """
+    what = what or type(mine).__name__
+    if not isinstance(other, type(mine)):
+        raise MergeError(
+            f"cannot merge {what}: expected another {type(mine).__name__}, got {type(other).__name__}"
+        )
+    differ = [n for n in names if not _same(getattr(other, n), getattr(mine, n))]
+    if differ:
+        raise MergeError(
+            f"cannot merge {what} with different {', '.join(differ)} (other vs this): "
+            + "; ".join(f"{n}: {getattr(other, n)!r} vs {getattr(mine, n)!r}" for n in differ)
+        )
 
 
 class Accumulator:
@@ -46,7 +79,7 @@ class Accumulator:
     """
 
     layers: list[int]
-    pair_layers: list[int] = []
+    pair_layers: Sequence[int] = ()
     needs_loss: bool = False
     """True: the forward runs to the end and :meth:`observe_loss` gets the per-token loss."""
 
@@ -74,6 +107,11 @@ class Accumulator:
     def merge(self, other: Any) -> Any:
         """Add ``other``'s sums into this accumulator (same model, layers and options); returns self."""
         raise NotImplementedError
+
+    def check_merge(self, other: Any, *names: str, what: str | None = None) -> None:
+        """For :meth:`merge`: :class:`~rope_interp.errors.MergeError` unless ``other`` is of this type and
+        agrees on the attributes ``names`` (:func:`check_merge`)."""
+        check_merge(self, other, *names, what=what)
 
     def finalize(self) -> Any:
         """The analysis' result object."""

@@ -23,7 +23,7 @@ from ..read.capture import BandStats
 from ..validate import positive_int
 from .inputs import figure, heatmap, layer_list
 from .registry import Analysis, Block, Option, RunContext
-from .stream import Accumulator, run_pass
+from .stream import Accumulator, check_merge, run_pass
 
 SITES = {"q": "rot_q", "k": "rot_k", "v": "v"}
 
@@ -70,8 +70,7 @@ class FrequencyUsage:
 
     def merge(self, other: FrequencyUsage) -> FrequencyUsage:
         """Token-weighted combination of two results over the same layers (streaming)."""
-        if other.layers != self.layers:
-            raise ValueError(f"cannot merge usage over layers {other.layers} into {self.layers}")
+        check_merge(self, other, "layers", what="usage")
         n = self.n_tokens + other.n_tokens
         a, b = self.n_tokens / n, other.n_tokens / n
         return FrequencyUsage(
