@@ -32,6 +32,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ..intervene.ablate import ablate_bands
 from ..model import adapter
 from ..model.hooks import FwdHooks, HookSet, attn_hook, per_device
 from ..model.layout import RotaryBands
@@ -249,7 +250,6 @@ def _survival_hooks(
     offset: int,
     drop: list[int],
     start_pos: int,
-    ablate_bands: Any,
 ) -> float:
     vals = []
     for ablate in (False, True):
@@ -283,16 +283,9 @@ def causal_check(
     n_bands = RotaryBands.from_model(model).n_bands
     if not 1 <= k <= n_bands:
         raise ValueError(f"k must be in 1..{n_bands}, got {k}")
-    abl = None
-    if method in ("auto", "hooks"):
-        try:
-            from ..intervene.ablate import ablate_bands as abl
-        except ImportError:
-            if method == "hooks":
-                raise
     top, bottom = list(range(k)), list(range(n_bands - k, n_bands))
-    if abl is not None:
-        surv = [_survival_hooks(model, cache, layer, head, offset, d, start_pos, abl) for d in (top, bottom)]
+    if method in ("auto", "hooks"):
+        surv = [_survival_hooks(model, cache, layer, head, offset, d, start_pos) for d in (top, bottom)]
         used = "hooks"
     else:
         surv = [_survival_analytic(model, cache, layer, head, offset, d, start_pos) for d in (top, bottom)]
