@@ -32,7 +32,7 @@ from ..model.hooks import FwdHooks, HookSet, attn_hook
 from ..model.layout import RotaryBands
 from ..progress import progress_bar
 from ..validate import positive_int
-from .inputs import figure, heatmap, layer_list, text_tokens, windows
+from .inputs import figure, heatmap, layer_head_band_frame, layer_list, text_tokens, windows
 from .registry import Analysis, Option, RunContext, as_blocks, auto_size
 
 # ---- 3. frequency entropy ----------------------------------------------------------------------------------
@@ -139,24 +139,9 @@ class FrequencyEntropy:
 
     def to_dataframe(self):
         """One row per (layer, head, band): entropy, period of the spectral peak and its power share."""
-        import pandas as pd
-
-        L, H, B = self.entropy.shape
         period, share = self.peak()
-        rows = [
-            {
-                "layer": self.layers[i],
-                "head": h,
-                "band": b,
-                "entropy": float(self.entropy[i, h, b]),
-                "peak_period_tokens": float(period[i, h, b]),
-                "peak_power_share": float(share[i, h, b]),
-            }
-            for i in range(L)
-            for h in range(H)
-            for b in range(B)
-        ]
-        return pd.DataFrame(rows)
+        cols = {"entropy": self.entropy, "peak_period_tokens": period, "peak_power_share": share}
+        return layer_head_band_frame(self.layers, cols)
 
     def ablation_dataframe(self):
         import pandas as pd

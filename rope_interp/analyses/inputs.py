@@ -207,19 +207,24 @@ def figure(n_axes: int = 1, width: float = 6.0, height: float = 4.0):
 def layer_head_band_frame(layers: Sequence[int], columns: dict[str, Tensor]):
     """Long table of ``[layer, head, band]`` tensors: one row per cell, model layer numbers in ``layer``.
 
-    >>> layer_head_band_frame([3], {"x": torch.zeros(1, 2, 2)}).shape
-    (4, 4)
+    Columns come in ``columns``' order after ``layer``, ``head``, ``band``; a ``[layer, band]``
+    tensor (a band frequency, a per-band flag) is repeated for every head.
+
+    >>> df = layer_head_band_frame([3], {"x": torch.zeros(1, 2, 2), "theta": torch.tensor([[1.0, 0.5]])})
+    >>> df.shape, list(df.columns), df["theta"].tolist()
+    ((4, 5), ['layer', 'head', 'band', 'x', 'theta'], [1.0, 0.5, 1.0, 0.5])
     """
     import pandas as pd
 
-    L, H, B = next(iter(columns.values())).shape
+    L, H, B = next(t for t in columns.values() if t.dim() == 3).shape
     idx = torch.cartesian_prod(torch.arange(L), torch.arange(H), torch.arange(B))
     data = {
         "layer": [layers[i] for i in idx[:, 0].tolist()],
         "head": idx[:, 1].tolist(),
         "band": idx[:, 2].tolist(),
     }
-    return pd.DataFrame(data | {name: t.flatten().tolist() for name, t in columns.items()})
+    per_cell = {name: (t[:, None, :].expand(L, H, B) if t.dim() == 2 else t) for name, t in columns.items()}
+    return pd.DataFrame(data | {name: t.flatten().tolist() for name, t in per_cell.items()})
 
 
 def layer_list(model: Any, layers: Any) -> list[int]:

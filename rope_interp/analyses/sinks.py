@@ -33,7 +33,7 @@ from ..model import adapter
 from ..model.hooks import FwdHooks, attn_hook, per_device
 from ..model.layout import RotaryBands
 from ..validate import positive_int
-from .inputs import figure, heatmap, layer_list, prefix_mean
+from .inputs import figure, heatmap, layer_head_band_frame, layer_list, prefix_mean
 from .registry import Analysis, Block, Option
 from .stream import Accumulator, run_pass
 
@@ -94,21 +94,8 @@ class SinkChannels:
 
     def to_dataframe(self):
         """Long table: layer, head, band, bos/other terms and bounds."""
-        import pandas as pd
-
-        L, H, B = self.bos_term.shape
-        idx = torch.cartesian_prod(torch.arange(L), torch.arange(H), torch.arange(B))
-        return pd.DataFrame(
-            {
-                "layer": [self.layers[i] for i in idx[:, 0].tolist()],
-                "head": idx[:, 1].tolist(),
-                "band": idx[:, 2].tolist(),
-                "bos_term": self.bos_term.flatten().tolist(),
-                "other_term": self.other_term.flatten().tolist(),
-                "bos_bound": self.bos_bound.flatten().tolist(),
-                "other_bound": self.other_bound.flatten().tolist(),
-            }
-        )
+        names = ("bos_term", "other_term", "bos_bound", "other_bound")
+        return layer_head_band_frame(self.layers, {n: getattr(self, n) for n in names})
 
     def plot(self, layer: int | None = None, head: int | None = None):
         """BOS attention per layer × head, and per-band BOS / other terms with bounds for one head

@@ -14,14 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from ..model.layout import RotaryBands
 from ..read.capture import BandStats
 from ..validate import positive_int
-from .inputs import figure, heatmap, layer_list
+from .inputs import figure, heatmap, layer_head_band_frame, layer_list
 from .registry import Analysis, Block, Option, RunContext
 from .stream import Accumulator, check_merge, run_pass
 
@@ -88,21 +87,9 @@ class FrequencyUsage:
 
         frames = []
         for site in SITES:
-            x = self._site(site)
-            L, H, B = x.shape
-            idx = torch.cartesian_prod(torch.arange(L), torch.arange(H), torch.arange(B))
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "site": site,
-                        "layer": [self.layers[i] for i in idx[:, 0].tolist()],
-                        "head": idx[:, 1].tolist(),
-                        "band": idx[:, 2].tolist(),
-                        "theta": self.freqs[idx[:, 0], idx[:, 2]].tolist(),
-                        "mean_norm": x.flatten().tolist(),
-                    }
-                )
-            )
+            df = layer_head_band_frame(self.layers, {"theta": self.freqs, "mean_norm": self._site(site)})
+            df.insert(0, "site", site)
+            frames.append(df)
         return pd.concat(frames, ignore_index=True)
 
     def plot(self, layer: int | None = None):
