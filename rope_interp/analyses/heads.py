@@ -34,12 +34,12 @@ from torch import Tensor
 
 from ..intervene.ablate import ablate_bands
 from ..model import adapter
-from ..model.hooks import FwdHooks, HookSet, attn_hook, per_device
+from ..model.hooks import FwdHooks, HookSet, per_device
 from ..model.layout import RotaryBands
 from ..progress import progress_bar
 from ..read.decompose import iter_band_scores
 from ..validate import finite, positive_int
-from .inputs import figure, heatmap, layer_list
+from .inputs import figure, heatmap, layer_list, pattern_hooks
 from .registry import Analysis, Block, Option, RunContext, literal_choices
 from .stream import Accumulator, run_pass
 
@@ -75,10 +75,7 @@ class OffsetAttention(HookSet):
         return pattern
 
     def fwd_hooks(self) -> FwdHooks:
-        return [
-            (attn_hook(layer, "pattern"), lambda p, hook, i=i: self._hook(p, hook, i))
-            for i, layer in enumerate(self.layers)
-        ]
+        return pattern_hooks(self.layers, self._hook)
 
     def count(self, tokens: Tensor) -> None:
         b, n = tokens.shape
@@ -269,6 +266,26 @@ def _survival_hooks(
     return vals[1] / vals[0] if vals[0] else float("nan")
 
 
+def _top_bottom(model: Any, k: int) -> tuple[list[int], list[int]]:
+    """The ``k`` highest and the ``k`` lowest bands of the model (``k`` checked)."""
+    n_bands = RotaryBands.from_model(model).n_bands
+    if not 1 <= k <= n_bands:
+        raise ValueError(f"k must be in 1..{n_bands}, got {k}")
+    return list(range(k)), list(range(n_bands - k, n_bands))
+
+
+def _causal_record(layer: int, head: int, offset: int, k: int, surv: list[float], method: str) -> dict:
+    return dict(
+        layer=layer,
+        head=head,
+        offset=offset,
+        k=k,
+        top_k_survival=surv[0],
+        bottom_k_survival=surv[1],
+        method=method,
+    )
+
+
 def causal_check(
     model: Any,
     cache: list[Tensor],
@@ -280,25 +297,14 @@ def causal_check(
     method: Method = "auto",
 ) -> dict:
     """Survival of head ``(layer, head)``'s attention on ``offset`` when its ``k`` highest / lowest bands are zeroed."""
-    n_bands = RotaryBands.from_model(model).n_bands
-    if not 1 <= k <= n_bands:
-        raise ValueError(f"k must be in 1..{n_bands}, got {k}")
-    top, bottom = list(range(k)), list(range(n_bands - k, n_bands))
+    top, bottom = _top_bottom(model, k)
     if method in ("auto", "hooks"):
         surv = [_survival_hooks(model, cache, layer, head, offset, d, start_pos) for d in (top, bottom)]
         used = "hooks"
     else:
         surv = [_survival_analytic(model, cache, layer, head, offset, d, start_pos) for d in (top, bottom)]
         used = "analytic"
-    return dict(
-        layer=layer,
-        head=head,
-        offset=offset,
-        k=k,
-        top_k_survival=surv[0],
-        bottom_k_survival=surv[1],
-        method=used,
-    )
+    return _causal_record(layer, head, offset, k, surv, used)
 
 
 def positional_heads(
@@ -383,11 +389,8 @@ def layer_causal_checks(
     >>> abs(c["top_k_survival"] - ref["top_k_survival"]) < 1e-6
     True
     """
-    n_bands = RotaryBands.from_model(model).n_bands
-    if not 1 <= k <= n_bands:
-        raise ValueError(f"k must be in 1..{n_bands}, got {k}")
     heads = sorted({h for h, _ in pairs})
-    drops = ([], list(range(k)), list(range(n_bands - k, n_bands)))  # none, top k, bottom k
+    drops = ([], *_top_bottom(model, k))  # none, top k, bottom k
     sums = torch.zeros(len(pairs), 3, dtype=torch.float64)
     for tokens in cache:
         for bs in iter_band_scores(model, tokens, layer, heads=heads, chunk_size=128):
@@ -402,17 +405,7 @@ def layer_causal_checks(
     for j, (h, o) in enumerate(pairs):
         base = float(sums[j, 0])
         surv = [float(sums[j, c]) / base if base else float("nan") for c in (1, 2)]
-        out.append(
-            dict(
-                layer=layer,
-                head=h,
-                offset=o,
-                k=k,
-                top_k_survival=surv[0],
-                bottom_k_survival=surv[1],
-                method="analytic",
-            )
-        )
+        out.append(_causal_record(layer, h, o, k, surv, "analytic"))
     return out
 
 
@@ -468,10 +461,7 @@ class HeadsAccumulator(Accumulator):
         self.check_merge(other, "layers", "offsets", "start_pos", what="positional-head sums")
         self.att.sums += other.att.sums.to(self.att.sums.device)
         self.att.counts += other.att.counts
-        self.margin += other.margin.to(self.margin.device)
-        self.margin_pass += other.margin_pass.to(self.margin_pass.device)
-        self.n_q += other.n_q
-        self.n_tokens += other.n_tokens
+        self.add_sums(other, "margin", "margin_pass", "n_q", "n_tokens")
         self.cache = (self.cache + other.cache)[: self.causal_windows]
         return self
 

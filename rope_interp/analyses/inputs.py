@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..errors import ContextLengthError, RopeInterpError, TokenError
 from ..model import adapter
-from ..model.hooks import FwdHooks
+from ..model.hooks import FwdHooks, attn_hook
 from ..progress import progress_bar
 from ..read.capture import band_hooks
 from ..validate import positive_int
@@ -230,6 +230,17 @@ def layer_head_band_frame(layers: Sequence[int], columns: dict[str, Tensor]):
 def layer_list(model: Any, layers: Any) -> list[int]:
     """Validated, sorted, de-duplicated layers (None = all)."""
     return sorted(set(adapter.layers(model, layers)))
+
+
+def pattern_hooks(layers: Sequence[int], fn: Callable[[Tensor, Any, int], Tensor]) -> FwdHooks:
+    """Hooks calling ``fn(pattern, hook, i)`` at each layer's ``hook_pattern``, ``i`` the layer's index in ``layers``.
+
+    >>> [name for name, _ in pattern_hooks([2, 5], lambda p, hook, i: p)]
+    ['blocks.2.attn.hook_pattern', 'blocks.5.attn.hook_pattern']
+    """
+    return [
+        (attn_hook(layer, "pattern"), lambda p, hook, i=i: fn(p, hook, i)) for i, layer in enumerate(layers)
+    ]
 
 
 def qk_pair_hooks(model: Any, layers: Sequence[int], fn: Callable[..., None]) -> FwdHooks:

@@ -173,11 +173,7 @@ class MassiveAccumulator(Accumulator):
 
     def merge(self, other: MassiveAccumulator) -> MassiveAccumulator:
         self.check_merge(other, "layers", what="massive sums")
-        for s in SITES:
-            self.sums[s] += other.sums[s].to(self.sums[s].device)
-        self.n_tokens += other.n_tokens
-        self.loss_sum += other.loss_sum
-        self.loss_count += other.loss_count
+        self.add_sums(other, "sums", "n_tokens", "loss_sum", "loss_count")
         self.first_losses = (self.first_losses + other.first_losses)[: self.loss_windows]
         return self
 

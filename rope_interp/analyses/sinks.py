@@ -30,10 +30,10 @@ from torch import Tensor
 
 from ..bands import band_norms
 from ..model import adapter
-from ..model.hooks import FwdHooks, attn_hook, per_device
+from ..model.hooks import FwdHooks, per_device
 from ..model.layout import RotaryBands
 from ..validate import positive_int
-from .inputs import figure, heatmap, layer_head_band_frame, layer_list, prefix_mean
+from .inputs import figure, heatmap, layer_head_band_frame, layer_list, pattern_hooks, prefix_mean
 from .registry import Analysis, Block, Option
 from .stream import Accumulator, run_pass
 
@@ -186,10 +186,7 @@ class SinkAccumulator(Accumulator):
         return p
 
     def fwd_hooks(self) -> FwdHooks:
-        return [
-            (attn_hook(layer, "pattern"), lambda p, hook, i=i: self._on_pattern(p, hook, i))
-            for i, layer in enumerate(self.layers)
-        ]
+        return pattern_hooks(self.layers, self._on_pattern)
 
     def observe(self, tokens: Tensor) -> None:
         self.n_q += tokens.shape[0] * (tokens.shape[1] - self.start_pos)
@@ -197,12 +194,7 @@ class SinkAccumulator(Accumulator):
 
     def merge(self, other: SinkAccumulator) -> SinkAccumulator:
         self.check_merge(other, "layers", "start_pos", what="sink sums")
-        for n in self.sums:
-            self.sums[n] += other.sums[n].to(self.sums[n].device)
-        self.sep_pass += other.sep_pass.to(self.sep_pass.device)
-        self.bos_sum += other.bos_sum.to(self.bos_sum.device)
-        self.n_q += other.n_q
-        self.n_tokens += other.n_tokens
+        self.add_sums(other, "sums", "sep_pass", "bos_sum", "n_q", "n_tokens")
         return self
 
     def finalize(self) -> SinkChannels:

@@ -113,6 +113,19 @@ class Accumulator:
         agrees on the attributes ``names`` (:func:`check_merge`)."""
         check_merge(self, other, *names, what=what)
 
+    def add_sums(self, other: Any, *names: str) -> None:
+        """For :meth:`merge`: add ``other``'s attributes ``names`` into this one's — tensors in place (moved to
+        this one's device), dicts of tensors key by key, numbers by ``+``."""
+        for name in names:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if isinstance(mine, dict):
+                for key, value in theirs.items():
+                    mine[key] += value.to(mine[key].device)
+            elif isinstance(mine, Tensor):
+                mine += theirs.to(mine.device)
+            else:
+                setattr(self, name, mine + theirs)
+
     def finalize(self) -> Any:
         """The analysis' result object."""
         raise NotImplementedError
