@@ -11,8 +11,8 @@ It times
 * BandStats  — ``BandStats.update`` on 512 tokens, all layers, sites rot_q + rot_k, vs a plain forward.
 
 Absolute times depend on the machine and its load; the ratios against the plain forwards
-(measured in the same process, interleaved) are the numbers to compare. Target
-(issue 11): fused ≤ 6× plain.
+(measured in the same process, interleaved) are the numbers to compare. Target:
+fused ≤ 6× plain.
 
     python scripts/bench_report.py                 # the report's 2,048 tokens (minutes on 2 cores)
     python scripts/bench_report.py --quick         # 256 tokens, 4 layers: a smoke run
@@ -53,7 +53,7 @@ def main() -> None:
         nargs="*",
         default=None,
         help="only these registered analyses (default: all, as the report runs them); e.g. the six "
-        "of issue 11: usage heads sinks offsets massive spectrum",
+        "streaming ones: usage heads sinks offsets massive spectrum",
     )
     args = ap.parse_args()
     if args.threads:

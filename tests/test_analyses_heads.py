@@ -113,7 +113,6 @@ def test_causal_check_zeroing_everything_gives_uniform():
 
 
 def test_causal_check_hooks_agree_with_analytic_when_available():
-    pytest.importorskip("rope_interp.intervene.ablate", reason="interventions issue not merged yet")
     model = tiny_model()
     toks = torch.randint(0, 50, (1, 12))
     a = causal_check(model, [toks], 1, 2, 1, k=3, method="analytic")

@@ -83,9 +83,9 @@ def _tiny_cli(monkeypatch, n_tokens=40):
     return model, tokens
 
 
-# ---- issue 9, item 5: no silent truncation; --max-tokens validated first ---------------------------------
+# ---- no silent truncation; --max-tokens validated first --------------------------------------------------
 @pytest.mark.parametrize("bad", ["-5", "0", "1.5", "many"])
-def test_issue9_item5_max_tokens_must_be_a_positive_int(bad, capsys, tmp_path):
+def test_max_tokens_must_be_a_positive_int(bad, capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["report", "--max-tokens", bad, "--out", str(tmp_path / "r")])
     assert exc.value.code == 2
@@ -94,7 +94,7 @@ def test_issue9_item5_max_tokens_must_be_a_positive_int(bad, capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_issue9_item5_long_text_is_never_cut_silently(smol, capsys, tmp_path):
+def test_long_text_is_never_cut_silently(smol, capsys, tmp_path):
     import argparse
 
     from rope_interp.cli.common import tokens_from_args
@@ -115,8 +115,8 @@ def test_issue9_item5_long_text_is_never_cut_silently(smol, capsys, tmp_path):
     assert f"first 100 of the text's {n_text} tokens" in capsys.readouterr().err
 
 
-# ---- issue 9, item 6: summary streams in bounded memory --------------------------------------------------
-def test_issue9_item6_band_share_streams_exactly():
+# ---- summary streams in bounded memory -------------------------------------------------------------------
+def test_band_share_streams_exactly():
     """Windows and query chunks add up to the one-shot decomposition (exact up to float32 rounding)."""
     import torch
 
@@ -139,7 +139,7 @@ def test_issue9_item6_band_share_streams_exactly():
 
 
 @pytest.mark.slow
-def test_issue9_item6_readme_summary_command_runs(smol, tmp_path, capsys, monkeypatch):
+def test_readme_summary_command_runs(smol, tmp_path, capsys, monkeypatch):
     import json
 
     from rope_interp.cli import commands
@@ -166,8 +166,8 @@ def test_bands_piped_shows_every_column(smol, capsys, monkeypatch):
     assert "theta_rad_per_token" in out and "wavelength_tokens" in out and "..." not in out
 
 
-# ---- issue 9, item 7: atomic outputs, --out validated first ----------------------------------------------
-def test_issue9_item7_out_is_validated_before_loading(tmp_path, capsys):
+# ---- atomic outputs, --out validated first ---------------------------------------------------------------
+def test_out_is_validated_before_loading(tmp_path, capsys):
     f = tmp_path / "a_file"
     f.write_text("x")
     assert main(["usage", "--out", str(f), "--model", str(tmp_path / "missing.gguf")]) == 1
@@ -188,7 +188,7 @@ def _old_report(folder):
     return {p.name: p.read_text() for p in folder.iterdir()}
 
 
-def test_issue9_item7_interrupted_report_leaves_the_old_one_intact(tmp_path, monkeypatch):
+def test_interrupted_report_leaves_the_old_one_intact(tmp_path, monkeypatch):
     from rope_interp.analyses import registry
 
     _tiny_cli(monkeypatch)
@@ -203,7 +203,7 @@ def test_issue9_item7_interrupted_report_leaves_the_old_one_intact(tmp_path, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]  # no staging folder left behind
 
 
-def test_issue9_item7_rerun_replaces_the_whole_report(tmp_path, monkeypatch):
+def test_rerun_replaces_the_whole_report(tmp_path, monkeypatch):
     _tiny_cli(monkeypatch)
     _old_report(tmp_path / "r")
     rc = main(

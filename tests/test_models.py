@@ -116,7 +116,7 @@ def _tiny_llama_dir(path):
     return hf
 
 
-def test_issue9_item9_local_dir_named_llama_is_read_from_its_own_config(tmp_path):
+def test_local_dir_named_llama_is_read_from_its_own_config(tmp_path):
     """A path containing "llama" must not take TransformerLens' name-based branch."""
     hf = _tiny_llama_dir(tmp_path / "my-llama-checkpoint")
     model = load_model(str(tmp_path / "my-llama-checkpoint"))
@@ -127,7 +127,7 @@ def test_issue9_item9_local_dir_named_llama_is_read_from_its_own_config(tmp_path
         assert torch.allclose(model(tokens), hf(tokens).logits, atol=1e-4)
 
 
-def test_issue9_item9_gpt2_dir_is_not_rotary_before_any_attribute_error(tmp_path):
+def test_gpt2_dir_is_not_rotary_before_any_attribute_error(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from rope_interp.errors import NotRotaryError

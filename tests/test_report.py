@@ -126,7 +126,7 @@ def test_report_reads_like_a_report(tmp_path):
 
 
 @pytest.mark.parametrize("grad", [True, False])
-def test_issue9_item8_build_report_changes_no_global_state(tmp_path, grad):
+def test_build_report_changes_no_global_state(tmp_path, grad):
     import torch
 
     dtype = torch.get_default_dtype()

@@ -1,4 +1,4 @@
-"""Issue 9: no silent wrong results. A generated matrix of bad inputs for every public entry point.
+"""No silent wrong results. A generated matrix of bad inputs for every public entry point.
 
 Values come from one generator per argument kind (an index, a list of indices, a float
 parameter, a positive count, token ids, a model); each generator is applied to a table of
@@ -462,8 +462,8 @@ def test_integer_spellings_give_the_int_result(model, fn, i, spelling):
         assert got == want
 
 
-# ---- regression tests, one per item of issue 9 that this area owns --------------------------------------
-def test_issue9_item3_indices_are_never_truncated_or_counted_twice(model):
+# ---- regression tests, one per kind of silent wrong result this area guards against -----------------------
+def test_indices_are_never_truncated_or_counted_twice(model):
     with pytest.raises(LayerError, match="integer"):
         ri.ablate_bands(model, [1.5])
     with pytest.raises(LayerError, match="integer"):
@@ -481,7 +481,7 @@ def test_issue9_item3_indices_are_never_truncated_or_counted_twice(model):
     assert torch.allclose(some.total(), full, atol=1e-5)
 
 
-def test_issue9_item3_token_ids_outside_the_vocabulary(model):
+def test_token_ids_outside_the_vocabulary(model):
     for bad in ([[1, -1]], [[1, D_VOCAB]]):
         for entry in (ri.band_scores, lambda m, t: ri.BandStats(m).update(t)):
             with pytest.raises(TokenError, match=r"outside the model's vocabulary 0\.\.49"):
@@ -499,7 +499,7 @@ def hf_model(tmp_path_factory):
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
-def test_issue9_item4_bandstats_over_padded_strings_equals_each_string_alone(hf_model, side):
+def test_bandstats_over_padded_strings_equals_each_string_alone(hf_model, side):
     texts = ["the king", "the capital of france is paris and the old city of rome is in italy"]
     old = hf_model.tokenizer.padding_side
     hf_model.tokenizer.padding_side = side
@@ -520,7 +520,7 @@ def test_issue9_item4_bandstats_over_padded_strings_equals_each_string_alone(hf_
             )
 
 
-def test_issue9_item4_padded_strings_are_refused_where_no_mask_is_honoured(hf_model):
+def test_padded_strings_are_refused_where_no_mask_is_honoured(hf_model):
     with pytest.raises(PaddingError, match="different lengths"):
         ri.band_scores(hf_model, ["the king", "the old city of rome"], 0)
     # equal lengths are not padded: accepted
@@ -529,7 +529,7 @@ def test_issue9_item4_padded_strings_are_refused_where_no_mask_is_honoured(hf_mo
         ri.BandStats(hf_model).update(hf_model.to_tokens("the king"), mask=torch.ones(1, 3))
 
 
-def test_issue9_item10_merge_checks_the_full_layout(model):
+def test_merge_checks_the_full_layout(model):
     base = ri.BandStats(model).update(TOKS)
     mismatches = {
         "heads": ri.BandStats(tiny_model(n_heads=2, n_key_value_heads=1)),
@@ -565,7 +565,7 @@ def _q_bands_used_by_scores(model, hookset, layer=0):
     return band_view(seen["used"], D_HEAD, False)[0]  # [pos, head, band, 2]
 
 
-def test_issue9_item11_composition_order_holds_for_q_modes_at_hook_rot_k(model):
+def test_composition_order_holds_for_q_modes_at_hook_rot_k(model):
     """``no_rotation + mean``: un-rotate first, then replace by the mean (one vector at every position)."""
     un = ri.ablate_bands(model, [6, 7], layers=0, target="q", mode="no_rotation")
     mean = ri.ablate_bands(model, [6, 7], layers=0, target="q", mode="mean")
@@ -579,7 +579,7 @@ def test_issue9_item11_composition_order_holds_for_q_modes_at_hook_rot_k(model):
     assert torch.allclose(inside, model.run_with_hooks(TOKS, fwd_hooks=(un + mean).fwd_hooks()))
 
 
-def test_issue9_item11_non_lifo_exit_raises_and_leaves_the_model_clean(model):
+def test_non_lifo_exit_raises_and_leaves_the_model_clean(model):
     a, b = ri.ablate_bands(model, [0]), ri.ablate_bands(model, [1])
     a.__enter__()
     b.__enter__()
@@ -591,7 +591,7 @@ def test_issue9_item11_non_lifo_exit_raises_and_leaves_the_model_clean(model):
     assert torch.allclose(model(TOKS), tiny_model()(TOKS))
 
 
-def test_issue9_item11_second_thread_entering_a_hooked_model_raises(model):
+def test_second_thread_entering_a_hooked_model_raises(model):
     errors = []
     with ri.ablate_bands(model, [0]):
 
@@ -610,7 +610,7 @@ def test_issue9_item11_second_thread_entering_a_hooked_model_raises(model):
         pass
 
 
-def test_issue9_item11_composing_different_models_is_an_error(model):
+def test_composing_different_models_is_an_error(model):
     with pytest.raises(RopeInterpError, match="different models"):
         ri.ablate_bands(model, [0]) + ri.ablate_bands(tiny_model(), [0])
     with pytest.raises(NotRotaryError):

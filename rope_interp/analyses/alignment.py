@@ -50,6 +50,7 @@ from ..intervene.ablate import ablate_bands
 from ..model import adapter
 from ..model.hooks import attn_hook, mlp_hook
 from ..model.layout import RotaryBands
+from ..progress import progress_bar
 from ..validate import finite, indices, positive_int
 from .inputs import (
     figure,
@@ -332,12 +333,8 @@ def causal_alignment(
         return x
 
     measure = [(attn_hook(layer, "pattern"), on_pattern), (mlp_hook(layer, "post"), on_post)]
-    from tqdm.auto import tqdm
-
     n_q = 0
-    bar = tqdm(
-        total=len(wins) * len(conds) * len(ph), desc="causal alignment", disable=not progress, leave=False
-    )
+    bar = progress_bar(total=len(wins) * len(conds) * len(ph), desc="causal alignment", enabled=progress)
     for tokens in wins:
         for c, band in enumerate(conds):
             for p, phi in enumerate(ph.tolist()):

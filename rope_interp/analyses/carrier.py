@@ -40,10 +40,10 @@ from torch import Tensor
 
 from ..errors import ParameterError, RopeInterpError
 from ..model import adapter
-from ..model.hooks import attn_hook, ln2_normalized_hook
+from ..model.hooks import ln2_normalized_hook
 from ..model.layout import RotaryBands
 from ..validate import finite, positive_int
-from .inputs import figure, layer_list, text_tokens, windows
+from .inputs import figure, layer_list, pattern_hooks, text_tokens, windows
 from .registry import Analysis, Option, RunContext, as_blocks, auto_size
 from .spectral import psd
 
@@ -258,10 +258,11 @@ def carrier_lines(
         acc_mlp[i] = acc_mlp[i] + p if i in acc_mlp else p
         return x
 
-    hooks = []
-    for i, layer in enumerate(layers):
-        hooks.append((attn_hook(layer, "pattern"), lambda p, hook, i=i: on_pattern(p, hook, i)))
-        hooks.append((ln2_normalized_hook(layer), lambda x, hook, i=i: on_norm(x, hook, i)))
+    hooks = pattern_hooks(layers, on_pattern)
+    hooks += [
+        (ln2_normalized_hook(layer), lambda x, hook, i=i: on_norm(x, hook, i))
+        for i, layer in enumerate(layers)
+    ]
     rows = 0
     for tokens in windows(model, data, window, progress, "carrier lines"):
         n = tokens.shape[1] - skip

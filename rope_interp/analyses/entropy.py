@@ -30,8 +30,9 @@ from ..errors import ContextLengthError, ParameterError
 from ..model import adapter
 from ..model.hooks import FwdHooks, HookSet, attn_hook
 from ..model.layout import RotaryBands
+from ..progress import progress_bar
 from ..validate import positive_int
-from .inputs import figure, heatmap, layer_list, text_tokens, windows
+from .inputs import figure, heatmap, layer_head_band_frame, layer_list, text_tokens, windows
 from .registry import Analysis, Option, RunContext, as_blocks, auto_size
 
 # ---- 3. frequency entropy ----------------------------------------------------------------------------------
@@ -138,24 +139,9 @@ class FrequencyEntropy:
 
     def to_dataframe(self):
         """One row per (layer, head, band): entropy, period of the spectral peak and its power share."""
-        import pandas as pd
-
-        L, H, B = self.entropy.shape
         period, share = self.peak()
-        rows = [
-            {
-                "layer": self.layers[i],
-                "head": h,
-                "band": b,
-                "entropy": float(self.entropy[i, h, b]),
-                "peak_period_tokens": float(period[i, h, b]),
-                "peak_power_share": float(share[i, h, b]),
-            }
-            for i in range(L)
-            for h in range(H)
-            for b in range(B)
-        ]
-        return pd.DataFrame(rows)
+        cols = {"entropy": self.entropy, "peak_period_tokens": period, "peak_power_share": share}
+        return layer_head_band_frame(self.layers, cols)
 
     def ablation_dataframe(self):
         import pandas as pd
@@ -312,8 +298,6 @@ def frequency_entropy(
     >>> tuple(fe.entropy.shape), [r["condition"] for r in fe.ablation][:2]
     ((2, 4, 8), ['unablated', '2 lowest-entropy bands zeroed'])
     """
-    from tqdm.auto import tqdm
-
     layers = layer_list(model, layers)
     start_pos = positive_int("start_pos", start_pos, minimum=0)
     n_control = positive_int("n_control", n_control, minimum=0)
@@ -380,7 +364,7 @@ def frequency_entropy(
                     ablate_k,
                 )
             )
-    for name, hs, cnt in tqdm(conds, desc="entropy ablation", disable=not progress, leave=False):
+    for name, hs, cnt in progress_bar(conds, desc="entropy ablation", enabled=progress):
         tot, count = 0.0, 0
         for tokens in cache:
             with torch.no_grad():

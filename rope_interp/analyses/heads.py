@@ -32,12 +32,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ..intervene.ablate import ablate_bands
 from ..model import adapter
-from ..model.hooks import FwdHooks, HookSet, attn_hook, per_device
+from ..model.hooks import FwdHooks, HookSet, per_device
 from ..model.layout import RotaryBands
+from ..progress import progress_bar
 from ..read.decompose import iter_band_scores
 from ..validate import finite, positive_int
-from .inputs import figure, heatmap, layer_list
+from .inputs import figure, heatmap, layer_list, pattern_hooks
 from .registry import Analysis, Block, Option, RunContext, literal_choices
 from .stream import Accumulator, run_pass
 
@@ -73,10 +75,7 @@ class OffsetAttention(HookSet):
         return pattern
 
     def fwd_hooks(self) -> FwdHooks:
-        return [
-            (attn_hook(layer, "pattern"), lambda p, hook, i=i: self._hook(p, hook, i))
-            for i, layer in enumerate(self.layers)
-        ]
+        return pattern_hooks(self.layers, self._hook)
 
     def count(self, tokens: Tensor) -> None:
         b, n = tokens.shape
@@ -248,7 +247,6 @@ def _survival_hooks(
     offset: int,
     drop: list[int],
     start_pos: int,
-    ablate_bands: Any,
 ) -> float:
     vals = []
     for ablate in (False, True):
@@ -268,6 +266,26 @@ def _survival_hooks(
     return vals[1] / vals[0] if vals[0] else float("nan")
 
 
+def _top_bottom(model: Any, k: int) -> tuple[list[int], list[int]]:
+    """The ``k`` highest and the ``k`` lowest bands of the model (``k`` checked)."""
+    n_bands = RotaryBands.from_model(model).n_bands
+    if not 1 <= k <= n_bands:
+        raise ValueError(f"k must be in 1..{n_bands}, got {k}")
+    return list(range(k)), list(range(n_bands - k, n_bands))
+
+
+def _causal_record(layer: int, head: int, offset: int, k: int, surv: list[float], method: str) -> dict:
+    return dict(
+        layer=layer,
+        head=head,
+        offset=offset,
+        k=k,
+        top_k_survival=surv[0],
+        bottom_k_survival=surv[1],
+        method=method,
+    )
+
+
 def causal_check(
     model: Any,
     cache: list[Tensor],
@@ -279,32 +297,14 @@ def causal_check(
     method: Method = "auto",
 ) -> dict:
     """Survival of head ``(layer, head)``'s attention on ``offset`` when its ``k`` highest / lowest bands are zeroed."""
-    n_bands = RotaryBands.from_model(model).n_bands
-    if not 1 <= k <= n_bands:
-        raise ValueError(f"k must be in 1..{n_bands}, got {k}")
-    abl = None
+    top, bottom = _top_bottom(model, k)
     if method in ("auto", "hooks"):
-        try:
-            from ..intervene.ablate import ablate_bands as abl
-        except ImportError:
-            if method == "hooks":
-                raise
-    top, bottom = list(range(k)), list(range(n_bands - k, n_bands))
-    if abl is not None:
-        surv = [_survival_hooks(model, cache, layer, head, offset, d, start_pos, abl) for d in (top, bottom)]
+        surv = [_survival_hooks(model, cache, layer, head, offset, d, start_pos) for d in (top, bottom)]
         used = "hooks"
     else:
         surv = [_survival_analytic(model, cache, layer, head, offset, d, start_pos) for d in (top, bottom)]
         used = "analytic"
-    return dict(
-        layer=layer,
-        head=head,
-        offset=offset,
-        k=k,
-        top_k_survival=surv[0],
-        bottom_k_survival=surv[1],
-        method=used,
-    )
+    return _causal_record(layer, head, offset, k, surv, used)
 
 
 def positional_heads(
@@ -359,11 +359,9 @@ def add_causal_checks(
     window for all the layer's heads — the same numbers (only the head's own pattern is read,
     and it depends on nothing the ablation changes upstream), far fewer forwards.
     """
-    from tqdm.auto import tqdm
-
     found = result.found()
     if method == "hooks":
-        for layer, h, o, s in tqdm(found, desc="causal check", disable=not progress, leave=False):
+        for layer, h, o, s in progress_bar(found, desc="causal check", enabled=progress):
             c = causal_check(model, cache, layer, h, o, k, start_pos, method)
             result.causal.append(dict(c, score=s))
         return result
@@ -371,7 +369,7 @@ def add_causal_checks(
     for layer, h, o, _ in found:
         by_layer.setdefault(layer, []).append((h, o))
     checks: dict[tuple[int, int, int], dict] = {}
-    for layer, pairs in tqdm(by_layer.items(), desc="causal check", disable=not progress, leave=False):
+    for layer, pairs in progress_bar(by_layer.items(), desc="causal check", enabled=progress):
         for c in layer_causal_checks(model, cache, layer, pairs, k, start_pos):
             checks[c["layer"], c["head"], c["offset"]] = c
     result.causal.extend(dict(checks[layer, h, o], score=s) for layer, h, o, s in found)
@@ -391,11 +389,8 @@ def layer_causal_checks(
     >>> abs(c["top_k_survival"] - ref["top_k_survival"]) < 1e-6
     True
     """
-    n_bands = RotaryBands.from_model(model).n_bands
-    if not 1 <= k <= n_bands:
-        raise ValueError(f"k must be in 1..{n_bands}, got {k}")
     heads = sorted({h for h, _ in pairs})
-    drops = ([], list(range(k)), list(range(n_bands - k, n_bands)))  # none, top k, bottom k
+    drops = ([], *_top_bottom(model, k))  # none, top k, bottom k
     sums = torch.zeros(len(pairs), 3, dtype=torch.float64)
     for tokens in cache:
         for bs in iter_band_scores(model, tokens, layer, heads=heads, chunk_size=128):
@@ -410,17 +405,7 @@ def layer_causal_checks(
     for j, (h, o) in enumerate(pairs):
         base = float(sums[j, 0])
         surv = [float(sums[j, c]) / base if base else float("nan") for c in (1, 2)]
-        out.append(
-            dict(
-                layer=layer,
-                head=h,
-                offset=o,
-                k=k,
-                top_k_survival=surv[0],
-                bottom_k_survival=surv[1],
-                method="analytic",
-            )
-        )
+        out.append(_causal_record(layer, h, o, k, surv, "analytic"))
     return out
 
 
@@ -473,14 +458,10 @@ class HeadsAccumulator(Accumulator):
             self.cache.append(tokens)
 
     def merge(self, other: HeadsAccumulator) -> HeadsAccumulator:
-        if (other.layers, other.offsets, other.start_pos) != (self.layers, self.offsets, self.start_pos):
-            raise ValueError("cannot merge positional-head sums over different layers, offsets or start_pos")
+        self.check_merge(other, "layers", "offsets", "start_pos", what="positional-head sums")
         self.att.sums += other.att.sums.to(self.att.sums.device)
         self.att.counts += other.att.counts
-        self.margin += other.margin.to(self.margin.device)
-        self.margin_pass += other.margin_pass.to(self.margin_pass.device)
-        self.n_q += other.n_q
-        self.n_tokens += other.n_tokens
+        self.add_sums(other, "margin", "margin_pass", "n_q", "n_tokens")
         self.cache = (self.cache + other.cache)[: self.causal_windows]
         return self
 

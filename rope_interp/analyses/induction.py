@@ -41,6 +41,7 @@ from ..errors import ContextLengthError, ParameterError, TokenError
 from ..model import adapter
 from ..model.hooks import FwdHooks, HookSet, attn_hook
 from ..model.layout import RotaryBands
+from ..progress import progress_bar
 from ..validate import finite, positive_int, token_ids
 from .heads import OffsetAttention, offset_margins, positional_heads
 from .inputs import figure, heatmap, layer_list, qk_pair_hooks
@@ -497,8 +498,6 @@ def induction_circuit(
     >>> [r["condition"] for r in c.rows][:3]
     ['unablated', '2 highest bands zeroed in q', '2 lowest bands zeroed in q']
     """
-    from tqdm.auto import tqdm
-
     if found is None:
         found = induction_heads(model)
     spec = RotaryBands.from_model(model)
@@ -555,7 +554,7 @@ def induction_circuit(
                 )
             )
     rows = []
-    for group, cond, hooks in tqdm(conditions, desc="induction circuit", disable=not progress, leave=False):
+    for group, cond, hooks in progress_bar(conditions, desc="induction circuit", enabled=progress):
         rl, fl, sc = _measure(model, tokens, n, ind, hooks)
         rows.append(dict(group=group, condition=cond, repeat_loss=rl, first_half_loss=fl, induction_score=sc))
     per_band = (mv.band_counts("q") + mv.band_counts("k")).tolist()  # last slot: pass-through dims

@@ -29,7 +29,8 @@ from torch import Tensor
 
 from ..errors import ContextLengthError, RopeInterpError, TokenError
 from ..model import adapter
-from ..model.hooks import FwdHooks
+from ..model.hooks import FwdHooks, attn_hook
+from ..progress import progress_bar
 from ..read.capture import band_hooks
 from ..validate import positive_int
 
@@ -149,14 +150,12 @@ def windows(
     the first that many windows (the bar counts to the limit)."""
     import itertools
 
-    from tqdm.auto import tqdm
-
     window = _check_window(model, window)  # before count_windows divides by it
     it = itertools.islice(iter_windows(model, data, window), limit)
     total = count_windows(model, data, window)
     if limit is not None:
         total = limit if total is None else min(total, limit)
-    yield from tqdm(it, desc=desc, disable=not progress, total=total, leave=False)
+    yield from progress_bar(it, desc=desc, enabled=progress, total=total)
 
 
 def prefix_mean(
@@ -208,24 +207,40 @@ def figure(n_axes: int = 1, width: float = 6.0, height: float = 4.0):
 def layer_head_band_frame(layers: Sequence[int], columns: dict[str, Tensor]):
     """Long table of ``[layer, head, band]`` tensors: one row per cell, model layer numbers in ``layer``.
 
-    >>> layer_head_band_frame([3], {"x": torch.zeros(1, 2, 2)}).shape
-    (4, 4)
+    Columns come in ``columns``' order after ``layer``, ``head``, ``band``; a ``[layer, band]``
+    tensor (a band frequency, a per-band flag) is repeated for every head.
+
+    >>> df = layer_head_band_frame([3], {"x": torch.zeros(1, 2, 2), "theta": torch.tensor([[1.0, 0.5]])})
+    >>> df.shape, list(df.columns), df["theta"].tolist()
+    ((4, 5), ['layer', 'head', 'band', 'x', 'theta'], [1.0, 0.5, 1.0, 0.5])
     """
     import pandas as pd
 
-    L, H, B = next(iter(columns.values())).shape
+    L, H, B = next(t for t in columns.values() if t.dim() == 3).shape
     idx = torch.cartesian_prod(torch.arange(L), torch.arange(H), torch.arange(B))
     data = {
         "layer": [layers[i] for i in idx[:, 0].tolist()],
         "head": idx[:, 1].tolist(),
         "band": idx[:, 2].tolist(),
     }
-    return pd.DataFrame(data | {name: t.flatten().tolist() for name, t in columns.items()})
+    per_cell = {name: (t[:, None, :].expand(L, H, B) if t.dim() == 2 else t) for name, t in columns.items()}
+    return pd.DataFrame(data | {name: t.flatten().tolist() for name, t in per_cell.items()})
 
 
 def layer_list(model: Any, layers: Any) -> list[int]:
     """Validated, sorted, de-duplicated layers (None = all)."""
     return sorted(set(adapter.layers(model, layers)))
+
+
+def pattern_hooks(layers: Sequence[int], fn: Callable[[Tensor, Any, int], Tensor]) -> FwdHooks:
+    """Hooks calling ``fn(pattern, hook, i)`` at each layer's ``hook_pattern``, ``i`` the layer's index in ``layers``.
+
+    >>> [name for name, _ in pattern_hooks([2, 5], lambda p, hook, i: p)]
+    ['blocks.2.attn.hook_pattern', 'blocks.5.attn.hook_pattern']
+    """
+    return [
+        (attn_hook(layer, "pattern"), lambda p, hook, i=i: fn(p, hook, i)) for i, layer in enumerate(layers)
+    ]
 
 
 def qk_pair_hooks(model: Any, layers: Sequence[int], fn: Callable[..., None]) -> FwdHooks:

@@ -30,7 +30,7 @@ from ..model.layout import RotaryBands
 from ..validate import finite, positive_int
 from .inputs import figure, heatmap, layer_list, windows
 from .registry import Analysis, Block, Option, RunContext
-from .stream import Accumulator, run_pass
+from .stream import Accumulator, check_merge, run_pass
 
 SITES = ("rot_q", "rot_k")
 
@@ -63,8 +63,7 @@ class MassiveValues:
         return torch.zeros(n + 1, dtype=torch.long).index_add_(0, idx, per_dim.long())
 
     def merge(self, other: MassiveValues) -> MassiveValues:
-        if other.layers != self.layers:
-            raise ValueError(f"cannot merge massive values over layers {other.layers} into {self.layers}")
+        check_merge(self, other, "layers", what="massive values")
         return MassiveValues(
             self.q_sq + other.q_sq,
             self.k_sq + other.k_sq,
@@ -173,13 +172,8 @@ class MassiveAccumulator(Accumulator):
         return sum(t for t, _ in self.first_losses), sum(c for _, c in self.first_losses)
 
     def merge(self, other: MassiveAccumulator) -> MassiveAccumulator:
-        if other.layers != self.layers:
-            raise ValueError(f"cannot merge massive sums over layers {other.layers} into {self.layers}")
-        for s in SITES:
-            self.sums[s] += other.sums[s].to(self.sums[s].device)
-        self.n_tokens += other.n_tokens
-        self.loss_sum += other.loss_sum
-        self.loss_count += other.loss_count
+        self.check_merge(other, "layers", what="massive sums")
+        self.add_sums(other, "sums", "n_tokens", "loss_sum", "loss_count")
         self.first_losses = (self.first_losses + other.first_losses)[: self.loss_windows]
         return self
 

@@ -37,9 +37,9 @@ from ..errors import ContextLengthError
 from ..model.layout import RotaryBands
 from ..read.capture import BandStats
 from ..validate import finite, positive_int
-from .inputs import figure, heatmap, layer_list
+from .inputs import figure, heatmap, layer_head_band_frame, layer_list
 from .registry import Analysis, Block, Option, RunContext
-from .stream import Accumulator, run_pass
+from .stream import Accumulator, check_merge, run_pass
 
 
 def predicted_bands(freqs: Float[Tensor, "... band"], context_length: int) -> Bool[Tensor, "... band"]:
@@ -139,8 +139,7 @@ class OffsetFeatures:
 
     def merge(self, other: OffsetFeatures) -> OffsetFeatures:
         """Token-weighted combination of two results over the same layers (streaming)."""
-        if other.layers != self.layers:
-            raise ValueError(f"cannot merge offsets over layers {other.layers} into {self.layers}")
+        check_merge(self, other, "layers", what="offsets")
         n = self.n_tokens + other.n_tokens
         a, b = self.n_tokens / n, other.n_tokens / n
         mix = {
@@ -160,28 +159,19 @@ class OffsetFeatures:
     # ---- presentation ----------------------------------------------------------------
     def to_dataframe(self):
         """Long table: layer, head, band, consistencies, angle, strength, predicted, observed, sign."""
-        import pandas as pd
-
-        L, H, B = self.q_norm.shape
-        idx = torch.cartesian_prod(torch.arange(L), torch.arange(H), torch.arange(B))
-        li, hi, bi = idx.T
-        return pd.DataFrame(
-            {
-                "layer": [self.layers[i] for i in li.tolist()],
-                "head": hi.tolist(),
-                "band": bi.tolist(),
-                "theta": self.freqs[li, bi].tolist(),
-                "q_norm": self.q_norm.flatten().tolist(),
-                "k_norm": self._k(self.k_norm).flatten().tolist(),
-                "q_consistency": self.q_consistency.flatten().tolist(),
-                "k_consistency": self._k(self.k_consistency).flatten().tolist(),
-                "angle": self.angle.flatten().tolist(),
-                "strength": self.strength.flatten().tolist(),
-                "predicted": self.predicted[li, bi].tolist(),
-                "observed": self.observed.flatten().tolist(),
-                "sign_stable": self.sign.flatten().tolist(),
-            }
-        )
+        cols = {
+            "theta": self.freqs,
+            "q_norm": self.q_norm,
+            "k_norm": self._k(self.k_norm),
+            "q_consistency": self.q_consistency,
+            "k_consistency": self._k(self.k_consistency),
+            "angle": self.angle,
+            "strength": self.strength,
+            "predicted": self.predicted,
+            "observed": self.observed,
+            "sign_stable": self.sign,
+        }
+        return layer_head_band_frame(self.layers, cols)
 
     def table(self):
         """Predicted vs observed, one row per band (first analysed layer's frequencies)."""

@@ -250,7 +250,7 @@ def build_report(
     cfg = cfg or ReportConfig()
     out = Path(out)
     stage = current_stage()
-    if stage is not None and stage._folder is not None and out == stage.folder():
+    if stage is not None and stage.is_staging(out):
         return _write_report(model, tokens, out, cfg, source, RotaryBands.from_model(model))
     with StagedOutput(out) as st:
         path = _write_report(model, tokens, st.folder(), cfg, source, RotaryBands.from_model(model))

@@ -30,10 +30,10 @@ from torch import Tensor
 
 from ..bands import band_norms
 from ..model import adapter
-from ..model.hooks import FwdHooks, attn_hook, per_device
+from ..model.hooks import FwdHooks, per_device
 from ..model.layout import RotaryBands
 from ..validate import positive_int
-from .inputs import figure, heatmap, layer_list, prefix_mean
+from .inputs import figure, heatmap, layer_head_band_frame, layer_list, pattern_hooks, prefix_mean
 from .registry import Analysis, Block, Option
 from .stream import Accumulator, run_pass
 
@@ -94,21 +94,8 @@ class SinkChannels:
 
     def to_dataframe(self):
         """Long table: layer, head, band, bos/other terms and bounds."""
-        import pandas as pd
-
-        L, H, B = self.bos_term.shape
-        idx = torch.cartesian_prod(torch.arange(L), torch.arange(H), torch.arange(B))
-        return pd.DataFrame(
-            {
-                "layer": [self.layers[i] for i in idx[:, 0].tolist()],
-                "head": idx[:, 1].tolist(),
-                "band": idx[:, 2].tolist(),
-                "bos_term": self.bos_term.flatten().tolist(),
-                "other_term": self.other_term.flatten().tolist(),
-                "bos_bound": self.bos_bound.flatten().tolist(),
-                "other_bound": self.other_bound.flatten().tolist(),
-            }
-        )
+        names = ("bos_term", "other_term", "bos_bound", "other_bound")
+        return layer_head_band_frame(self.layers, {n: getattr(self, n) for n in names})
 
     def plot(self, layer: int | None = None, head: int | None = None):
         """BOS attention per layer × head, and per-band BOS / other terms with bounds for one head
@@ -199,24 +186,15 @@ class SinkAccumulator(Accumulator):
         return p
 
     def fwd_hooks(self) -> FwdHooks:
-        return [
-            (attn_hook(layer, "pattern"), lambda p, hook, i=i: self._on_pattern(p, hook, i))
-            for i, layer in enumerate(self.layers)
-        ]
+        return pattern_hooks(self.layers, self._on_pattern)
 
     def observe(self, tokens: Tensor) -> None:
         self.n_q += tokens.shape[0] * (tokens.shape[1] - self.start_pos)
         self.n_tokens += tokens.numel()
 
     def merge(self, other: SinkAccumulator) -> SinkAccumulator:
-        if (other.layers, other.start_pos) != (self.layers, self.start_pos):
-            raise ValueError("cannot merge sink sums over different layers or start_pos")
-        for n in self.sums:
-            self.sums[n] += other.sums[n].to(self.sums[n].device)
-        self.sep_pass += other.sep_pass.to(self.sep_pass.device)
-        self.bos_sum += other.bos_sum.to(self.bos_sum.device)
-        self.n_q += other.n_q
-        self.n_tokens += other.n_tokens
+        self.check_merge(other, "layers", "start_pos", what="sink sums")
+        self.add_sums(other, "sums", "sep_pass", "bos_sum", "n_q", "n_tokens")
         return self
 
     def finalize(self) -> SinkChannels:

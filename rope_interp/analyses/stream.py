@@ -33,7 +33,41 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import MergeError
 from ..model.hooks import FwdHooks
+from ..progress import progress_bar
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and bool((a == b).all())
+    return bool(a == b)
+
+
+def check_merge(mine: Any, other: Any, *names: str, what: str | None = None) -> None:
+    """Raise :class:`~rope_interp.errors.MergeError` unless ``other`` is a ``type(mine)`` whose
+    attributes ``names`` equal ``mine``'s (the layout two sums must share to be added up).
+
+    The message names each attribute that differs, ``other``'s value first.
+
+    >>> from types import SimpleNamespace as NS
+    >>> check_merge(NS(layers=[0, 1], start_pos=1), NS(layers=[0, 1], start_pos=1), "layers", "start_pos")
+    >>> check_merge(NS(layers=[0], start_pos=1), NS(layers=[1], start_pos=1), "layers", "start_pos", what="sums")
+    Traceback (most recent call last):
+    ...
+    rope_interp.errors.MergeError: cannot merge sums with different layers (other vs this): layers: [1] vs [0]
+    """
+    what = what or type(mine).__name__
+    if not isinstance(other, type(mine)):
+        raise MergeError(
+            f"cannot merge {what}: expected another {type(mine).__name__}, got {type(other).__name__}"
+        )
+    differ = [n for n in names if not _same(getattr(other, n), getattr(mine, n))]
+    if differ:
+        raise MergeError(
+            f"cannot merge {what} with different {', '.join(differ)} (other vs this): "
+            + "; ".join(f"{n}: {getattr(other, n)!r} vs {getattr(mine, n)!r}" for n in differ)
+        )
 
 
 class Accumulator:
@@ -45,7 +79,7 @@ class Accumulator:
     """
 
     layers: list[int]
-    pair_layers: list[int] = []
+    pair_layers: Sequence[int] = ()
     needs_loss: bool = False
     """True: the forward runs to the end and :meth:`observe_loss` gets the per-token loss."""
 
@@ -73,6 +107,24 @@ class Accumulator:
     def merge(self, other: Any) -> Any:
         """Add ``other``'s sums into this accumulator (same model, layers and options); returns self."""
         raise NotImplementedError
+
+    def check_merge(self, other: Any, *names: str, what: str | None = None) -> None:
+        """For :meth:`merge`: :class:`~rope_interp.errors.MergeError` unless ``other`` is of this type and
+        agrees on the attributes ``names`` (:func:`check_merge`)."""
+        check_merge(self, other, *names, what=what)
+
+    def add_sums(self, other: Any, *names: str) -> None:
+        """For :meth:`merge`: add ``other``'s attributes ``names`` into this one's — tensors in place (moved to
+        this one's device), dicts of tensors key by key, numbers by ``+``."""
+        for name in names:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if isinstance(mine, dict):
+                for key, value in theirs.items():
+                    mine[key] += value.to(mine[key].device)
+            elif isinstance(mine, Tensor):
+                mine += theirs.to(mine.device)
+            else:
+                setattr(self, name, mine + theirs)
 
     def finalize(self) -> Any:
         """The analysis' result object."""
@@ -144,9 +196,8 @@ def run_pass(
             forward_window(model, tokens, accs)
             n += 1
         return n
-    # under torchrun: this rank's contiguous block of windows, then every rank's sums merged in rank order
-    from tqdm.auto import tqdm
 
+    # under torchrun: this rank's contiguous block of windows, then every rank's sums merged in rank order
     def every_window() -> list[Tensor]:
         every = list(windows(model, data, window, False, desc))
         for a in accs:
@@ -154,7 +205,7 @@ def run_pass(
         return every
 
     def feed(mine: list[Tensor]) -> int:
-        for tokens in tqdm(mine, desc=desc, disable=not (progress and distributed.is_root()), leave=False):
+        for tokens in progress_bar(mine, desc=desc, enabled=progress):
             forward_window(model, tokens, accs)
         return len(mine)
 

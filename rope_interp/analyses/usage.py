@@ -14,16 +14,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from ..model.layout import RotaryBands
 from ..read.capture import BandStats
 from ..validate import positive_int
-from .inputs import figure, heatmap, layer_list
+from .inputs import figure, heatmap, layer_head_band_frame, layer_list
 from .registry import Analysis, Block, Option, RunContext
-from .stream import Accumulator, run_pass
+from .stream import Accumulator, check_merge, run_pass
 
 SITES = {"q": "rot_q", "k": "rot_k", "v": "v"}
 
@@ -70,8 +69,7 @@ class FrequencyUsage:
 
     def merge(self, other: FrequencyUsage) -> FrequencyUsage:
         """Token-weighted combination of two results over the same layers (streaming)."""
-        if other.layers != self.layers:
-            raise ValueError(f"cannot merge usage over layers {other.layers} into {self.layers}")
+        check_merge(self, other, "layers", what="usage")
         n = self.n_tokens + other.n_tokens
         a, b = self.n_tokens / n, other.n_tokens / n
         return FrequencyUsage(
@@ -89,21 +87,9 @@ class FrequencyUsage:
 
         frames = []
         for site in SITES:
-            x = self._site(site)
-            L, H, B = x.shape
-            idx = torch.cartesian_prod(torch.arange(L), torch.arange(H), torch.arange(B))
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "site": site,
-                        "layer": [self.layers[i] for i in idx[:, 0].tolist()],
-                        "head": idx[:, 1].tolist(),
-                        "band": idx[:, 2].tolist(),
-                        "theta": self.freqs[idx[:, 0], idx[:, 2]].tolist(),
-                        "mean_norm": x.flatten().tolist(),
-                    }
-                )
-            )
+            df = layer_head_band_frame(self.layers, {"theta": self.freqs, "mean_norm": self._site(site)})
+            df.insert(0, "site", site)
+            frames.append(df)
         return pd.concat(frames, ignore_index=True)
 
     def plot(self, layer: int | None = None):

@@ -235,7 +235,7 @@ def _file_key(path: Path) -> str:
 
 
 # TransformerLens picks an architecture from these words in a model *name*, before reading any
-# config: a local directory whose path contains one would take that branch (issue 9, item 9).
+# config: a local directory whose path contains one would take that branch.
 _TL_NAME_TRIGGERS = ("llama", "gemma")
 _ROTARY_HINTS = (
     "rope_theta",

@@ -23,6 +23,7 @@ from ..errors import MergeError, ParameterError, RopeInterpError, SiteError
 from ..model import adapter
 from ..model.hooks import QK_SITES, FwdHooks, HookSet, attn_hook, is_key_site
 from ..model.layout import RotaryBands
+from ..progress import progress_bar
 from ..validate import indices, positive_int
 
 CAPTURE_SITES = (*QK_SITES, "v")
@@ -334,9 +335,7 @@ class BandStats(HookSet):
         self, batches: Iterable[Any], progress: bool = True, total: int | None = None
     ) -> BandStats:
         """:meth:`update` over an iterable of token batches, with a tqdm progress bar."""
-        from tqdm.auto import tqdm
-
-        for tokens in tqdm(batches, desc="band stats", disable=not progress, total=total):
+        for tokens in progress_bar(batches, desc="band stats", enabled=progress, total=total, leave=True):
             self.update(tokens)
         return self
 

@@ -23,6 +23,7 @@ from ..bands import pass_view
 from ..errors import RopeInterpError
 from ..model import adapter
 from ..model.layout import RotaryBands
+from ..progress import progress_bar
 from ..read.capture import BandCapture
 from ..read.decompose import band_score_terms
 from ..read.masks import masked_pattern
@@ -179,9 +180,7 @@ def direct_effect_sweep(
     b, n = tokens.shape
     chunk = max(1, max_bytes // max(1, 4 * b * len(heads) * n * n))
     softcap, rows = adapter.softcap(model), []
-    from tqdm.auto import tqdm
-
-    for L in tqdm(layers, desc="direct effect", disable=not progress):
+    for L in progress_bar(layers, desc="direct effect", enabled=progress, leave=True):
         terms, rest = _layer_terms(model, cap, spec, L)
         terms, rest = terms[:, heads], rest[:, heads]
         window = adapter.local_window(model, L)

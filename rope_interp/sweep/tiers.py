@@ -49,6 +49,7 @@ from ..intervene.modes import METHODS, Method, Mode, check_params, check_target,
 from ..model import adapter
 from ..model.hooks import HookSet, attn_hook
 from ..model.layout import RotaryBands
+from ..progress import progress_bar
 from ..validate import positive_int
 from .direct import ablated_patterns, band_changed_patterns, direct_effect_sweep, pass_scores  # noqa: F401
 from .grid import CellOp, Grid, MaskedBands, SweepResult, capture_source
@@ -90,9 +91,7 @@ def _metric_hooks(metric: Any) -> list:
 
 
 def _progress(total: int, desc: str, progress: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not (progress and distributed.is_root()))
+    return progress_bar(total=total, desc=desc, enabled=progress, leave=True)
 
 
 def naive_sweep(

@@ -71,6 +71,10 @@ class StagedOutput:
             self._folder = Path(tempfile.mkdtemp(prefix=f".{self.dest.name}.partial-", dir=parent))
         return self._folder
 
+    def is_staging(self, path: str | Path) -> bool:
+        """Whether ``path`` is this stage's staging folder (False until :meth:`folder` created it)."""
+        return self._folder is not None and Path(path) == self._folder
+
     def __enter__(self) -> StagedOutput:
         self._token = _STAGE.set(self)
         return self
