@@ -129,6 +129,43 @@ class _SumsMerge(Accumulator):
         return self
 
 
+class _PSDSums(_SumsMerge):
+    """Summed PSDs by key (their layer first) and the windows counted; the FFT length is fixed by the first
+    window (:meth:`configure`) and every window must fit in it."""
+
+    _sums = ("acc", "n")
+
+    def __init__(self, model: Any, layers: list[int], nfft: int | None = None):
+        self.layers = list(layers)
+        self.theta = RotaryBands.from_model(model).freqs[self.layers].float()
+        self.nfft, self.n, self.len = nfft, 0, 0
+        self.acc: dict[tuple[Any, ...], Tensor] = {}
+
+    def configure(self, tokens: Tensor) -> None:
+        self.nfft = self.nfft or _nfft(tokens.shape[1])  # from the stream's first window, on every rank
+
+    def accepts(self, tokens: Tensor) -> bool:
+        n = tokens.shape[1]
+        self.nfft = self.nfft or _nfft(n)
+        self.len = max(self.len, n)
+        if n > self.nfft:
+            raise ValueError(f"window of {n} tokens is longer than nfft={self.nfft}; pass a larger nfft")
+        return True
+
+    def _add(self, key: tuple[Any, ...], p: Tensor) -> None:
+        self.acc[key] = self.acc[key] + p if key in self.acc else p
+
+    def _on_cpu(self, key: tuple[Any, ...]) -> Tensor:
+        return self.acc[key].cpu()  # per-layer sums live on their layer's device (a model split over GPUs)
+
+    def observe(self, tokens: Tensor) -> None:
+        self.n += 1
+
+    def merge(self, other: Any) -> Any:
+        self.len = max(self.len, other.len)
+        return super().merge(other)
+
+
 # ---- per-band q/k trajectories ---------------------------------------------------------------------------
 @dataclass
 class BandSpectra:
@@ -213,41 +250,21 @@ def band_spectra(
     return acc.finalize()
 
 
-class BandSpectraAccumulator(_SumsMerge):
+class BandSpectraAccumulator(_PSDSums):
     """The state of :func:`band_spectra` in a (shared) pass: per layer, the summed PSDs of q and k bands."""
 
-    _sums = ("acc", "n")
-
     def __init__(self, model: Any, layers: list[int], nfft: int | None = None):
-        self.layers = self.pair_layers = list(layers)
-        self.theta = RotaryBands.from_model(model).freqs[self.layers].float()
-        self.nfft, self.n = nfft, 0
-        self.acc: dict[tuple[str, int], Tensor] = {}
-
-    def configure(self, tokens: Tensor) -> None:
-        self.nfft = self.nfft or _nfft(tokens.shape[1])  # from the stream's first window, on every rank
-
-    def accepts(self, tokens: Tensor) -> bool:
-        n = tokens.shape[1]
-        self.nfft = self.nfft or _nfft(n)
-        if n > self.nfft:
-            raise ValueError(f"window of {n} tokens is longer than nfft={self.nfft}; pass a larger nfft")
-        return True
+        super().__init__(model, layers, nfft)
+        self.pair_layers = self.layers
 
     def on_pair(self, layer: int, q: Tensor, k: Tensor, qp: Tensor, kp: Tensor) -> None:
         for name, x in (("q", q), ("k", k)):
             z = torch.complex(x[..., 0].double(), x[..., 1].double()).movedim(1, -1)  # [b, h, B, pos]
-            p = psd(z, self.nfft).mean((0, 1))
-            key = (name, self.layers.index(layer))
-            self.acc[key] = self.acc[key] + p if key in self.acc else p
-
-    def observe(self, tokens: Tensor) -> None:
-        self.n += 1
+            self._add((name, self.layers.index(layer)), psd(z, self.nfft).mean((0, 1)))
 
     def finalize(self) -> BandSpectra:
         def stack(s: str) -> Tensor:
-            # per-layer sums live on their layer's device (a model split over GPUs): gather on the CPU
-            return torch.stack([self.acc[s, i].cpu() for i in range(len(self.layers))]).float() / self.n
+            return torch.stack([self._on_cpu((s, i)) for i in range(len(self.layers))]).float() / self.n
 
         return BandSpectra(stack("q"), stack("k"), self.theta, self.layers, int(self.nfft or 0), self.n)
 
@@ -470,33 +487,17 @@ def mlp_spectra(
     return acc.finalize()
 
 
-class MLPSpectraAccumulator(_SumsMerge):
+class MLPSpectraAccumulator(_PSDSums):
     """The state of :func:`mlp_spectra` in a (shared) pass: per layer and site, the summed neuron PSDs."""
 
-    _sums = ("acc", "n")
-
     def __init__(self, model: Any, layers: list[int], nfft: int | None = None, harmonics: int = 3):
-        self.layers = list(layers)
-        self.theta = RotaryBands.from_model(model).freqs[self.layers].float()
-        self.nfft, self.harmonics, self.n, self.len = nfft, harmonics, 0, 0
-        self.acc: dict[tuple[int, int], Tensor] = {}
-
-    def configure(self, tokens: Tensor) -> None:
-        self.nfft = self.nfft or _nfft(tokens.shape[1])  # from the stream's first window, on every rank
-
-    def accepts(self, tokens: Tensor) -> bool:
-        n = tokens.shape[1]
-        self.nfft = self.nfft or _nfft(n)
-        self.len = max(self.len, n)
-        if n > self.nfft:
-            raise ValueError(f"window of {n} tokens is longer than nfft={self.nfft}; pass a larger nfft")
-        return True
+        super().__init__(model, layers, nfft)
+        self.harmonics = harmonics
 
     def _on_mlp(self, x: Tensor, hook: Any, key: tuple[int, int]) -> Tensor:
         y = x.detach().double()
         y = (y - y.mean(1, keepdim=True)).movedim(1, -1)  # [b, d_mlp, pos]
-        p = psd(y, self.nfft).mean((0, 1))
-        self.acc[key] = self.acc[key] + p if key in self.acc else p
+        self._add(key, psd(y, self.nfft).mean((0, 1)))
         return x
 
     def fwd_hooks(self) -> FwdHooks:
@@ -506,16 +507,9 @@ class MLPSpectraAccumulator(_SumsMerge):
             for s, site in enumerate(("pre", "post"))
         ]
 
-    def observe(self, tokens: Tensor) -> None:
-        self.n += 1
-
-    def merge(self, other: Any) -> Any:
-        self.len = max(self.len, other.len)
-        return super().merge(other)
-
     def finalize(self) -> MLPSpectra:
         L = len(self.layers)
-        out = torch.stack([torch.stack([self.acc[i, s].cpu() for s in range(2)]) for i in range(L)]).float()
+        out = torch.stack([torch.stack([self._on_cpu((i, s)) for s in range(2)]) for i in range(L)]).float()
         return MLPSpectra(
             out / self.n, self.theta, self.layers, int(self.nfft or 0), self.harmonics, window_len=self.len
         )
