@@ -9,7 +9,7 @@ import torch
 
 from rope_interp.analyses import carrier_lines, carrier_survey
 from rope_interp.analyses.carrier import detrend, line_ratios, report_section
-from rope_interp.analyses.spectral import psd
+from rope_interp.analyses.signal import psd
 from rope_interp.errors import ParameterError
 from rope_interp.model.layout import RotaryBands
 from rope_interp.model.testing import tiny_model

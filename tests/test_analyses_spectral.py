@@ -16,7 +16,7 @@ from rope_interp.analyses import (
     phase_alignment,
     rotary_decay,
 )
-from rope_interp.analyses.spectral import corr_from_sums, psd, row_spectrum_stats
+from rope_interp.analyses.signal import corr_from_sums, psd, row_spectrum_stats
 from rope_interp.model.testing import tiny_model
 
 

@@ -61,7 +61,7 @@ def test_help_keeps_the_descriptions_case(capsys):
 def test_choices_come_from_the_api_literal_types():
     from rope_interp.analyses.heads import Method
     from rope_interp.analyses.registry import literal_choices
-    from rope_interp.analyses.spectra import Part
+    from rope_interp.analyses.spectral import Part
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     by_dest = lambda name: {a.dest: a for a in sub.choices[name]._actions}  # noqa: E731

@@ -25,7 +25,9 @@ copy between the two (a device-to-device copy there) is allowed in a hook.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import importlib
 
 import pytest
 import torch
@@ -162,8 +164,8 @@ def meta_model(name: str = "gqa", split: bool = False, monkeypatch=None):
     return model
 
 
-def toks(batch: int = 2, n: int = 8) -> torch.Tensor:
-    return torch.randint(3, 40, (batch, n), generator=torch.Generator().manual_seed(0)).to(META)
+def toks(batch: int = 2, n: int = 8, device: torch.device = META) -> torch.Tensor:
+    return torch.randint(3, 40, (batch, n), generator=torch.Generator().manual_seed(0)).to(device)
 
 
 def run(guard: DeviceGuard, fn, *args, **kwargs):
@@ -303,6 +305,42 @@ def test_hooks_stay_on_the_activation_device(case, split, guard, monkeypatch):
     guard.allow_copies = split
     model = meta_model("gqa", split=split, monkeypatch=monkeypatch)
     run(guard, CASES[case], model, toks())
+
+
+SPECTRAL = ("band_spectra", "attention_spectra", "mlp_spectra", "phase_alignment")
+
+
+def two_device_model(monkeypatch):
+    """A tiny model split over two devices: block 0 on the CPU, block 1 on meta; TransformerLens moves the
+    residual to each block's device (as with ``n_devices=2``). Patched for every model until the test ends."""
+    split = tiny_layout_model("gqa")
+    split.blocks[1].to(META)
+    tl = importlib.import_module(
+        "transformer_lens.HookedTransformer"
+    )  # the module (the package exports the class)
+    on = lambda i, cfg, device=None: torch.device("cpu") if i == 0 else META  # noqa: E731
+    monkeypatch.setattr(tl, "get_device_for_block_index", on)
+    return split
+
+
+@pytest.mark.parametrize("name", SPECTRAL)
+def test_spectral_functions_on_layers_on_two_devices(name, monkeypatch):
+    """Each layer's sums stay on its layer's device and are gathered on the CPU at the end (the public
+    ``band_spectra`` / ``mlp_spectra`` once stacked them first, which fails on a split model).
+
+    Layer 0 ran on the CPU, so its numbers equal the one-device run's; layer 1's meta sums read as
+    ones on the CPU (:class:`DeviceGuard` outside hooks; the hooks themselves are checked above)."""
+    t = toks(device=torch.device("cpu"))
+    want = ANALYSES[name](tiny_layout_model("gqa"), t)
+    split = two_device_model(monkeypatch)
+    with DeviceGuard():
+        got = ANALYSES[name](split, t)
+    assert got.layers == want.layers == [0, 1]
+    for f in dataclasses.fields(got):
+        x, y = getattr(got, f.name), getattr(want, f.name)
+        if isinstance(x, torch.Tensor):
+            assert x.device.type == "cpu", f.name
+            torch.testing.assert_close(x[0], y[0], msg=lambda m, f=f: f"{name}.{f.name}: {m}")
 
 
 BRIDGE_CASES = ["capture", "band_stats", "decompose", "prope", *[c for c in CASES if c.startswith("ablate_")]]

@@ -201,12 +201,12 @@ def test_options_are_validated_before_any_forward():
 @pytest.mark.parametrize("layout", ["neox", "gqa", "partial_gptj"])
 def test_spectra_accumulators_equal_the_public_functions(layout):
     """The shared-pass forms of spectral.py's four measures give what its public functions give."""
-    from rope_interp.analyses import spectra, spectral
+    from rope_interp.analyses import spectral
 
     model = tiny_layout_model(layout)
     tokens = torch.randint(0, 50, (1, 100), generator=torch.Generator().manual_seed(3))
     fused = registry.run(model, tokens, {"spectrum": {"spectra_layers": [0, 1]}}, window=50, progress=False)
-    for part, fn in spectra.FUNCTIONS.items():
+    for part, fn in spectral.FUNCTIONS.items():
         alone = fn(model, tokens, layers=[0, 1], window=50, progress=False)
         got = fused["spectrum"].parts[part]
         _assert_tables_equal({"t": got.to_dataframe()}, {"t": alone.to_dataframe()}, f"{layout}/{part}")

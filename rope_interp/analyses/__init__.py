@@ -34,7 +34,7 @@ from . import (
     massive,
     offsets,
     sinks,
-    spectra,
+    spectral,
     usage,
 )
 from .alignment import CausalAlignment, WeightedAlignment, causal_alignment, weighted_alignment
@@ -68,7 +68,7 @@ for _module in (
     sinks,
     offsets,
     massive,
-    spectra,
+    spectral,
     induction,
     entropy,
     carrier,

@@ -63,7 +63,7 @@ from .inputs import (
     windows,
 )
 from .registry import Analysis, Option, RunContext, as_blocks, auto_size
-from .spectral import _add_sums, corr_from_sums
+from .signal import _add_sums, corr_from_sums
 
 METRICS = ("entropy", "max_weight", "mlp_norm")
 

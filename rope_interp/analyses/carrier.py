@@ -45,7 +45,7 @@ from ..model.layout import RotaryBands
 from ..validate import finite, positive_int
 from .inputs import figure, layer_list, pattern_hooks, text_tokens, windows
 from .registry import Analysis, Option, RunContext, as_blocks, auto_size
-from .spectral import psd
+from .signal import psd
 
 SITES = ("sink", "mlp_in")
 
