@@ -107,10 +107,7 @@ class _SumsMerge(Accumulator):
     _sums: tuple[str, ...] = ()
 
     def merge(self, other: Any) -> Any:
-        if other.layers != self.layers:
-            raise ValueError(
-                f"cannot merge {type(self).__name__} over layers {other.layers} into {self.layers}"
-            )
+        self.check_merge(other, "layers")
         mine, theirs = getattr(self, "nfft", None), getattr(other, "nfft", None)
         if mine and theirs and mine != theirs:
             raise MergeError(
