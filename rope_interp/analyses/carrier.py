@@ -32,11 +32,14 @@ import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from ..errors import ParameterError, RopeInterpError
 from ..model import adapter
@@ -389,12 +392,12 @@ def report_section(result: CarrierSurvey | CarrierLines) -> list:
     fig = survey.plot()
     plt.close(fig)
     df = survey.to_dataframe()
-    lines = df[df["line"]] if len(df) else df
+    lines = cast("pd.DataFrame", df[df["line"]]) if len(df) else df
     return [
         f"<p>{html.escape(CAN_AND_CANNOT)}</p>",
         f"<p>Lines found (of resolvable checks): {html.escape(found)}.</p>",
         fig,
-        lines.sort_values("ratio", ascending=False).head(20) if len(lines) else df.head(0),
+        lines.sort_values(by="ratio", ascending=False).head(20) if len(lines) else df.head(0),
     ]
 
 

@@ -429,7 +429,9 @@ def report_section(result: FrequencyEntropy) -> list:
 # ---- registry record (CLI subcommand and report section) ----
 def _entropy_finish(ctx: RunContext, opts: dict[str, Any], accs: list) -> FrequencyEntropy:
     data = text_tokens(ctx.model, ctx.data, auto_size(ctx, opts["n_tokens"], 16, 64, 128))
-    kw = dict(layers=ctx.layers, window=ctx.window, n_control=opts["n_control"], ablation_windows=1)
+    kw: dict[str, Any] = dict(
+        layers=ctx.layers, window=ctx.window, n_control=opts["n_control"], ablation_windows=1
+    )
     k = opts["ablate_k"] or None
     try:
         return frequency_entropy(ctx.model, data, ablate_k=k, progress=ctx.progress, **kw)

@@ -26,11 +26,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from ..intervene.ablate import ablate_bands
 from ..model import adapter
@@ -490,6 +493,7 @@ def _start(ctx: RunContext, opts: dict[str, Any]) -> list[Accumulator]:
 
 def _finish(ctx: RunContext, opts: dict[str, Any], accs: list[Accumulator]) -> PositionalHeads:
     acc = accs[0]
+    assert isinstance(acc, HeadsAccumulator)
     result = acc.finalize()
     if opts["ablate_k"]:
         add_causal_checks(
@@ -512,7 +516,7 @@ _SUMMARY_COLUMNS = [
 
 def _found_table(r: PositionalHeads):
     df = r.to_dataframe()
-    df = df[df["positional"]].sort_values("score", ascending=False)
+    df = cast("pd.DataFrame", df[df["positional"]]).sort_values(by="score", ascending=False)
     return df[_SUMMARY_COLUMNS].reset_index(drop=True)
 
 

@@ -29,7 +29,7 @@ What these numbers can and cannot show is said in :func:`report_section`.
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -328,7 +328,7 @@ class ZeroHeads(HookSet):
     0.0
     """
 
-    def __init__(self, model: Any, heads: dict[int, Sequence[int]]):
+    def __init__(self, model: Any, heads: Mapping[int, Sequence[int]]):
         super().__init__(model)
         self.heads = {
             adapter.layers(model, layer)[0]: adapter.heads(model, list(h)) for layer, h in heads.items()

@@ -402,7 +402,7 @@ def massive_ablation(
             ablate,
             "the massive-value ablation",
         )
-        totals, count = sum(t for t, _ in parts), sum(c for _, c in parts)
+        totals, count = torch.stack([t for t, _ in parts]).sum(0), sum(c for _, c in parts)
     if count == 0:
         raise ValueError("no window has two or more tokens: cannot measure next-token loss")
     means = (totals / count).tolist()
@@ -430,11 +430,12 @@ class MassiveResult:
 
 
 def _finish(ctx: RunContext, opts: dict[str, Any], accs: list[Accumulator]) -> MassiveResult:
-    values = accs[0].finalize()
+    acc = accs[0]
+    assert isinstance(acc, MassiveAccumulator)
+    values = acc.finalize()
     has_any = bool(values.massive("q").any() or values.massive("k").any())
     ablation = None
     if opts["ablation"] and has_any:
-        acc = accs[0]
         ablation = massive_ablation(
             ctx.model,
             ctx.data,

@@ -286,7 +286,9 @@ class OffsetAccumulator(Accumulator):
         spike: float = 10.0,
     ):
         self.model, self.layers = model, list(layers)
-        self.options = dict(context_length=context_length, min_consistency=min_consistency, spike=spike)
+        self.options: dict[str, Any] = dict(
+            context_length=context_length, min_consistency=min_consistency, spike=spike
+        )
         self.start_pos = start_pos
         self.stats = BandStats(model, layers=self.layers, sites=("q", "k"), start_pos=start_pos)
 

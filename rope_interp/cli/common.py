@@ -166,11 +166,14 @@ def check_layers(n_layers: int, layers: list[int] | None) -> list[int] | None:
         raise ParameterError(f"--layers: {err} (the model has layers 0..{n - 1})") from None
 
 
-def out_dir(args: argparse.Namespace, default: str) -> Path:
+def out_dir(args: argparse.Namespace, default: str | None) -> Path:
     """The folder to write into: the run's staging folder (moved to ``--out`` at the end), else created."""
     stage = current_stage()
     if stage is not None:
         return stage.folder()
-    path = Path(args.out or default)
+    where = args.out or default
+    if where is None:
+        raise ParameterError("this command writes files: pass --out FOLDER")
+    path = Path(where)
     path.mkdir(parents=True, exist_ok=True)
     return path

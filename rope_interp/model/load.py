@@ -160,9 +160,12 @@ def load_model(
         return _load_hf_dir(Path(source.where), device, dtype)
     from transformer_lens import HookedTransformer
 
-    kwargs = dict(fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False)
+    kwargs: dict[str, Any] = dict(
+        fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False
+    )
     kwargs.update(from_pretrained_kwargs)
-    return linear_layout(HookedTransformer.from_pretrained(name, device=device, dtype=dtype, **kwargs))
+    kwargs["dtype"] = dtype  # TransformerLens takes a torch.dtype here too (typed as str)
+    return linear_layout(HookedTransformer.from_pretrained(name, device=device, **kwargs))
 
 
 def _quiet_to(model: Any, device: torch.device) -> Any:
@@ -186,8 +189,8 @@ def linear_layout(model: Any) -> Any:
     ``F.linear`` receives the same contiguous tensor as before, so outputs are bit-identical.
     Only ``GatedMLP`` and ``Unembed`` weights are touched (other modules use ``W`` as is).
     """
-    from transformer_lens.components import Unembed
     from transformer_lens.components.mlps.gated_mlp import GatedMLP
+    from transformer_lens.components.unembed import Unembed
 
     with torch.no_grad():
         for module in model.modules():
@@ -230,7 +233,7 @@ def _file_key(path: Path) -> str:
     import transformer_lens
 
     st = path.stat()
-    raw = f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}|{transformer_lens.__version__ if hasattr(transformer_lens, '__version__') else ''}|{_FORMAT}"
+    raw = f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}|{getattr(transformer_lens, '__version__', '')}|{_FORMAT}"
     return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
 
@@ -340,8 +343,9 @@ def load_hf_from_gguf(path: Path, dtype: torch.dtype = torch.float32):
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     # The weights are dequantized: drop the quantizer state so converters and save_pretrained
     # treat it as the plain float model it is (TL refuses "gguf"-quantized checkpoints otherwise).
-    del hf.config.quantization_config
-    hf.hf_quantizer = None
+    if hasattr(hf.config, "quantization_config"):
+        delattr(hf.config, "quantization_config")
+    hf.hf_quantizer = None  # plain attributes: nn.Module.__setattr__ is typed for tensors/modules
     hf.is_quantized = False
     hf.config.architectures = [type(hf).__name__]
     return hf.eval(), tok
