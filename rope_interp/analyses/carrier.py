@@ -50,8 +50,6 @@ from .inputs import figure, layer_list, pattern_hooks, text_tokens, windows
 from .registry import Analysis, Option, RunContext, as_blocks, auto_size
 from .signal import psd
 
-SITES = ("sink", "mlp_in")
-
 
 def detrend(x: Float[Tensor, "... pos"]) -> Float[Tensor, "... pos"]:
     """``x`` minus its least-squares line along the last axis.

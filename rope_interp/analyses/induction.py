@@ -45,7 +45,7 @@ from ..progress import progress_bar
 from ..validate import finite, positive_int, token_ids
 from .heads import OffsetAttention, offset_margins, positional_heads
 from .inputs import figure, heatmap, layer_list, qk_pair_hooks
-from .massive import SITES, MeanAblateDims, control_masks, massive_values
+from .massive import SITES, Masks, MeanAblateDims, control_masks, massive_values
 from .registry import Analysis, Block, Option, RunContext, as_blocks, auto_size
 
 # ---- inputs -----------------------------------------------------------------------------------------------
@@ -538,8 +538,8 @@ def induction_circuit(
             ("previous-token heads", "knocked out (z = 0)", ZeroHeads(model, _group(pp))),
         ]
     mv = massive_values(model, tokens, lam=lam, progress=False)
-    masks = {(layer, s): mv.massive(s[-1])[i] for i, layer in enumerate(mv.layers) for s in SITES}
-    masks = {key: m for key, m in masks.items() if m.any()}
+    per_site: Masks = {(layer, s): mv.massive(s[-1])[i] for i, layer in enumerate(mv.layers) for s in SITES}
+    masks: Masks = {key: m for key, m in per_site.items() if m.any()}
     n_dims = int(sum(int(m.sum()) for m in masks.values()))
     if masks:
         conditions.append(

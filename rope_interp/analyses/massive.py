@@ -25,14 +25,18 @@ from torch import Tensor
 
 from .. import distributed
 from ..model import adapter
-from ..model.hooks import FwdHooks, HookSet, attn_hook, per_device
+from ..model.hooks import ROT_SITES, FwdHooks, HookSet, RotSite, attn_hook, per_device
 from ..model.layout import RotaryBands
 from ..validate import finite, positive_int
 from .inputs import figure, heatmap, layer_list, windows
 from .registry import Analysis, Block, Option, RunContext
 from .stream import Accumulator, check_merge, run_pass
 
-SITES = ("rot_q", "rot_k")
+SITES = ROT_SITES
+"""The sites whose massive values are measured: queries and keys after rotation."""
+
+Masks = dict[tuple[int, RotSite], Tensor]
+"""Per (layer, site): a boolean ``[head, d_head]`` mask of the dims to mean-ablate."""
 
 
 @dataclass
@@ -233,7 +237,7 @@ class MeanAblateDims(HookSet):
     True
     """
 
-    def __init__(self, model: Any, masks: dict[tuple[int, str], Tensor]):
+    def __init__(self, model: Any, masks: Masks):
         super().__init__(model)
         _check_masks(model, masks)
         self.masks = masks
@@ -245,7 +249,7 @@ class MeanAblateDims(HookSet):
         ]
 
 
-def _check_masks(model: Any, masks: dict[tuple[int, str], Tensor]) -> None:
+def _check_masks(model: Any, masks: Masks) -> None:
     for layer, site in masks:
         if site not in SITES:
             raise ValueError(f"site must be one of {SITES}, got {site!r}")
@@ -270,7 +274,7 @@ class StackedMeanAblate(HookSet):
     condition run alone (to float rounding of the batched matmuls).
     """
 
-    def __init__(self, model: Any, conditions: Sequence[dict[tuple[int, str], Tensor] | None], batch: int):
+    def __init__(self, model: Any, conditions: Sequence[Masks | None], batch: int):
         super().__init__(model)
         for c in conditions:
             _check_masks(model, c or {})
@@ -321,7 +325,7 @@ class MassiveAblation:
         return fig
 
 
-def control_masks(massive: dict[tuple[int, str], Tensor], seed: int = 0) -> dict[tuple[int, str], Tensor]:
+def control_masks(massive: Masks, seed: int = 0) -> Masks:
     """For every head, as many random non-massive dims as it has massive ones (seeded).
 
     >>> import torch
@@ -368,8 +372,10 @@ def massive_ablation(
     if max_windows is not None:
         positive_int("max_windows", max_windows)
     positive_int("max_batch_tokens", max_batch_tokens)
-    masks = {(layer, s): found.massive(s[-1])[i] for i, layer in enumerate(found.layers) for s in SITES}
-    masks = {k: v for k, v in masks.items() if v.any()}
+    per_site: Masks = {
+        (layer, s): found.massive(s[-1])[i] for i, layer in enumerate(found.layers) for s in SITES
+    }
+    masks: Masks = {k: v for k, v in per_site.items() if v.any()}
     n_dims = int(sum(int(v.sum()) for v in masks.values()))
     if not masks:
         raise ValueError(f"no massive values at λ = {found.lam}: nothing to ablate")

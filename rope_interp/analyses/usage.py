@@ -24,7 +24,8 @@ from .inputs import figure, heatmap, layer_head_band_frame, layer_list
 from .registry import Analysis, Block, Option, RunContext
 from .stream import Accumulator, check_merge, run_pass
 
-SITES = {"q": "rot_q", "k": "rot_k", "v": "v"}
+SIDES = {"q": "rot_q", "k": "rot_k", "v": "v"}
+"""Each reported side and the site its norms are read at."""
 
 
 @dataclass
@@ -63,8 +64,8 @@ class FrequencyUsage:
         return s[:, -n:].sum(-1) / s[:, :n].sum(-1).clamp_min(1e-30)
 
     def _site(self, site: str) -> Tensor:
-        if site not in SITES:
-            raise ValueError(f"site must be one of {list(SITES)}, got {site!r}")
+        if site not in SIDES:
+            raise ValueError(f"site must be one of {list(SIDES)}, got {site!r}")
         return {"q": self.q_norm, "k": self.k_norm, "v": self.v_norm}[site]
 
     def merge(self, other: FrequencyUsage) -> FrequencyUsage:
@@ -86,7 +87,7 @@ class FrequencyUsage:
         import pandas as pd
 
         frames = []
-        for site in SITES:
+        for site in SIDES:
             df = layer_head_band_frame(self.layers, {"theta": self.freqs, "mean_norm": self._site(site)})
             df.insert(0, "site", site)
             frames.append(df)
@@ -96,7 +97,7 @@ class FrequencyUsage:
         """Heatmaps of mean norm: per layer averaged over heads (``layer=None``) or per head of one layer."""
         fig, axes = figure(3, width=5.0, height=4.0)
         if layer is None:
-            for ax, site in zip(axes, SITES, strict=False):
+            for ax, site in zip(axes, SIDES, strict=False):
                 heatmap(
                     ax,
                     self.per_layer(site),
@@ -109,7 +110,7 @@ class FrequencyUsage:
             if layer not in self.layers:
                 raise ValueError(f"layer {layer} was not analysed; analysed layers: {self.layers}")
             i = self.layers.index(layer)
-            for ax, site in zip(axes, SITES, strict=False):
+            for ax, site in zip(axes, SIDES, strict=False):
                 heatmap(
                     ax,
                     self._site(site)[i],
@@ -153,7 +154,7 @@ class UsageAccumulator(Accumulator):
 
     def __init__(self, model: Any, layers: list[int], start_pos: int = 0):
         self.model, self.layers = model, list(layers)
-        self.stats = BandStats(model, layers=self.layers, sites=tuple(SITES.values()), start_pos=start_pos)
+        self.stats = BandStats(model, layers=self.layers, sites=tuple(SIDES.values()), start_pos=start_pos)
 
     def fwd_hooks(self):
         return self.stats.fwd_hooks()
@@ -180,7 +181,7 @@ def _start(ctx: RunContext, opts: dict[str, Any]) -> list[Accumulator]:
 
 
 def _summary(r: FrequencyUsage) -> dict[str, Any]:
-    ratio = {s: r.low_high_ratio(s).tolist() for s in SITES}
+    ratio = {s: r.low_high_ratio(s).tolist() for s in SIDES}
     arg = {s: r.per_layer(s).argmax(-1).tolist() for s in ("q", "k")}
     return {
         "n_tokens": r.n_tokens,

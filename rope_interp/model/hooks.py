@@ -74,8 +74,29 @@ Site = Literal["q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "z"]
 QKSite = Literal["q", "k", "rot_q", "rot_k"]
 """The four sites that carry queries/keys: before (``q``, ``k``) and after rotation."""
 
+RotSite = Literal["rot_q", "rot_k"]
+"""Queries / keys after rotation."""
+
+Side = Literal["q", "k"]
+"""Which side of q·k: the query or the key."""
+
 SITES: tuple[str, ...] = get_args(Site)
 QK_SITES: tuple[str, ...] = get_args(QKSite)
+ROT_SITES: tuple[RotSite, ...] = get_args(RotSite)
+
+
+def rot_site(side: Side) -> RotSite:
+    """The rotated site of a side, typed (instead of ``"rot_" + side``).
+
+    >>> rot_site("k")
+    'rot_k'
+    """
+    if side == "q":
+        return "rot_q"
+    if side == "k":
+        return "rot_k"
+    raise ValueError(f"side must be 'q' or 'k', got {side!r}")
+
 
 _PATTERN = re.compile(r"^blocks\.(\d+)\.attn\.hook_([a-z_]+)$")
 

@@ -345,8 +345,8 @@ def load_hf_from_gguf(path: Path, dtype: torch.dtype = torch.float32):
     # treat it as the plain float model it is (TL refuses "gguf"-quantized checkpoints otherwise).
     if hasattr(hf.config, "quantization_config"):
         delattr(hf.config, "quantization_config")
-    hf.hf_quantizer = None  # plain attributes: nn.Module.__setattr__ is typed for tensors/modules
-    hf.is_quantized = False
+    # plain attributes (nn.Module.__setattr__ is typed for tensors and modules only)
+    hf.__dict__.update(hf_quantizer=None, is_quantized=False)
     hf.config.architectures = [type(hf).__name__]
     return hf.eval(), tok
 
