@@ -90,10 +90,15 @@ def from_bands(
 
 
 def rotate(
-    bands: Float[Tensor, "... n_bands 2"], angle: Float[Tensor, "... n_bands"]
+    bands: Float[Tensor, "... n_bands 2"],
+    angle: Float[Tensor, "... n_bands"],
+    *,
+    dtype: torch.dtype | None = None,
 ) -> Float[Tensor, "... n_bands 2"]:
     """Rotate each band by ``angle`` (radians, broadcast against ``bands[..., 0]``).
 
+    ``cos``/``sin`` are computed in ``angle``'s dtype; ``dtype`` casts them before the product
+    (``dtype=bands.dtype``: angles in float64, the result in the bands' own dtype).
     Rotation keeps every band's norm:
 
     >>> import torch
@@ -101,8 +106,12 @@ def rotate(
     >>> r = rotate(b, torch.rand(5, 4))
     >>> torch.allclose(band_norms(r), band_norms(b))
     True
+    >>> rotate(b, torch.rand(5, 4, dtype=torch.float64), dtype=b.dtype).dtype
+    torch.float32
     """
     c, s = torch.cos(angle), torch.sin(angle)
+    if dtype is not None:
+        c, s = c.to(dtype), s.to(dtype)
     x0, x1 = bands[..., 0], bands[..., 1]
     return torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1)
 

@@ -227,3 +227,70 @@ def test_refine_cap_is_respected_and_an_unstable_top_warns():
     assert warned == (not r.extra["stable"])
     with pytest.raises(ParameterError, match="estimate"):
         refine_sweep(model, TOKENS, metric, estimate="exact", progress=False)
+
+
+# ---- validate once: one layout build, one table lookup, the tiers' public signatures ---------------------------
+def _count_calls(monkeypatch, owner, name):
+    calls = []
+    orig = getattr(owner, name)
+
+    def counted(*a, **k):
+        calls.append(1)
+        return orig(*a, **k)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("tier", [naive_sweep, exact_sweep])
+def test_a_32_cell_sweep_builds_the_layout_at_most_twice(monkeypatch, tier):
+    model, toks = tiny_layout_model("gqa"), TOKENS[:, :2]
+    builds = _count_calls(monkeypatch, RotaryBands, "from_model")
+    r = tier(model, toks, loss_metric(toks), ("layer", "band", "pos"), mode="no_rotation", progress=False)
+    assert r.values.numel() == 32 and len(builds) <= 2
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_sweep_looks_its_mode_up_once(monkeypatch, method):
+    from rope_interp.intervene import modes
+
+    lookups = _count_calls(monkeypatch, modes, "row")
+    run_sweep(
+        tiny_layout_model("gqa"),
+        TOKENS,
+        loss_metric(TOKENS),
+        method=method,
+        mode="shift",
+        params={"delta": 1.0},
+        progress=False,
+    )
+    assert len(lookups) == 1
+
+
+def test_an_intervention_looks_its_mode_up_once(monkeypatch):
+    from rope_interp.intervene import modes
+
+    lookups = _count_calls(monkeypatch, modes, "row")
+    builds = _count_calls(monkeypatch, RotaryBands, "from_model")
+    ablate_bands(tiny_layout_model("gqa"), [1], mode="scale_freq", factor=2.0)
+    assert len(lookups) == 1 and len(builds) == 1
+
+
+def test_the_tiers_spell_out_the_selection_keywords():
+    import inspect
+
+    selection = ["source", "mode", "params", "layers", "heads", "bands", "positions", "target"]
+    own = {
+        "naive": ["progress"],
+        "exact": ["batch_size", "max_batch_tokens", "progress"],
+        "attribution": ["progress"],
+        "qk_attribution": ["progress"],
+        "refine": ["top", "estimate", "max_exact", "batch_size", "max_batch_tokens", "progress"],
+    }
+    for name, tier in TIERS.items():
+        sig = inspect.signature(tier)
+        assert list(sig.parameters) == ["model", "tokens", "metric", "per", *selection, *own[name]], name
+        assert sig.parameters["per"].default == ("layer", "band")
+        assert all(sig.parameters[k].default is None for k in selection)
+        with pytest.raises(TypeError, match="unexpected keyword argument 'band'"):
+            tier(tiny_layout_model("gqa"), TOKENS, loss_metric(TOKENS), band=[1])

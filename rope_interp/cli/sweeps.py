@@ -18,6 +18,7 @@ to ``--out``, then print the conditions with the largest effect. Choices for ``-
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 from ..intervene.modes import METHODS, MODES, TARGETS
@@ -147,28 +148,34 @@ def _write(result: Any, args: argparse.Namespace, name: str, title: str) -> None
     print(f"wrote {folder / (name + '.csv')}, {name}.png and {name}.spec.json")
 
 
-def _cmd_sweep(args: argparse.Namespace) -> int:
-    from ..sweep.spec import SweepSpec
-    from .common import load_from_args, tokens_from_args
+def _run(args: argparse.Namespace, check: Callable[[], None], build: Callable[[Any], Any]) -> tuple[Any, Any]:
+    """The spec (``--spec FILE``, else ``check()`` before the model loads and ``build(model)`` after) and
+    its result."""
+    from .common import load_from_args
 
     _check_args(args)
-    if args.spec is not None:
-        spec = _load_spec(args)  # validated before the model loads
-        model = load_from_args(args)
-    else:
-        params = {k: getattr(args, k) for k in ("delta", "phase", "factor") if getattr(args, k) is not None}
-        from ..intervene.modes import check_params, resolve_target
+    spec = _load_spec(args) if args.spec is not None else None  # validated before the model loads
+    if spec is None:
+        check()
+    model = load_from_args(args)
+    spec = build(model) if spec is None else spec
+    return spec, spec.run(model, progress=not args.no_progress)
 
-        check_params(
-            args.mode,
-            params,
-            resolve_target(args.mode, args.target),
-            symmetric_qk=args.per != "layer-band-pos",
-        )
-        model = load_from_args(args)
-        tokens = tokens_from_args(model, args)
-        spec = SweepSpec(
-            tokens=tokens.tolist(),
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from ..intervene.modes import row
+    from ..sweep.spec import SweepSpec
+    from .common import tokens_from_args
+
+    params = {k: getattr(args, k) for k in ("delta", "phase", "factor") if getattr(args, k) is not None}
+
+    def check() -> None:
+        mode = row(args.mode)
+        mode.check_params(params, mode.resolve_target(args.target), symmetric_qk=args.per != "layer-band-pos")
+
+    def build(model: Any) -> SweepSpec:
+        return SweepSpec(
+            tokens=tokens_from_args(model, args).tolist(),
             metric={"name": "loss"},
             per=list(PER[args.per]),
             method=args.method,
@@ -179,7 +186,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             bands=args.bands,
             options=_options(args),
         )
-    result = spec.run(model, progress=not args.no_progress)
+
+    spec, result = _run(args, check, build)
     what = "patched clean→corrupted" if spec.kind == "patch" else f"{spec.mode or 'zero'} on one band"
     _write(result, args, "sweep", f"metric change, {what} ({result.extra.get('target')})")
     return 0
@@ -188,19 +196,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_patch(args: argparse.Namespace) -> int:
     from ..errors import ParameterError
     from ..sweep.spec import SweepSpec
-    from .common import load_from_args
 
-    _check_args(args)
-    if args.spec is not None:
-        spec = _load_spec(args)  # validated before the model loads
-        model = load_from_args(args)
-    else:
+    def check() -> None:
         missing = [f"--{k}" for k in ("clean", "corrupted", "answer", "wrong") if getattr(args, k) is None]
         if missing:
             raise ParameterError(f"patch needs {', '.join(missing)} (or --spec FILE)")
-        model = load_from_args(args)
+
+    def build(model: Any) -> SweepSpec:
         answer, wrong = model.to_single_token(args.answer), model.to_single_token(args.wrong)
-        spec = SweepSpec(
+        return SweepSpec(
             tokens=model.to_tokens(args.corrupted).tolist(),
             clean_tokens=model.to_tokens(args.clean).tolist(),
             metric={"name": "logit_diff", "answer": int(answer), "wrong": int(wrong)},
@@ -211,6 +215,7 @@ def _cmd_patch(args: argparse.Namespace) -> int:
             bands=args.bands,
             options=_options(args),
         )
-    result = spec.run(model, progress=not args.no_progress)
+
+    _, result = _run(args, check, build)
     _write(result, args, "patch", f"logit diff after patching one band clean→corrupted ({result.method})")
     return 0

@@ -76,22 +76,17 @@ from ..model import adapter
 from ..model import bridge as _bridge
 from ..model.hooks import FwdHooks, HookSet, attn_hook, rotary_table_hook
 from ..model.layout import RotaryBands
-from ..validate import finite, indices
+from ..validate import finite
 from .modes import (  # noqa: F401  (the pure functions are re-exported here, where users found them)
     MODE_TABLE,
     MODES,
     TARGETS,
-    BandContext,
     Mode,
+    ResolvedMode,
     Target,
-    angle_dtype,
-    check_params,
     mean_bands,
     position_angles,
-    resolve_reference,
-    resolve_target,
-    rotate_cs,
-    row,
+    resolve_mode,
     scale_freq_bands,
     shift_bands,
     unrotate_bands,
@@ -150,35 +145,27 @@ def positions_from_angles(
 
 # ---- the hook set ----------------------------------------------------------------------------------------
 class BandIntervention(HookSet):
-    """One intervention ``mode`` on ``bands`` of ``layers`` × ``heads``, on q, k or both.
+    """One intervention: a :class:`~rope_interp.intervene.modes.ResolvedMode` applied at ``hook_rot_q`` /
+    ``hook_rot_k`` of its layers, heads and bands.
 
-    Build it with :func:`ablate_bands` (or :func:`prope`); see the module docstring for
-    where each mode acts, the KV-cache behaviour and the GQA head rule.
-    All constants live on the model's device; hooks never synchronise with the host.
+    Build it with :func:`ablate_bands` (or :func:`prope`), or from a recipe of
+    :func:`~rope_interp.intervene.modes.resolve_mode`; ``BandIntervention(model, bands, layers, ...)``
+    takes the arguments of :func:`ablate_bands`. See the module docstring for where each mode acts,
+    the KV-cache behaviour and the GQA head rule. All constants live on the model's device; hooks
+    never synchronise with the host.
     """
 
-    def __init__(
-        self,
-        model: Any,
-        bands: int | Sequence[int] | None,
-        layers: int | Sequence[int] | None = None,
-        heads: int | Sequence[int] | None = None,
-        target: Target | None = None,
-        mode: Mode = "zero",
-        *,
-        kv_heads: int | Sequence[int] | None = None,
-        **params: Any,
-    ):
+    def __init__(self, model: Any, recipe: ResolvedMode | Any, *args: Any, **kwargs: Any):
+        if not isinstance(recipe, ResolvedMode):  # the arguments of ablate_bands
+            recipe = ablate_bands(model, recipe, *args, **kwargs).recipe
+        elif args or kwargs:
+            raise RopeInterpError("BandIntervention(model, recipe) takes no further arguments")
         super().__init__(model)
         adapter.check_decomposable(model)
-        self.row = row(mode)
-        target = resolve_target(mode, target)
-        self.spec = spec = RotaryBands.from_model(model)
-        self.mode, self.target = mode, target
-        self.layers = adapter.layers(model, layers)
-        self.bands = list(range(spec.n_bands)) if bands is None else indices("band", bands, spec.n_bands)
-        self.q_heads, self.k_heads = self._resolve_heads(heads, kv_heads)
-        self.params = check_params(mode, params, target, symmetric_qk=self._symmetric_qk())
+        self.recipe = recipe
+        self.row, self.spec, self.target, self.params = recipe.row, recipe.spec, recipe.target, recipe.params
+        self.mode, self.layers, self.bands = recipe.mode, recipe.layers, recipe.bands
+        self.q_heads, self.k_heads = recipe.q_heads, recipe.k_heads
         self._dev = dev = adapter.device(model)
         self._band_idx = torch.tensor(self.bands, dtype=torch.long, device=dev)
         self._head_idx = {
@@ -186,20 +173,8 @@ class BandIntervention(HookSet):
             for side, h in (("q", self.q_heads), ("k", self.k_heads))
         }
         self._pending: dict[int, Tensor] = {}
-        self._adt = angle_dtype(dev)
-        self._freqs = {L: spec.freqs[L, self.bands].to(device=dev, dtype=self._adt) for L in self.layers}
-        self._positional = self.row.position_dependent
-        self._reference: dict[tuple[int, str], Tensor] = {}
-        if mode == "shift" and isinstance(self.params.get("phase"), Tensor):
-            ph = self.params["phase"]
-            if ph.shape[0] != len(self.bands):
-                raise RopeInterpError(
-                    f"phase must be a scalar or one value per selected band ({len(self.bands)}), "
-                    f"got shape {tuple(ph.shape)}"
-                )
-            self.params["phase"] = ph.to(device=dev, dtype=self._adt)
-        if mode == "mean" and self.params.get("reference") is not None:
-            self._init_reference(self.params["reference"])
+        self._adt = recipe.angle_dtype
+        self._positional = recipe.position_dependent
         # bridge: positions read from hook_cos/hook_sin (see the module docstring)
         self._from_tables = self._positional and adapter.of(model).positions_from_tables
         self._positions: dict[int, Tensor] = {}
@@ -207,38 +182,7 @@ class BandIntervention(HookSet):
         if self._from_tables:
             self._init_unwrap()
 
-    def _symmetric_qk(self) -> bool:
-        """True when the q heads changed are exactly the query heads reading the k heads changed."""
-        if self.target != "qk":
-            return False
-        spec = self.spec
-        q = set(range(spec.n_heads) if self.q_heads is None else self.q_heads)
-        k = set(range(spec.n_kv_heads) if self.k_heads is None else self.k_heads)
-        return q == {h for h in range(spec.n_heads) if int(spec.kv_map[h]) in k}
-
     # ---- setup -------------------------------------------------------------------------------------------
-    def _resolve_heads(self, heads, kv_heads) -> tuple[list[int] | None, list[int] | None]:
-        spec = self.spec
-        q = None if heads is None else adapter.heads(self.model, heads)
-        if kv_heads is not None:
-            k = indices("kv head", kv_heads, spec.n_kv_heads)
-            if "k" not in self.target:
-                raise RopeInterpError(f"kv_heads only applies to keys, but target={self.target!r}")
-            return q, k
-        if q is None or "k" not in self.target:
-            return q, None
-        kv = sorted({int(spec.kv_map[h]) for h in q})
-        if spec.n_kv_heads != spec.n_heads:
-            readers = [h for h in range(spec.n_heads) if int(spec.kv_map[h]) in kv]
-            extra = sorted(set(readers) - set(q))
-            if extra:
-                raise RopeInterpError(
-                    f"under grouped-query attention the keys of query heads {q} are kv heads {kv}, which query "
-                    f"heads {extra} also read; select whole groups (heads={readers}), use target='q', or pass "
-                    f"kv_heads={kv} explicitly to change those keys for every head of the group"
-                )
-        return q, kv
-
     def _init_unwrap(self) -> None:
         spec = self.spec
         self._chain = {L: _unwrap_chain(spec.freqs[L].tolist(), ANGLE_TOL) for L in self.layers}
@@ -250,18 +194,6 @@ class BandIntervention(HookSet):
                     f"which repeat every {reach:.0f} tokens (< n_ctx={spec.n_ctx}); load the model as a "
                     "HookedTransformer for this intervention"
                 )
-
-    def _init_reference(self, ref: Any) -> None:
-        for side in ("q", "k") if self.target == "qk" else (self.target,):
-            heads = self.q_heads if side == "q" else self.k_heads
-            for L, v in resolve_reference(self.spec, ref, self.layers, side).items():
-                v = v[:, self.bands]
-                if heads is not None:
-                    v = v[heads]
-                self._reference[L, side] = v.to(device=self._dev, dtype=self._model_dtype())
-
-    def _model_dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
 
     # ---- application ----------------------------------------------------------------------------------------
     @property
@@ -281,16 +213,12 @@ class BandIntervention(HookSet):
         else:
             v[:, :, h.to(v.device)[:, None], b[None, :]] = new
 
-    def _transform(self, x: Tensor, layer: int, side: str, pos: Tensor | None) -> Tensor:
-        ctx = BandContext(self._freqs[layer], pos, self._reference.get((layer, side)))
-        return self.row.apply(x, ctx, self.params)
-
     def _apply(self, act: Tensor, layer: int, side: str, start: int = 0, pos: Tensor | None = None) -> None:
         """``pos``: positions ``[pos]`` or ``[batch, pos]``; default ``start .. start + n - 1``."""
         if pos is None and self._positional:
-            pos = torch.arange(start, start + act.shape[1], device=act.device, dtype=self._adt)
+            pos = self.recipe.positions(act.shape[1], act.device, start)
         v = band_view(act, self.spec.rotary_dim, self.spec.adjacent_pairs)
-        self._write(v, side, self._transform(self._select(v, side), layer, side, pos))
+        self._write(v, side, self.recipe.apply(self._select(v, side), layer, side, pos))
 
     def _table_positions(self, layer: int, last: bool) -> Tensor:
         pos = self._positions.pop(layer, None) if last else self._positions.get(layer)
@@ -330,7 +258,7 @@ class BandIntervention(HookSet):
         return act
 
     def fwd_hooks(self) -> FwdHooks:
-        if not self.bands or (self.q_heads == [] and self.k_heads in ([], None)):
+        if self.recipe.is_identity:
             return []
         hooks: FwdHooks = []
         for L in self.layers:
@@ -393,7 +321,12 @@ def ablate_bands(
     ...
     rope_interp.errors.UselessInterventionError: mode 'shift' with target='qk' changes nothing: the same extra angle on q and k cancels in every q·k. Use target='k' (keys as if delta positions later, the default for shift) or target='q'
     """
-    return BandIntervention(model, bands, layers, heads, target, mode, **params)
+    adapter.check_decomposable(model)
+    kv_heads = params.pop("kv_heads", None)
+    recipe = resolve_mode(
+        model, mode, target, params, layers=layers, bands=bands, heads=heads, kv_heads=kv_heads
+    )
+    return BandIntervention(model, recipe)
 
 
 def prope(model: Any, p: float, layers: int | Sequence[int] | None = None) -> BandIntervention:
@@ -409,5 +342,9 @@ def prope(model: Any, p: float, layers: int | Sequence[int] | None = None) -> Ba
     finite("p", p)
     if not 0.0 <= float(p) <= 1.0:
         raise RopeInterpError(f"p must be in [0, 1] (fraction of frequencies kept), got {p}")
-    n = RotaryBands.from_model(model).n_bands
-    return BandIntervention(model, list(range(round(float(p) * n), n)), layers, None, "qk", "no_rotation")
+    spec = RotaryBands.from_model(model)
+    n = spec.n_bands
+    keep = list(range(round(float(p) * n), n))
+    return BandIntervention(
+        model, resolve_mode(model, "no_rotation", "qk", layers=layers, bands=keep, spec=spec)
+    )

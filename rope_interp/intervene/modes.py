@@ -6,6 +6,11 @@ target it acts on by default and when it provably changes nothing. Adding a mode
 function and one :class:`ModeRow` in :data:`MODE_TABLE`; :class:`~rope_interp.intervene.ablate.BandIntervention`,
 the sweeps (:mod:`rope_interp.sweep.tiers`) and ``rope-interp sweep --mode`` pick it up.
 
+Validate once, then apply: :func:`resolve_mode` looks the mode up, checks the target, the
+selection and the parameters, and prepares the constants (frequencies, a mean reference, a
+per-band phase) on the model's device, all in one :class:`ResolvedMode`; ``ablate_bands`` and
+the sweep engine (:class:`~rope_interp.sweep.grid.CellOp`) apply that value and check nothing again.
+
 =============  ==========================  ================  ==============  ===========================
 mode           parameters                  position-dep.     default target  refused as a no-op when
 =============  ==========================  ================  ==============  ===========================
@@ -42,7 +47,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -50,8 +55,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..errors import ParameterError, UselessInterventionError
-from ..validate import finite
+from ..bands import rotate
+from ..errors import ParameterError, RopeInterpError, UselessInterventionError
+from ..model import adapter
+from ..model.layout import RotaryBands
+from ..validate import finite, indices
 
 Mode = Literal["zero", "mean", "no_rotation", "shift", "scale_freq"]
 Target = Literal["q", "k", "qk"]
@@ -62,17 +70,6 @@ METHODS: tuple[str, ...] = get_args(Method)
 
 
 # ---- pure functions on [..., pos, head, band, 2] --------------------------------------------------------
-def rotate_cs(bands: Tensor, angle: Tensor) -> Tensor:
-    """Rotate by ``angle`` (any float dtype, computed there), result in ``bands``' dtype.
-
-    >>> rotate_cs(torch.tensor([[1.0, 0.0]]), torch.tensor([math.pi / 2])).round().abs().tolist()
-    [[0.0, 1.0]]
-    """
-    c, s = torch.cos(angle).to(bands.dtype), torch.sin(angle).to(bands.dtype)
-    x0, x1 = bands[..., 0], bands[..., 1]
-    return torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1)
-
-
 def position_angles(
     freqs: Float[Tensor, " band"], positions: Float[Tensor, "*batch pos"]
 ) -> Float[Tensor, "*batch pos 1 band"]:
@@ -114,12 +111,11 @@ def unrotate_bands(
 ) -> Float[Tensor, "... pos head band 2"]:
     """Undo RoPE: ``rotate(x, -theta_i * m)`` (post-rotation band -> ``amplitude * pre``).
 
-    >>> from rope_interp.bands import rotate
     >>> pre, f, m = torch.randn(4, 1, 3, 2), torch.tensor([1.0, 0.1, 0.01]), torch.arange(4.0)
     >>> torch.allclose(unrotate_bands(rotate(pre, position_angles(f, m)), f, m), pre, atol=1e-6)
     True
     """
-    return rotate_cs(bands, -position_angles(freqs, positions))
+    return rotate(bands, -position_angles(freqs, positions), dtype=bands.dtype)
 
 
 def shift_bands(
@@ -130,7 +126,7 @@ def shift_bands(
     >>> shift_bands(torch.tensor([[1.0, 0.0]]), torch.tensor([math.pi / 2])).round().abs().tolist()
     [[0.0, 1.0]]
     """
-    return rotate_cs(bands, torch.as_tensor(phase, dtype=torch.float64, device=bands.device))
+    return rotate(bands, torch.as_tensor(phase, dtype=torch.float64, device=bands.device), dtype=bands.dtype)
 
 
 def scale_freq_bands(
@@ -141,13 +137,12 @@ def scale_freq_bands(
 ) -> Float[Tensor, "... pos head band 2"]:
     """Re-time post-rotation bands to turn at ``factor * theta_i``: extra ``(factor - 1) theta_i m``.
 
-    >>> from rope_interp.bands import rotate
     >>> pre, f, m = torch.randn(5, 1, 2, 2), torch.tensor([0.3, 0.02]), torch.arange(5.0)
     >>> post = rotate(pre, position_angles(f, m))
     >>> torch.allclose(scale_freq_bands(post, f, m, 2.0), rotate(pre, position_angles(2 * f, m)), atol=1e-6)
     True
     """
-    return rotate_cs(bands, (factor - 1.0) * position_angles(freqs, positions))
+    return rotate(bands, (factor - 1.0) * position_angles(freqs, positions), dtype=bands.dtype)
 
 
 # ---- the table ---------------------------------------------------------------------------------------------
@@ -181,14 +176,14 @@ def _apply_no_rotation(x: Tensor, ctx: BandContext, p: dict[str, Any]) -> Tensor
 
 def _apply_shift(x: Tensor, ctx: BandContext, p: dict[str, Any]) -> Tensor:
     if "delta" in p:
-        return rotate_cs(x, ctx.freqs.to(x.device) * p["delta"])
+        return rotate(x, ctx.freqs.to(x.device) * p["delta"], dtype=x.dtype)
     ph = torch.as_tensor(p["phase"], dtype=ctx.freqs.dtype, device=x.device)
     if ph.ndim == 1 and ph.shape[0] != x.shape[-2]:
         raise ParameterError(
             f"phase has {ph.shape[0]} values but the view has {x.shape[-2]} bands; "
             "pass a scalar or one value per selected band"
         )
-    return rotate_cs(x, ph)
+    return rotate(x, ph, dtype=x.dtype)
 
 
 def _apply_scale_freq(x: Tensor, ctx: BandContext, p: dict[str, Any]) -> Tensor:
@@ -256,6 +251,13 @@ def _check_scale_freq(p: dict[str, Any]) -> str | None:
     return None
 
 
+def check_target(target: Any) -> Target:
+    """``target`` if it is one of :data:`TARGETS`, else a :class:`ParameterError`."""
+    if not isinstance(target, str) or target not in TARGETS:
+        raise ParameterError(f"unknown target {target!r}; expected one of {TARGETS}")
+    return target  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class ModeRow:
     """One intervention mode: its function on the band view and everything needed to validate a call.
@@ -273,6 +275,30 @@ class ModeRow:
     default_target: Target = "qk"
     cancels_on_qk: bool = False
     summary: str = ""
+
+    def resolve_target(self, target: Any) -> Target:
+        """``target`` (None = this mode's default), validated."""
+        return self.default_target if target is None else check_target(target)
+
+    def check_params(
+        self, params: Mapping[str, Any], target: Target, *, symmetric_qk: bool = True
+    ) -> dict[str, Any]:
+        """A validated, normalised copy of ``params`` for this mode on ``target`` (see :func:`check_params`)."""
+        p = dict(params)
+        for name in p:
+            if name not in self.params:
+                allowed = ", ".join(self.params) or "no parameters"
+                raise ParameterError(f"mode {self.name!r} takes {allowed}; got unexpected parameter {name!r}")
+        why = self.check(p)
+        if why is not None:
+            raise UselessInterventionError(why)
+        if self.cancels_on_qk and target == "qk" and symmetric_qk:
+            raise UselessInterventionError(
+                f"mode {self.name!r} with target='qk' changes nothing: the same extra angle on q and k cancels "
+                "in every q·k. Use target='k' (keys as if delta positions later, the default for shift) or "
+                "target='q'"
+            )
+        return p
 
 
 MODE_TABLE: dict[str, ModeRow] = {
@@ -327,20 +353,13 @@ def row(mode: Any) -> ModeRow:
     return MODE_TABLE[mode]
 
 
-def check_target(target: Any) -> Target:
-    """``target`` if it is one of :data:`TARGETS`, else a :class:`ParameterError`."""
-    if not isinstance(target, str) or target not in TARGETS:
-        raise ParameterError(f"unknown target {target!r}; expected one of {TARGETS}")
-    return target  # type: ignore[return-value]
-
-
 def resolve_target(mode: str, target: Any) -> Target:
     """``target`` (None = the mode's default: ``"k"`` for shift, ``"qk"`` otherwise), validated.
 
     >>> resolve_target("shift", None), resolve_target("zero", None)
     ('k', 'qk')
     """
-    return row(mode).default_target if target is None else check_target(target)
+    return row(mode).resolve_target(target)
 
 
 def check_params(
@@ -360,21 +379,7 @@ def check_params(
     ...
     rope_interp.errors.UselessInterventionError: mode 'shift' with target='qk' changes nothing: the same extra angle on q and k cancels in every q·k. Use target='k' (keys as if delta positions later, the default for shift) or target='q'
     """
-    r = row(mode)
-    p = dict(params)
-    for name in p:
-        if name not in r.params:
-            allowed = ", ".join(r.params) or "no parameters"
-            raise ParameterError(f"mode {mode!r} takes {allowed}; got unexpected parameter {name!r}")
-    why = r.check(p)
-    if why is not None:
-        raise UselessInterventionError(why)
-    if r.cancels_on_qk and target == "qk" and symmetric_qk:
-        raise UselessInterventionError(
-            f"mode {mode!r} with target='qk' changes nothing: the same extra angle on q and k cancels in "
-            "every q·k. Use target='k' (keys as if delta positions later, the default for shift) or target='q'"
-        )
-    return p
+    return row(mode).check_params(params, target, symmetric_qk=symmetric_qk)
 
 
 def json_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -432,3 +437,160 @@ def resolve_reference(spec: Any, ref: Any, layers: Sequence[int], side: str) -> 
         )
     finite("reference", t)
     return {L: t[L] for L in layers}
+
+
+# ---- a mode resolved once: validate into a recipe, then apply ---------------------------------------------
+@dataclass(frozen=True, eq=False)
+class ResolvedMode:
+    """One mode, validated once and prepared for one model: what :func:`resolve_mode` returns.
+
+    ``row``: the :data:`MODE_TABLE` row; ``target``: ``"q"``, ``"k"`` or ``"qk"``; ``params``:
+    checked and normalised (a per-band ``phase`` on the model's device, in the angle dtype);
+    ``layers`` / ``bands``: the layers it acts at and the bands of the view it receives (its band
+    axis); ``q_heads`` / ``k_heads``: the heads changed on each side (None = all); ``freqs``:
+    ``{layer: [len(bands)]}`` radians per token; ``reference``: ``{(layer, side): [head, band, 2]}``
+    for ``mean`` with a fixed reference. :class:`~rope_interp.intervene.ablate.BandIntervention`
+    and the sweep engine (:class:`~rope_interp.sweep.grid.CellOp`) both apply it with :meth:`apply`.
+
+    >>> from rope_interp.model.testing import tiny_model
+    >>> rm = resolve_mode(tiny_model(), "shift", params={"delta": 2}, layers=[0], bands=[1, 2])
+    >>> rm.mode, rm.target, rm.params, rm.freqs[0].shape
+    ('shift', 'k', {'delta': 2.0}, torch.Size([2]))
+    >>> rm.apply(torch.ones(1, 3, 2, 2, 2), 0, "k").shape   # [batch, pos, head, band, 2]
+    torch.Size([1, 3, 2, 2, 2])
+    """
+
+    row: ModeRow
+    target: Target
+    params: dict[str, Any]
+    spec: RotaryBands
+    layers: list[int]
+    bands: list[int]
+    q_heads: list[int] | None
+    k_heads: list[int] | None
+    freqs: dict[int, Tensor]
+    reference: dict[tuple[int, str], Tensor]
+    angle_dtype: torch.dtype
+
+    @property
+    def mode(self) -> str:
+        return self.row.name
+
+    @property
+    def position_dependent(self) -> bool:
+        return self.row.position_dependent
+
+    @property
+    def is_identity(self) -> bool:
+        """An empty band or head selection: a documented identity (no hooks)."""
+        return not self.bands or (self.q_heads == [] and self.k_heads in ([], None))
+
+    def positions(self, n: int, device: Any, start: int = 0) -> Tensor:
+        """Positions ``start .. start + n - 1`` in the angle dtype (for the position-dependent modes)."""
+        return torch.arange(start, start + n, device=device, dtype=self.angle_dtype)
+
+    def apply(self, x: Tensor, layer: int, side: str, positions: Tensor | None = None) -> Tensor:
+        """The new band view for ``x`` ``[..., pos, head, band, 2]`` of ``side`` at ``layer``.
+
+        ``positions``: ``[pos]`` or ``[batch, pos]``; default ``0 .. pos - 1`` for the modes that need them.
+        """
+        if positions is None and self.row.position_dependent:
+            positions = self.positions(x.shape[-4], x.device)
+        ctx = BandContext(self.freqs[layer], positions, self.reference.get((layer, side)))
+        return self.row.apply(x, ctx, self.params)
+
+
+def _heads(
+    spec: RotaryBands, heads: Any, kv_heads: Any, target: Target
+) -> tuple[list[int] | None, list[int] | None]:
+    """The q and k heads an intervention changes (None = all); under GQA the k side needs whole groups."""
+    q = None if heads is None else indices("head", heads, spec.n_heads)
+    if kv_heads is not None:
+        k = indices("kv head", kv_heads, spec.n_kv_heads)
+        if "k" not in target:
+            raise RopeInterpError(f"kv_heads only applies to keys, but target={target!r}")
+        return q, k
+    if q is None or "k" not in target:
+        return q, None
+    kv = sorted({int(spec.kv_map[h]) for h in q})
+    if spec.n_kv_heads != spec.n_heads:
+        readers = [h for h in range(spec.n_heads) if int(spec.kv_map[h]) in kv]
+        extra = sorted(set(readers) - set(q))
+        if extra:
+            raise RopeInterpError(
+                f"under grouped-query attention the keys of query heads {q} are kv heads {kv}, which query "
+                f"heads {extra} also read; select whole groups (heads={readers}), use target='q', or pass "
+                f"kv_heads={kv} explicitly to change those keys for every head of the group"
+            )
+    return q, kv
+
+
+def _symmetric_qk(spec: RotaryBands, target: Target, q_heads: Any, k_heads: Any) -> bool:
+    """True when the q heads changed are exactly the query heads reading the k heads changed."""
+    if target != "qk":
+        return False
+    q = set(range(spec.n_heads) if q_heads is None else q_heads)
+    k = set(range(spec.n_kv_heads) if k_heads is None else k_heads)
+    return q == {h for h in range(spec.n_heads) if int(spec.kv_map[h]) in k}
+
+
+def resolve_mode(
+    model: Any,
+    mode: Any = "zero",
+    target: Any = None,
+    params: Mapping[str, Any] | None = None,
+    *,
+    layers: int | Sequence[int] | None = None,
+    bands: int | Sequence[int] | None = None,
+    heads: int | Sequence[int] | None = None,
+    kv_heads: int | Sequence[int] | None = None,
+    symmetric_qk: bool | None = None,
+    spec: RotaryBands | None = None,
+) -> ResolvedMode:
+    """Every check of one intervention, once: ``mode`` looked up in :data:`MODE_TABLE`, ``target``
+    (None = the mode's default), ``layers``/``bands``/``heads`` (None = all), ``params`` (a ``mean``
+    ``reference=`` among them), and the constants prepared on the model's device.
+
+    ``bands`` None: the view holds every band of the model (a sweep), and a per-band ``phase``
+    has one value per band of the model; else one per selected band. ``heads`` are query heads
+    (``kv_heads`` picks key heads explicitly; see :mod:`rope_interp.intervene.ablate` for the GQA
+    rule). ``symmetric_qk`` None: read from the heads (see :func:`check_params`). ``spec``: the
+    model's :class:`~rope_interp.model.layout.RotaryBands`, when the caller has it already.
+
+    >>> from rope_interp.model.testing import tiny_model
+    >>> resolve_mode(tiny_model(), "shift", "qk", {"delta": 1})
+    Traceback (most recent call last):
+    ...
+    rope_interp.errors.UselessInterventionError: mode 'shift' with target='qk' changes nothing: the same extra angle on q and k cancels in every q·k. Use target='k' (keys as if delta positions later, the default for shift) or target='q'
+    """
+    r = row(mode)
+    target = r.resolve_target(target)
+    spec = RotaryBands.from_model(model) if spec is None else spec
+    layer_list = adapter.layers(model, layers)
+    band_list = spec.bands(bands)
+    q_heads, k_heads = _heads(spec, heads, kv_heads, target)
+    if symmetric_qk is None:
+        symmetric_qk = _symmetric_qk(spec, target, q_heads, k_heads)
+    p = r.check_params(params or {}, target, symmetric_qk=symmetric_qk)
+    dev = adapter.device(model)
+    adt = angle_dtype(dev)
+    if isinstance(p.get("phase"), Tensor):
+        ph = p["phase"]
+        if ph.shape[0] != len(band_list):
+            which = "band of the model" if bands is None else "selected band"
+            raise ParameterError(
+                f"phase must be a scalar or one value per {which} ({len(band_list)}), got shape {tuple(ph.shape)}"
+            )
+        p["phase"] = ph.to(device=dev, dtype=adt)
+    reference: dict[tuple[int, str], Tensor] = {}
+    if r.name == "mean" and p.get("reference") is not None:
+        dtype = next(model.parameters()).dtype
+        for side in ("q", "k") if target == "qk" else (target,):
+            side_heads = q_heads if side == "q" else k_heads
+            for L, v in resolve_reference(spec, p["reference"], layer_list, side).items():
+                v = v[:, band_list]
+                if side_heads is not None:
+                    v = v[side_heads]
+                reference[L, side] = v.to(device=dev, dtype=dtype)
+    freqs = {L: spec.freqs[L, band_list].to(device=dev, dtype=adt) for L in layer_list}
+    return ResolvedMode(r, target, p, spec, layer_list, band_list, q_heads, k_heads, freqs, reference, adt)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +87,18 @@ class RotaryBands:
     @property
     def n_bands(self) -> int:
         return self.rotary_dim // 2
+
+    def bands(self, bands: int | Sequence[int] | None = None) -> list[int]:
+        """Normalise a band selection (None = all bands) and check it is in range.
+
+        >>> from rope_interp.model.testing import tiny_model
+        >>> rb = RotaryBands.from_model(tiny_model())
+        >>> rb.bands(None) == list(range(rb.n_bands)), rb.bands([-1, 0])
+        (True, [7, 0])
+        """
+        if bands is None:
+            return list(range(self.n_bands))
+        return indices("band", bands, self.n_bands)
 
     @property
     def dims(self) -> Int[Tensor, "n_bands 2"]:

@@ -3,10 +3,11 @@ applies any intervention mode (or a patch from a source run) to chosen cells.
 
 A *cell* is one (head, band, pos) selection within a layer (axes as chosen by ``per``);
 :class:`Grid` lists them and turns a list of cells into boolean masks ``[K, pos|1, head, band]``;
-:class:`CellOp` is what a cell receives (a row of :data:`rope_interp.intervene.modes.MODE_TABLE`
+:class:`CellOp` is what a cell receives (a :class:`~rope_interp.intervene.modes.ResolvedMode`
 applied to the band view, or the source run's bands); :class:`MaskedBands` writes ``K``
 conditions into ``K`` stacked copies of a run at one layer. :class:`SweepResult` holds the
-values. The tiers that use these live in :mod:`rope_interp.sweep.tiers`.
+values. A sweep builds them once, in a :class:`~rope_interp.sweep.selection.Selection`; the tiers
+that use them live in :mod:`rope_interp.sweep.tiers`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import Tensor
 
 from ..bands import band_view, pass_view
 from ..errors import ParameterError, RopeInterpError
-from ..intervene.modes import BandContext, angle_dtype, check_target, resolve_reference, row
+from ..intervene.modes import ResolvedMode, check_target
 from ..model import adapter
 from ..model.hooks import FwdHooks, HookSet, attn_hook
 from ..model.layout import RotaryBands
@@ -85,6 +86,19 @@ class SweepResult:
 
 
 # ---- conditions: which (head, band, pos) cells a condition touches --------------------------------------
+def grid_dims(per: str | Sequence[str]) -> tuple[str, ...]:
+    """The axes of a sweep's grid, in the canonical order of :data:`AXES` (``"layer"`` required).
+
+    >>> grid_dims(["band", "layer"])
+    ('layer', 'band')
+    """
+    per = (per,) if isinstance(per, str) else tuple(per)
+    bad = [d for d in per if d not in AXES]
+    if bad or "layer" not in per or len(set(per)) != len(per):
+        raise RopeInterpError(f"per must list distinct axes from {AXES} including 'layer', got {per}")
+    return tuple(d for d in AXES if d in per)
+
+
 @dataclass
 class Grid:
     """The conditions of a sweep, and the masks each one applies at its layer."""
@@ -96,16 +110,21 @@ class Grid:
     n_pos: int
 
     @classmethod
-    def build(cls, model, per, layers, heads, bands, positions, target, n_pos) -> Grid:
-        spec = RotaryBands.from_model(model)
-        per = (per,) if isinstance(per, str) else tuple(per)
-        bad = [d for d in per if d not in AXES]
-        if bad or "layer" not in per or len(set(per)) != len(per):
-            raise RopeInterpError(f"per must list distinct axes from {AXES} including 'layer', got {per}")
+    def build(
+        cls,
+        spec: RotaryBands,
+        dims: tuple[str, ...],
+        layers: list[int],
+        heads: Sequence[int] | None,
+        bands: Sequence[int] | None,
+        positions: Sequence[int] | None,
+        target: str,
+        n_pos: int,
+    ) -> Grid:
+        """The grid over ``dims`` (from :func:`grid_dims`) of validated ``layers``; the other axes checked here."""
         check_target(target)
-        dims = tuple(d for d in AXES if d in per)
         n_head_axis = spec.n_heads if target == "q" else spec.n_kv_heads
-        coords = {"layer": adapter.layers(model, layers)}
+        coords = {"layer": list(layers)}
         if "head" in dims:
             coords["head"] = (
                 list(range(n_head_axis))
@@ -115,9 +134,7 @@ class Grid:
         elif heads is not None:
             raise RopeInterpError("heads= selects the head axis: add 'head' to per (or leave heads=None)")
         if "band" in dims or bands is not None:
-            coords["band"] = (
-                list(range(spec.n_bands)) if bands is None else indices("band", bands, spec.n_bands)
-            )
+            coords["band"] = spec.bands(bands)
         if "pos" in dims:
             coords["pos"] = (
                 list(range(n_pos))
@@ -149,7 +166,7 @@ class Grid:
         P = self.n_pos if "pos" in self.dims else 1
         q = torch.zeros(K, P, spec.n_heads, spec.n_bands, dtype=torch.bool) if "q" in self.target else None
         k = torch.zeros(K, P, spec.n_kv_heads, spec.n_bands, dtype=torch.bool) if "k" in self.target else None
-        all_bands = torch.tensor(self.coords.get("band", list(range(spec.n_bands))))
+        all_bands = torch.tensor(self.coords["band"] if "band" in self.coords else spec.bands())
         all_pos = torch.arange(P)
         for i, c in enumerate(cells):
             b = torch.tensor([c["band"]]) if "band" in c else all_bands
@@ -172,70 +189,41 @@ class Grid:
 
 
 # ---- what a cell receives ---------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
 class CellOp:
-    """The new band view a selected cell gets: a mode of :data:`~rope_interp.intervene.modes.MODE_TABLE`
+    """The new band view a selected cell gets: a :class:`~rope_interp.intervene.modes.ResolvedMode`
     applied to the run's own bands, or (``source``) the bands of another run.
 
-    Built once per sweep, for all heads and bands of ``layers`` (the masks pick cells);
-    ``params`` must already be validated (:func:`~rope_interp.intervene.modes.check_params`). Position-
-    dependent modes use positions ``0 .. n - 1`` (a sweep has no KV cache). A per-band
-    ``phase`` has one value per band of the model.
+    One per sweep, for all heads and bands of its layers (the masks pick cells): ``recipe`` from
+    :func:`~rope_interp.intervene.modes.resolve_mode` with ``bands=None`` (a per-band ``phase`` has one
+    value per band of the model); position-dependent modes use positions ``0 .. n - 1`` (a sweep has
+    no KV cache). ``source``: ``{layer: {"q"/"k": [batch, pos, head, d_head]}}`` (:func:`capture_source`).
 
+    >>> from rope_interp.intervene.modes import resolve_mode
     >>> from rope_interp.model.testing import tiny_model
     >>> m = tiny_model()
-    >>> op = CellOp(m, [0], mode="zero")
+    >>> op = CellOp(RotaryBands.from_model(m), resolve_mode(m, "zero", layers=[0]))
     >>> op.new_view(torch.ones(1, 3, 4, 8, 2), 0, "q").abs().sum().item()
     0.0
     """
 
-    def __init__(
-        self,
-        model: Any,
-        layers: Sequence[int],
-        *,
-        mode: str = "zero",
-        params: dict[str, Any] | None = None,
-        source: dict[int, dict[str, Tensor]] | None = None,
-        target: str = "qk",
-    ):
-        self.spec = spec = RotaryBands.from_model(model)
-        self.mode, self.params, self.source = mode, dict(params or {}), source
-        self.row = None if source is not None else row(mode)
-        dev = adapter.device(model)
-        self._adt = angle_dtype(dev)
-        self._freqs = {L: spec.freqs[L].to(device=dev, dtype=self._adt) for L in layers}
-        self._reference: dict[tuple[int, str], Tensor] = {}
-        if self.row is not None and self.row.position_dependent and adapter.of(model).positions_from_tables:
+    spec: RotaryBands
+    recipe: ResolvedMode | None = None
+    source: dict[int, dict[str, Tensor]] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.recipe is None) == (self.source is None):
             raise ParameterError(
-                f"a sweep in mode {mode!r} needs token positions, which a TransformerBridge does not expose to "
-                "start_at_layer runs; load the model as a HookedTransformer"
+                "a CellOp takes exactly one of recipe= (a resolved mode) or source= (patching)"
             )
-        if "phase" in self.params and isinstance(self.params["phase"], Tensor):
-            ph = self.params["phase"]
-            if ph.shape[0] != spec.n_bands:
-                raise ParameterError(
-                    f"in a sweep, phase is a scalar or one value per band of the model ({spec.n_bands}), "
-                    f"got {ph.shape[0]} values"
-                )
-            self.params["phase"] = ph.to(device=dev, dtype=self._adt)
-        ref = self.params.get("reference")
-        if mode == "mean" and ref is not None:
-            dtype = next(model.parameters()).dtype
-            for side in ("q", "k") if target == "qk" else (target,):
-                for L, v in resolve_reference(spec, ref, layers, side).items():
-                    self._reference[L, side] = v.to(device=dev, dtype=dtype)
 
     def new_view(self, v: Tensor, layer: int, side: str) -> Tensor:
         """The replacement for band view ``v`` ``[..., pos, head, band, 2]`` of ``side`` at ``layer``."""
         if self.source is not None:
             src = band_view(self.source[layer][side], self.spec.rotary_dim, self.spec.adjacent_pairs)
             return src.to(v.dtype).expand_as(v)
-        assert self.row is not None
-        pos = None
-        if self.row.position_dependent:
-            pos = torch.arange(v.shape[-4], device=v.device, dtype=self._adt)
-        ctx = BandContext(self._freqs[layer], pos, self._reference.get((layer, side)))
-        return self.row.apply(v, ctx, self.params)
+        assert self.recipe is not None
+        return self.recipe.apply(v, layer, side)
 
 
 # ---- the hook set that applies masks --------------------------------------------------------------------
@@ -268,7 +256,7 @@ class MaskedBands(HookSet):
         op: CellOp | None = None,
     ):
         super().__init__(model)
-        self.spec = RotaryBands.from_model(model)
+        self.spec = RotaryBands.from_model(model) if op is None else op.spec  # one layout per sweep
         self.layer = adapter.layers(model, layer)[0]
         self.masks = {"q": q_mask, "k": k_mask}
         if op is not None and source is not None:

@@ -5,7 +5,10 @@ pos; see :class:`rope_interp.sweep.grid.Grid`) at a time and records a metric. A
 mode of :data:`rope_interp.intervene.modes.MODE_TABLE` (``mode="zero"`` by default; ``params`` as for
 :func:`~rope_interp.intervene.ablate.ablate_bands`) or, with ``source=clean_tokens``, the bands
 of a clean run (patching). ``target`` None means the mode's default (``"k"`` for shift,
-``"qk"`` otherwise; ``"qk"`` for patching). The tiers (:data:`TIERS`, one per ``Method``):
+``"qk"`` otherwise; ``"qk"`` for patching). Every tier takes these selection keywords
+(:class:`~rope_interp.sweep.selection.SelectionArgs`), validates them once into a
+:class:`~rope_interp.sweep.selection.Selection` and runs on that (:func:`~rope_interp.sweep.selection.sweep_tier`).
+The tiers (:data:`TIERS`, one per ``Method``):
 
 * ``"naive"`` — one full hooked forward per condition (what TransformerLens' patching does).
   The reference; use it to check the others.
@@ -44,46 +47,17 @@ from torch import Tensor
 
 from .. import distributed
 from ..bands import band_view
-from ..errors import ParameterError, RopeInterpError
-from ..intervene.modes import METHODS, Method, Mode, check_params, check_target, resolve_target
+from ..errors import ParameterError
+from ..intervene.modes import METHODS, Method
 from ..model import adapter
 from ..model.hooks import HookSet, attn_hook
 from ..model.layout import RotaryBands
 from ..progress import progress_bar
 from ..validate import positive_int
 from .direct import ablated_patterns, band_changed_patterns, direct_effect_sweep, pass_scores  # noqa: F401
-from .grid import CellOp, Grid, MaskedBands, SweepResult, capture_source
+from .grid import CellOp, Grid, MaskedBands, SweepResult
 from .metrics import Metric, metric_values
-
-
-def _prepare(model, tokens, per, source, layers, heads, bands, positions, target, mode, params):
-    """Tokens, grid and the :class:`CellOp` of a sweep, all inputs validated."""
-    tokens = adapter.to_tokens(model, tokens)
-    if source is not None:
-        if mode is not None or params:
-            raise ParameterError(
-                "source= patches the clean run's bands into each cell; mode=/params= are for ablation sweeps "
-                "(leave them out, or drop source=)"
-            )
-        target = "qk" if target is None else check_target(target)
-        grid = Grid.build(model, per, layers, heads, bands, positions, target, tokens.shape[1])
-        source = adapter.to_tokens(model, source)
-        if source.shape != tokens.shape:
-            raise RopeInterpError(
-                f"source (clean) tokens {tuple(source.shape)} and run tokens {tuple(tokens.shape)} differ in shape"
-            )
-        src = capture_source(model, source, grid.coords["layer"])
-        return tokens, grid, CellOp(model, grid.coords["layer"], source=src, target=target)
-    mode = "zero" if mode is None else mode
-    target = resolve_target(mode, target)
-    grid = Grid.build(model, per, layers, heads, bands, positions, target, tokens.shape[1])
-    p = check_params(mode, dict(params or {}), target, symmetric_qk="pos" not in grid.dims)
-    return tokens, grid, CellOp(model, grid.coords["layer"], mode=mode, params=p, target=target)
-
-
-def _extra(op: CellOp, grid: Grid, **more: Any) -> dict[str, Any]:
-    kind = {"kind": "patch"} if op.source is not None else {"kind": "ablation", "mode": op.mode}
-    return {**kind, "target": grid.target, **more}
+from .selection import Selection, sweep_tier
 
 
 def _metric_hooks(metric: Any) -> list:
@@ -94,20 +68,12 @@ def _progress(total: int, desc: str, progress: bool):
     return progress_bar(total=total, desc=desc, enabled=progress, leave=True)
 
 
+@sweep_tier
 def naive_sweep(
     model: Any,
-    tokens: Any,
+    sel: Selection,
     metric: Metric,
-    per: Sequence[str] = ("layer", "band"),
     *,
-    source: Any = None,
-    mode: Mode | None = None,
-    params: dict[str, Any] | None = None,
-    layers: Sequence[int] | None = None,
-    heads: Sequence[int] | None = None,
-    bands: Sequence[int] | None = None,
-    positions: Sequence[int] | None = None,
-    target: str | None = None,
     progress: bool = True,
 ) -> SweepResult:
     """Reference tier: one full hooked forward per condition. ``values`` shape follows ``per``.
@@ -118,9 +84,7 @@ def naive_sweep(
     >>> r.values.shape
     torch.Size([1, 8])
     """
-    tokens, grid, op = _prepare(
-        model, tokens, per, source, layers, heads, bands, positions, target, mode, params
-    )
+    tokens, grid, op = sel.tokens, sel.grid, sel.op
     dev, cells = adapter.device(model), grid.cells()
     todo = [(L, cell) for L in grid.coords["layer"] for cell in cells]
     with torch.no_grad(), model.hooks(fwd_hooks=_metric_hooks(metric)):
@@ -135,7 +99,7 @@ def naive_sweep(
         bar = _progress(len(todo), "naive sweep", progress)
         values = _sharded([[i] for i in range(len(todo))], one_cell, bar).reshape(grid.shape)
         bar.close()
-    return SweepResult(values.cpu(), grid.dims, grid.coords, float(base), "naive", _extra(op, grid))
+    return SweepResult(values.cpu(), grid.dims, grid.coords, float(base), "naive", sel.extra())
 
 
 def residuals(model: Any, tokens: Tensor, layers: Sequence[int]) -> tuple[dict[int, Tensor], Tensor]:
@@ -243,20 +207,12 @@ def _exact_chunk(model, grid, op, metric, res, todo, chunk, *, dev, cells) -> Te
         return metric_values(metric, model(x, start_at_layer=start), len(chunk)).float().cpu()
 
 
+@sweep_tier
 def exact_sweep(
     model: Any,
-    tokens: Any,
+    sel: Selection,
     metric: Metric,
-    per: Sequence[str] = ("layer", "band"),
     *,
-    source: Any = None,
-    mode: Mode | None = None,
-    params: dict[str, Any] | None = None,
-    layers: Sequence[int] | None = None,
-    heads: Sequence[int] | None = None,
-    bands: Sequence[int] | None = None,
-    positions: Sequence[int] | None = None,
-    target: str | None = None,
     batch_size: int | None = None,
     max_batch_tokens: int = 1024,
     progress: bool = True,
@@ -274,9 +230,7 @@ def exact_sweep(
     >>> sh.extra["target"], sh.values.shape
     ('k', torch.Size([2, 8]))
     """
-    tokens, grid, op = _prepare(
-        model, tokens, per, source, layers, heads, bands, positions, target, mode, params
-    )
+    tokens, grid, op = sel.tokens, sel.grid, sel.op
     bs = _batch_size(batch_size, max_batch_tokens, tokens)
     n_cells = len(grid.cells())
     todo = [(L, c) for L in grid.coords["layer"] for c in range(n_cells)]
@@ -292,7 +246,7 @@ def exact_sweep(
         grid.coords,
         float(base),
         "exact",
-        _extra(op, grid, batch_size=bs),
+        sel.extra(batch_size=bs),
     )
 
 
@@ -316,20 +270,12 @@ def _grad_run(model, tokens, metric, hooks_at: dict[str, Any]) -> tuple[Tensor, 
     return value.detach(), {k: a.detach() for k, a in acts.items()}, grads_d
 
 
+@sweep_tier
 def attribution_sweep(
     model: Any,
-    tokens: Any,
+    sel: Selection,
     metric: Metric,
-    per: Sequence[str] = ("layer", "band"),
     *,
-    source: Any = None,
-    mode: Mode | None = None,
-    params: dict[str, Any] | None = None,
-    layers: Sequence[int] | None = None,
-    heads: Sequence[int] | None = None,
-    bands: Sequence[int] | None = None,
-    positions: Sequence[int] | None = None,
-    target: str | None = None,
     progress: bool = True,
 ) -> SweepResult:
     """Attribution tier: ``values = base + Σ grad · (new − run)`` over each cell's band
@@ -341,9 +287,7 @@ def attribution_sweep(
     >>> r.values.shape, r.method
     (torch.Size([2, 8]), 'attribution')
     """
-    tokens, grid, op = _prepare(
-        model, tokens, per, source, layers, heads, bands, positions, target, mode, params
-    )
+    tokens, grid, op = sel.tokens, sel.grid, sel.op
     spec = grid.spec
     sides = [s for s in ("q", "k") if s in grid.target]
     at = {attn_hook(L, "rot_" + s): (L, s) for L in grid.coords["layer"] for s in sides}
@@ -361,23 +305,15 @@ def attribution_sweep(
                 )  # [pos, head, B]
             rows.append(_aggregate(grid, contrib, spec))
     values = torch.stack(rows).reshape(grid.shape) + value.float()
-    return SweepResult(values.cpu(), grid.dims, grid.coords, float(value), "attribution", _extra(op, grid))
+    return SweepResult(values.cpu(), grid.dims, grid.coords, float(value), "attribution", sel.extra())
 
 
+@sweep_tier
 def qk_attribution_sweep(
     model: Any,
-    tokens: Any,
+    sel: Selection,
     metric: Metric,
-    per: Sequence[str] = ("layer", "band"),
     *,
-    source: Any = None,
-    mode: Mode | None = None,
-    params: dict[str, Any] | None = None,
-    layers: Sequence[int] | None = None,
-    heads: Sequence[int] | None = None,
-    bands: Sequence[int] | None = None,
-    positions: Sequence[int] | None = None,
-    target: str | None = None,
     progress: bool = True,
 ) -> SweepResult:
     """QK-fixed attribution (AtP*, Kramár et al. 2024, per band): ``values = base + Σ_heads
@@ -393,9 +329,7 @@ def qk_attribution_sweep(
     >>> r.values.shape, r.method
     (torch.Size([2, 8]), 'qk_attribution')
     """
-    tokens, grid, op = _prepare(
-        model, tokens, per, source, layers, heads, bands, positions, target, mode, params
-    )
+    tokens, grid, op = sel.tokens, sel.grid, sel.op
     spec = grid.spec
     adapter.check_decomposable(model)
     at: dict[str, Any] = {}
@@ -430,7 +364,7 @@ def qk_attribution_sweep(
             bar.update(1)
     bar.close()
     values = torch.stack(rows).reshape(grid.shape) + value.float().cpu()
-    return SweepResult(values, grid.dims, grid.coords, float(value), "qk_attribution", _extra(op, grid))
+    return SweepResult(values, grid.dims, grid.coords, float(value), "qk_attribution", sel.extra())
 
 
 def _aggregate(grid: Grid, contrib: dict[str, Tensor], spec: RotaryBands) -> Tensor:
@@ -446,7 +380,7 @@ def _aggregate(grid: Grid, contrib: dict[str, Tensor], spec: RotaryBands) -> Ten
         c = c[:, grid.coords["head"]]
     else:
         c = sum(x.sum(1, keepdim=True) for x in contrib.values())
-    band_idx = grid.coords.get("band", list(range(spec.n_bands)))
+    band_idx = grid.coords["band"] if "band" in grid.coords else spec.bands()
     c = c[:, :, band_idx]
     if "band" not in dims:
         c = c.sum(2, keepdim=True)
@@ -457,11 +391,11 @@ def _aggregate(grid: Grid, contrib: dict[str, Tensor], spec: RotaryBands) -> Ten
 
 
 # ---- refine: estimate everything, confirm the top exactly ------------------------------------------------
+@sweep_tier
 def refine_sweep(
     model: Any,
-    tokens: Any,
+    sel: Selection,
     metric: Metric,
-    per: Sequence[str] = ("layer", "band"),
     *,
     top: int = 20,
     estimate: Method = "qk_attribution",
@@ -469,7 +403,6 @@ def refine_sweep(
     batch_size: int | None = None,
     max_batch_tokens: int = 1024,
     progress: bool = True,
-    **kwargs: Any,
 ) -> SweepResult:
     """Rank every cell with ``estimate``, then run the exact tier on a growing shortlist until the
     exact top-``top`` cells (by |effect|) are stable under the estimate's observed error.
@@ -501,9 +434,8 @@ def refine_sweep(
     max_exact = positive_int("max_exact", max_exact, allow_none=True)
     if estimate not in ("attribution", "qk_attribution"):
         raise ParameterError(f"estimate must be 'attribution' or 'qk_attribution', got {estimate!r}")
-    est = TIERS[estimate](model, tokens, metric, per, progress=False, **kwargs)
-    sel = ("source", "layers", "heads", "bands", "positions", "target", "mode", "params")
-    tokens_t, grid, op = _prepare(model, tokens, per, *(kwargs.get(k) for k in sel))
+    est = TIERS[estimate].with_selection(model, sel, metric, progress=False)  # type: ignore[attr-defined]
+    tokens_t, grid, op = sel.tokens, sel.grid, sel.op
     bs = _batch_size(batch_size, max_batch_tokens, tokens_t)
     n_cells = len(grid.cells())
     flat_est = est.values.flatten().float()
@@ -540,12 +472,10 @@ def refine_sweep(
         warnings.warn(
             f"refine_sweep stopped at max_exact={cap} exact cells while cells that could still enter the exact "
             f"top-{k} were left; raise max_exact (or use the exact tier) for a stable top",
-            stacklevel=2,
+            stacklevel=3,
         )
     values = torch.where(done, exact, flat_est).reshape(grid.shape)
-    extra = _extra(
-        op,
-        grid,
+    extra = sel.extra(
         exact_mask=done.reshape(grid.shape),
         n_exact=int(done.sum()),
         relative_error=r,
