@@ -83,6 +83,7 @@ Side = Literal["q", "k"]
 SITES: tuple[str, ...] = get_args(Site)
 QK_SITES: tuple[str, ...] = get_args(QKSite)
 ROT_SITES: tuple[RotSite, ...] = get_args(RotSite)
+SIDES: tuple[Side, ...] = get_args(Side)
 
 
 def rot_site(side: Side) -> RotSite:

@@ -23,7 +23,7 @@ from ..bands import band_view, pass_view
 from ..errors import ParameterError, RopeInterpError
 from ..intervene.modes import ResolvedMode, check_target
 from ..model import adapter
-from ..model.hooks import FwdHooks, HookSet, attn_hook
+from ..model.hooks import SIDES, FwdHooks, HookSet, attn_hook, rot_site
 from ..model.layout import RotaryBands
 from ..validate import indices
 
@@ -294,10 +294,10 @@ class MaskedBands(HookSet):
 
     def fwd_hooks(self) -> FwdHooks:
         hooks: FwdHooks = []
-        for side in ("q", "k"):
+        for side in SIDES:
             if self.masks[side] is not None:
                 hooks.append(
-                    (attn_hook(self.layer, "rot_" + side), lambda a, hook, s=side: self._apply(a, s))
+                    (attn_hook(self.layer, rot_site(side)), lambda a, hook, s=side: self._apply(a, s))
                 )
         return hooks
 
@@ -310,9 +310,7 @@ def capture_source(model: Any, tokens: Tensor, layers: Sequence[int]) -> dict[in
         store[L][side] = act.detach().clone()
 
     fwd = [
-        (attn_hook(L, "rot_" + s), lambda a, hook, L=L, s=s: _store(a, L, s))
-        for L in layers
-        for s in ("q", "k")
+        (attn_hook(L, rot_site(s)), lambda a, hook, L=L, s=s: _store(a, L, s)) for L in layers for s in SIDES
     ]
     with torch.no_grad():
         model.run_with_hooks(tokens, fwd_hooks=fwd, stop_at_layer=max(layers) + 1)

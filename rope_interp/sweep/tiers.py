@@ -50,7 +50,7 @@ from ..bands import band_view
 from ..errors import ParameterError
 from ..intervene.modes import METHODS, Method
 from ..model import adapter
-from ..model.hooks import HookSet, attn_hook
+from ..model.hooks import SIDES, HookSet, Side, attn_hook, rot_site
 from ..model.layout import RotaryBands
 from ..progress import progress_bar
 from ..validate import positive_int
@@ -289,8 +289,8 @@ def attribution_sweep(
     """
     tokens, grid, op = sel.tokens, sel.grid, sel.op
     spec = grid.spec
-    sides = [s for s in ("q", "k") if s in grid.target]
-    at = {attn_hook(L, "rot_" + s): (L, s) for L in grid.coords["layer"] for s in sides}
+    sides: list[Side] = [s for s in SIDES if s in grid.target]
+    at = {attn_hook(L, rot_site(s)): (L, s) for L in grid.coords["layer"] for s in sides}
     value, acts, grads = _grad_run(model, tokens, metric, at)
     rd, adj = spec.rotary_dim, spec.adjacent_pairs
     rows = []
@@ -379,7 +379,7 @@ def _aggregate(grid: Grid, contrib: dict[str, Tensor], spec: RotaryBands) -> Ten
                 c = c + contrib["q"].unflatten(1, (spec.n_kv_heads, -1)).sum(2)
         c = c[:, grid.coords["head"]]
     else:
-        c = sum(x.sum(1, keepdim=True) for x in contrib.values())
+        c = torch.stack([x.sum(1, keepdim=True) for x in contrib.values()]).sum(0)
     band_idx = grid.coords["band"] if "band" in grid.coords else spec.bands()
     c = c[:, :, band_idx]
     if "band" not in dims:
