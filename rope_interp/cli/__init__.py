@@ -21,8 +21,9 @@ from contextlib import contextmanager, redirect_stdout
 
 from .. import distributed
 from ..view.output import StagedOutput
-from .commands import AnalysisCommand, BandsCommand, Command, ParserCommands, ReportCommand, SummaryCommand
+from .commands import AnalysisCommand, BandsCommand, Command, ReportCommand, SummaryCommand
 from .common import common_parser, load_from_args, out_dir, text_from_args, tokens_from_args
+from .sweeps import PatchCommand, SweepCommand
 
 EXAMPLES = """examples:
   rope-interp bands                           # band table of the embedded SmolLM2-135M
@@ -35,13 +36,13 @@ EXAMPLES = """examples:
 def all_commands() -> list[Command]:
     """Every subcommand, in ``--help`` order (the registry is read now, so late registrations count)."""
     from ..analyses.registry import analyses
-    from . import sweeps as sweeps_cli
 
     return [
         BandsCommand(),
         SummaryCommand(),
         *(AnalysisCommand(a) for a in analyses()),
-        ParserCommands(sweeps_cli.add_parser, {"sweep": "rope-interp-sweep", "patch": "rope-interp-patch"}),
+        SweepCommand(),
+        PatchCommand(),
         ReportCommand(),
     ]
 

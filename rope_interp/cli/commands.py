@@ -1,5 +1,5 @@
-"""The subcommands as objects: ``bands``, ``summary``, one per registered analysis, ``report``, and the
-``sweep``/``patch`` pair of :mod:`rope_interp.cli.sweeps`.
+"""The subcommands as objects: ``bands``, ``summary``, one per registered analysis and ``report``; the
+``sweep`` and ``patch`` commands are in :mod:`rope_interp.cli.sweeps`.
 
 A :class:`Command` adds its parser (``add_to``) and runs (``run(args) -> exit code``);
 ``default_out`` is the folder it writes into when ``--out`` is not given (None: it
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from typing import Any
 
 from ..analyses.registry import Analysis
@@ -319,20 +318,3 @@ class ReportCommand(Command):
 
 
 # ---- sweep / patch (defined in rope_interp.cli.sweeps) ---------------------------------------------------
-class ParserCommands(Command):
-    """Subcommands whose parsers another module builds with ``add_parser(sub, parents)`` (setting ``func``)."""
-
-    def __init__(self, add_parser: Callable[[Any, Parents], None], default_out: dict[str, str]):
-        self._add_parser = add_parser
-        self._default_out = default_out
-
-    def add_to(self, sub: Any, parents: Parents) -> None:
-        self._add_parser(sub, parents)
-        for name in self._default_out:
-            sub.choices[name].set_defaults(command_obj=self)
-
-    def run(self, args: argparse.Namespace) -> int:
-        return int(args.func(args) or 0)
-
-    def out_for(self, args: argparse.Namespace) -> str | None:
-        return args.out or self._default_out[args.command]

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..intervene.modes import METHODS, MODES, TARGETS
+from .commands import Command, Parents, _parser
 
 PER = {
     "layer-band": ("layer", "band"),
@@ -57,43 +58,67 @@ def _selection_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
-    """Register ``sweep`` and ``patch`` on an argparse sub-parser collection.
+class SweepCommand(Command):
+    """``rope-interp sweep``: intervene on each band of each layer (any mode) and measure the loss change.
 
+    >>> from rope_interp.cli.common import common_parser
     >>> parser = argparse.ArgumentParser()
-    >>> add_parser(parser.add_subparsers(dest="command"), [])
+    >>> SweepCommand().add_to(parser.add_subparsers(dest="command"), [common_parser()])
     >>> args = parser.parse_args(["sweep", "--layers", "0", "3", "--per", "layer-head-band", "--mode", "no_rotation"])
-    >>> args.layers, PER[args.per], args.method, args.mode
-    ([0, 3], ('layer', 'head', 'band'), 'exact', 'no_rotation')
+    >>> args.layers, PER[args.per], args.method, args.mode, args.command_obj.out_for(args)
+    ([0, 3], ('layer', 'head', 'band'), 'exact', 'no_rotation', 'rope-interp-sweep')
     """
-    p = sub.add_parser(
-        "sweep",
-        parents=parents,
-        help="intervene on each band of each layer (zero, mean, no_rotation, shift, scale_freq); loss change",
-        description="Intervene on one RoPE band at a time (per layer, optionally per head / position) and "
-        "measure the change of next-token loss on the text. Writes sweep.csv, sweep.png and sweep.spec.json.",
-    )
-    p.add_argument("--mode", choices=MODES, default="zero", help="what each cell gets (default: %(default)s)")
-    p.add_argument("--delta", type=float, default=None, help="shift: positions")
-    p.add_argument("--phase", type=float, default=None, help="shift: radians")
-    p.add_argument("--factor", type=float, default=None, help="scale_freq: the band turns at factor × theta")
-    _selection_options(p)
-    p.set_defaults(func=_cmd_sweep)
 
-    p = sub.add_parser(
-        "patch",
-        parents=parents,
-        help="patch bands from a clean prompt into a corrupted one",
-        description="Band activation patching: copy each band of hook_rot_q/rot_k from the clean run into the "
-        "corrupted run and measure logit(answer) - logit(wrong) at the last position. "
-        "The prompts must have the same number of tokens. Writes patch.csv, patch.png and patch.spec.json.",
-    )
-    p.add_argument("--clean", default=None, help="clean prompt (required unless --spec)")
-    p.add_argument("--corrupted", default=None, help="corrupted prompt (same token count)")
-    p.add_argument("--answer", default=None, help="the clean answer token, e.g. ' Paris'")
-    p.add_argument("--wrong", default=None, help="the corrupted answer token, e.g. ' Rome'")
-    _selection_options(p)
-    p.set_defaults(func=_cmd_patch)
+    name = "sweep"
+    default_out = "rope-interp-sweep"
+
+    def add_to(self, sub: Any, parents: Parents) -> None:
+        p = _parser(
+            sub,
+            parents,
+            self,
+            "intervene on each band of each layer (zero, mean, no_rotation, shift, scale_freq); loss change",
+            "Intervene on one RoPE band at a time (per layer, optionally per head / position) and measure the "
+            "change of next-token loss on the text. Writes sweep.csv, sweep.png and sweep.spec.json.",
+        )
+        p.add_argument(
+            "--mode", choices=MODES, default="zero", help="what each cell gets (default: %(default)s)"
+        )
+        p.add_argument("--delta", type=float, default=None, help="shift: positions")
+        p.add_argument("--phase", type=float, default=None, help="shift: radians")
+        p.add_argument(
+            "--factor", type=float, default=None, help="scale_freq: the band turns at factor × theta"
+        )
+        _selection_options(p)
+
+    def run(self, args: argparse.Namespace) -> int:
+        return _cmd_sweep(args)
+
+
+class PatchCommand(Command):
+    """``rope-interp patch``: patch each band from a clean prompt into a corrupted one (logit difference)."""
+
+    name = "patch"
+    default_out = "rope-interp-patch"
+
+    def add_to(self, sub: Any, parents: Parents) -> None:
+        p = _parser(
+            sub,
+            parents,
+            self,
+            "patch bands from a clean prompt into a corrupted one",
+            "Band activation patching: copy each band of hook_rot_q/rot_k from the clean run into the "
+            "corrupted run and measure logit(answer) - logit(wrong) at the last position. "
+            "The prompts must have the same number of tokens. Writes patch.csv, patch.png and patch.spec.json.",
+        )
+        p.add_argument("--clean", default=None, help="clean prompt (required unless --spec)")
+        p.add_argument("--corrupted", default=None, help="corrupted prompt (same token count)")
+        p.add_argument("--answer", default=None, help="the clean answer token, e.g. ' Paris'")
+        p.add_argument("--wrong", default=None, help="the corrupted answer token, e.g. ' Rome'")
+        _selection_options(p)
+
+    def run(self, args: argparse.Namespace) -> int:
+        return _cmd_patch(args)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -136,7 +161,7 @@ def _write(result: Any, args: argparse.Namespace, name: str, title: str) -> None
     from ..sweep.spec import write_result
     from .common import out_dir
 
-    folder = out_dir(args, f"rope-interp-{name}")
+    folder = out_dir(args, f"rope-interp-{name}")  # the command's default_out
     df = result.to_dataframe()
     df.to_csv(folder / f"{name}.csv", index=False)
     write_result(result, folder / f"{name}.spec.json")

@@ -227,7 +227,8 @@ class BridgeAdapter(ModelAdapter):
     HF modules (:mod:`rope_interp.model.bridge`); positions from ``hook_cos``/``hook_sin``.
 
     >>> from rope_interp.model.testing import tiny_bridge
-    >>> a = of(tiny_bridge("llama"))
+    >>> model = tiny_bridge("llama")  # the adapter holds the model weakly: keep a reference
+    >>> a = of(model)
     >>> type(a).__name__, a.rotary_dim(), a.positions_from_tables, a.hooked_blocks
     ('BridgeAdapter', 8, True, False)
     """
