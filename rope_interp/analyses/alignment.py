@@ -49,6 +49,7 @@ from ..errors import ParameterError
 from ..intervene.ablate import ablate_bands
 from ..model import adapter
 from ..model.hooks import attn_hook, mlp_hook
+from ..model.kind import Model
 from ..model.layout import RotaryBands
 from ..progress import progress_bar
 from ..validate import finite, indices, positive_int
@@ -227,7 +228,7 @@ class CausalAlignment:
 
 
 def causal_alignment(
-    model: Any,
+    model: Model,
     data: Any,
     *,
     layer: int,
@@ -505,7 +506,7 @@ class WeightedAlignment:
 
 
 def weighted_alignment(
-    model: Any,
+    model: Model,
     data: Any,
     *,
     layers: int | Sequence[int] | None = None,

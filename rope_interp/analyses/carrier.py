@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 from ..errors import ParameterError, RopeInterpError
 from ..model import adapter
 from ..model.hooks import ln2_normalized_hook
+from ..model.kind import Model
 from ..model.layout import RotaryBands
 from ..validate import finite, positive_int
 from .inputs import figure, layer_list, pattern_hooks, text_tokens, windows
@@ -210,7 +211,7 @@ class CarrierSurvey:
 
 
 def carrier_lines(
-    model: Any,
+    model: Model,
     data: Any,
     *,
     layers: int | Sequence[int] | None = None,
@@ -301,7 +302,9 @@ def carrier_lines(
     )
 
 
-def survey_inputs(model: Any, tokens: Tensor, n_pos: int, seed: int = 0) -> dict[str, Float[Tensor, "1 pos"]]:
+def survey_inputs(
+    model: Model, tokens: Tensor, n_pos: int, seed: int = 0
+) -> dict[str, Float[Tensor, "1 pos"]]:
     """The three conditions of :func:`carrier_survey`, all ``[1, n_pos]`` and starting with ``tokens[0, 0]``.
 
     ``text``: the first ``n_pos`` tokens; ``repeated``: ``tokens[0, 1]`` repeated; ``random``:
@@ -331,7 +334,7 @@ def survey_inputs(model: Any, tokens: Tensor, n_pos: int, seed: int = 0) -> dict
 
 
 def carrier_survey(
-    model: Any,
+    model: Model,
     tokens: Tensor,
     *,
     n_pos: int = 512,

@@ -29,6 +29,7 @@ from ..bands import band_norms
 from ..errors import ContextLengthError, ParameterError
 from ..model import adapter
 from ..model.hooks import FwdHooks, HookSet, attn_hook
+from ..model.kind import Model
 from ..model.layout import RotaryBands
 from ..progress import progress_bar
 from ..validate import positive_int
@@ -83,7 +84,7 @@ class ZeroQueryBands(HookSet):
     (0.0, True)
     """
 
-    def __init__(self, model: Any, masks: dict[int, Bool[Tensor, "head band"]]):
+    def __init__(self, model: Model, masks: dict[int, Bool[Tensor, "head band"]]):
         super().__init__(model)
         spec = RotaryBands.from_model(model)
         self.dim_masks = {}
@@ -272,7 +273,7 @@ def _entry_masks(
 
 
 def frequency_entropy(
-    model: Any,
+    model: Model,
     data: Any,
     *,
     layers: int | Sequence[int] | None = None,

@@ -45,6 +45,7 @@ from ..bands import band_norms
 from ..errors import ParameterError, RopeInterpError
 from ..model import adapter
 from ..model.hooks import attn_hook, resid_mid_hook
+from ..model.kind import Model
 from ..model.layout import RotaryBands
 from ..validate import finite, indices, positive_int
 from .inputs import figure, layer_list, text_tokens, windows
@@ -283,7 +284,7 @@ class FFNHarmonics:
         return fig
 
 
-def _ffn_stages(model: Any, layer: int) -> dict[str, Callable[[Tensor], Tensor]]:
+def _ffn_stages(model: Model, layer: int) -> dict[str, Callable[[Tensor], Tensor]]:
     if not adapter.of(model).hooked_blocks or not hasattr(model, "blocks"):
         raise RopeInterpError(
             "ffn_harmonics calls blocks[layer].ln2 and .mlp directly: load the model as a HookedTransformer "
@@ -298,7 +299,7 @@ def _ffn_stages(model: Any, layer: int) -> dict[str, Callable[[Tensor], Tensor]]
     return {"resid": lambda x: x, "mlp_in": norm, "mlp_out": lambda x: block.mlp(norm(x))}
 
 
-def band_directions(model: Any, layer: int, head: int, bands: Sequence[int]) -> Float[Tensor, "d_model n"]:
+def band_directions(model: Model, layer: int, head: int, bands: Sequence[int]) -> Float[Tensor, "d_model n"]:
     """Orthonormal basis (QR) of the residual directions ``ln1.w ⊙ W_Q[:, band dims]`` of ``head``, float64.
 
     Column ``2t, 2t + 1`` span band ``bands[t]``'s read directions (orthogonalised against earlier bands).
@@ -318,7 +319,7 @@ def band_directions(model: Any, layer: int, head: int, bands: Sequence[int]) -> 
 
 
 def ffn_harmonics(
-    model: Any,
+    model: Model,
     data: Any,
     *,
     layer: int,

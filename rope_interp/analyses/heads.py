@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 from ..intervene.ablate import ablate_bands
 from ..model import adapter
 from ..model.hooks import FwdHooks, HookSet, per_device
+from ..model.kind import Model
 from ..model.layout import RotaryBands
 from ..progress import progress_bar
 from ..read.decompose import iter_band_scores
@@ -55,7 +56,7 @@ class OffsetAttention(HookSet):
     """Streaming sums of attention on fixed offsets ``α[m, m−o]`` per layer and head (from hook_pattern)."""
 
     def __init__(
-        self, model: Any, layers: Sequence[int], offsets: Sequence[int] = (0, 1), start_pos: int = 1
+        self, model: Model, layers: Sequence[int], offsets: Sequence[int] = (0, 1), start_pos: int = 1
     ):
         super().__init__(model)
         self.layers = list(layers)
@@ -229,7 +230,7 @@ class PositionalHeads:
 
 
 def _survival_analytic(
-    model: Any, cache: list[Tensor], layer: int, head: int, offset: int, drop: list[int], start_pos: int
+    model: Model, cache: list[Tensor], layer: int, head: int, offset: int, drop: list[int], start_pos: int
 ) -> float:
     base = kept = 0.0
     for tokens in cache:
@@ -243,7 +244,7 @@ def _survival_analytic(
 
 
 def _survival_hooks(
-    model: Any,
+    model: Model,
     cache: list[Tensor],
     layer: int,
     head: int,
@@ -269,7 +270,7 @@ def _survival_hooks(
     return vals[1] / vals[0] if vals[0] else float("nan")
 
 
-def _top_bottom(model: Any, k: int) -> tuple[list[int], list[int]]:
+def _top_bottom(model: Model, k: int) -> tuple[list[int], list[int]]:
     """The ``k`` highest and the ``k`` lowest bands of the model (``k`` checked)."""
     n_bands = RotaryBands.from_model(model).n_bands
     if not 1 <= k <= n_bands:
@@ -290,7 +291,7 @@ def _causal_record(layer: int, head: int, offset: int, k: int, surv: list[float]
 
 
 def causal_check(
-    model: Any,
+    model: Model,
     cache: list[Tensor],
     layer: int,
     head: int,
@@ -311,7 +312,7 @@ def causal_check(
 
 
 def positional_heads(
-    model: Any,
+    model: Model,
     data: Any,
     *,
     layers: int | Sequence[int] | None = None,
@@ -347,7 +348,7 @@ def positional_heads(
 
 
 def add_causal_checks(
-    model: Any,
+    model: Model,
     result: PositionalHeads,
     cache: list[Tensor],
     k: int,
@@ -380,7 +381,12 @@ def add_causal_checks(
 
 
 def layer_causal_checks(
-    model: Any, cache: list[Tensor], layer: int, pairs: Sequence[tuple[int, int]], k: int, start_pos: int = 1
+    model: Model,
+    cache: list[Tensor],
+    layer: int,
+    pairs: Sequence[tuple[int, int]],
+    k: int,
+    start_pos: int = 1,
 ) -> list[dict]:
     """:func:`causal_check` (analytic) for several ``(head, offset)`` pairs of one layer at once.
 
@@ -417,7 +423,7 @@ class HeadsAccumulator(Accumulator):
 
     def __init__(
         self,
-        model: Any,
+        model: Model,
         layers: list[int],
         offsets: Sequence[int] = (0, 1),
         threshold: float = 0.5,

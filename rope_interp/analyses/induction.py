@@ -40,6 +40,7 @@ from torch import Tensor
 from ..errors import ContextLengthError, ParameterError, TokenError
 from ..model import adapter
 from ..model.hooks import FwdHooks, HookSet, attn_hook
+from ..model.kind import Model
 from ..model.layout import RotaryBands
 from ..progress import progress_bar
 from ..validate import finite, positive_int, token_ids
@@ -51,13 +52,13 @@ from .registry import Analysis, Block, Option, RunContext, as_blocks, auto_size
 # ---- inputs -----------------------------------------------------------------------------------------------
 
 
-def _bos_id(model: Any) -> int:
+def _bos_id(model: Model) -> int:
     tok = getattr(model, "tokenizer", None)
     bos = getattr(tok, "bos_token_id", None) if tok is not None else None
     return int(bos) if bos is not None else 0
 
 
-def repeated_tokens(model: Any, n: int = 50, batch: int = 8, seed: int = 0) -> Tensor:
+def repeated_tokens(model: Model, n: int = 50, batch: int = 8, seed: int = 0) -> Tensor:
     """``[batch, 1 + 2n]`` token ids: BOS, ``n`` random tokens, the same ``n`` again.
 
     The ``n`` tokens of a row are distinct (drawn without replacement from the
@@ -96,7 +97,7 @@ def repeated_tokens(model: Any, n: int = 50, batch: int = 8, seed: int = 0) -> T
     return torch.stack(rows).to(adapter.device(model))
 
 
-def _check_repeated(model: Any, tokens: Any) -> tuple[Tensor, int]:
+def _check_repeated(model: Model, tokens: Any) -> tuple[Tensor, int]:
     """Validate user-given repeated sequences; returns (tokens, n)."""
     tokens = adapter.to_tokens(model, tokens)
     token_ids(tokens, int(adapter.config(model).d_vocab))
@@ -255,7 +256,7 @@ class InductionHeads:
 
 
 def induction_heads(
-    model: Any,
+    model: Model,
     tokens: Any = None,
     *,
     n: int = 50,
@@ -328,7 +329,7 @@ class ZeroHeads(HookSet):
     0.0
     """
 
-    def __init__(self, model: Any, heads: Mapping[int, Sequence[int]]):
+    def __init__(self, model: Model, heads: Mapping[int, Sequence[int]]):
         super().__init__(model)
         self.heads = {
             adapter.layers(model, layer)[0]: adapter.heads(model, list(h)) for layer, h in heads.items()
@@ -346,7 +347,7 @@ class ZeroHeads(HookSet):
         ]
 
 
-def _band_zero_hooks(model: Any, heads: Sequence[tuple[int, int]], bands: list[int]) -> HookSet:
+def _band_zero_hooks(model: Model, heads: Sequence[tuple[int, int]], bands: list[int]) -> HookSet:
     """Zero ``bands`` of the query of each (layer, head): removes exactly those score terms of those heads."""
     from ..intervene.ablate import ablate_bands
 
@@ -454,7 +455,7 @@ class InductionCircuit:
 
 
 def _measure(
-    model: Any, tokens: Tensor, n: int, heads: list[tuple[int, int, float]], hooks: HookSet | None
+    model: Model, tokens: Tensor, n: int, heads: list[tuple[int, int, float]], hooks: HookSet | None
 ) -> tuple[float, float, float]:
     layers = sorted({layer for layer, _, _ in heads})
     att = OffsetAttention(model, layers, [n - 1], start_pos=n + 1)
@@ -472,7 +473,7 @@ def _measure(
 
 
 def induction_circuit(
-    model: Any,
+    model: Model,
     found: InductionHeads | None = None,
     *,
     top: int = 3,
@@ -659,7 +660,7 @@ class InductionResult:
         return self.heads.to_dataframe()
 
 
-def _repeat_len(model: Any, n: int) -> int:
+def _repeat_len(model: Model, n: int) -> int:
     cfg = adapter.config(model)
     return max(2, min(n, (int(cfg.n_ctx) - 1) // 2, int(cfg.d_vocab) - 1))
 

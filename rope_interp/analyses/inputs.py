@@ -30,6 +30,7 @@ from torch import Tensor
 from ..errors import ContextLengthError, RopeInterpError, TokenError
 from ..model import adapter
 from ..model.hooks import FwdHooks, attn_hook
+from ..model.kind import Model
 from ..progress import progress_bar
 from ..read.capture import band_hooks
 from ..validate import positive_int
@@ -39,7 +40,7 @@ class EmptyInputError(RopeInterpError):
     """The text or token input holds nothing to analyse."""
 
 
-def _check_window(model: Any, window: int | None) -> int | None:
+def _check_window(model: Model, window: int | None) -> int | None:
     if window is None:
         return None
     n_ctx = int(adapter.config(model).n_ctx)
@@ -49,17 +50,18 @@ def _check_window(model: Any, window: int | None) -> int | None:
     return int(window)
 
 
-def _text_windows(model: Any, text: str, window: int | None) -> Iterator[Tensor]:
+def _text_windows(model: Model, text: str, window: int | None) -> Iterator[Tensor]:
     if not text.strip():
         raise EmptyInputError("the text is empty: nothing to analyse")
-    if getattr(model, "tokenizer", None) is None:
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
         raise TokenError("model has no tokenizer: pass token ids instead of text")
     if window is None:  # truncate=False: a too-long text is an error, not silently cut
         yield adapter.to_tokens(model, model.to_tokens(text, truncate=False))
         return
     bos = bool(getattr(adapter.config(model), "default_prepend_bos", True))
     body = model.to_tokens(text, prepend_bos=False, truncate=False)[0]
-    bos_id = model.tokenizer.bos_token_id if bos else None
+    bos_id = tokenizer.bos_token_id if bos else None
     step = window - 1 if bos_id is not None else window
     for start in range(0, body.shape[0], step):
         chunk = body[start : start + step]
@@ -68,7 +70,7 @@ def _text_windows(model: Any, text: str, window: int | None) -> Iterator[Tensor]
         yield adapter.to_tokens(model, chunk)
 
 
-def _token_windows(model: Any, tokens: Any, window: int | None) -> Iterator[Tensor]:
+def _token_windows(model: Model, tokens: Any, window: int | None) -> Iterator[Tensor]:
     if not isinstance(tokens, Tensor):
         tokens = torch.as_tensor(tokens)
     if tokens.ndim == 1:
@@ -105,7 +107,7 @@ def _token_list(data: Sequence[Any]) -> Tensor:
     )
 
 
-def iter_windows(model: Any, data: Any, window: int | None = None) -> Iterator[Tensor]:
+def iter_windows(model: Model, data: Any, window: int | None = None) -> Iterator[Tensor]:
     """Token windows ``[batch, pos]`` on the model's device from text, tokens or an iterable of them.
 
     Raises :class:`EmptyInputError` for empty input and :class:`ContextLengthError` for a
@@ -133,7 +135,7 @@ def iter_windows(model: Any, data: Any, window: int | None = None) -> Iterator[T
         raise EmptyInputError("no batches given: nothing to analyse")
 
 
-def count_windows(model: Any, data: Any, window: int | None) -> int | None:
+def count_windows(model: Model, data: Any, window: int | None) -> int | None:
     """Number of windows :func:`iter_windows` will yield, when cheap to know (else None)."""
     if isinstance(data, Tensor) and data.numel():
         n = data.shape[-1]
@@ -144,7 +146,7 @@ def count_windows(model: Any, data: Any, window: int | None) -> int | None:
 
 
 def windows(
-    model: Any, data: Any, window: int | None, progress: bool, desc: str, limit: int | None = None
+    model: Model, data: Any, window: int | None, progress: bool, desc: str, limit: int | None = None
 ) -> Iterator[Tensor]:
     """:func:`iter_windows` wrapped in a tqdm progress bar (``progress=False`` hides it); ``limit``: only
     the first that many windows (the bar counts to the limit)."""
@@ -227,7 +229,7 @@ def layer_head_band_frame(layers: Sequence[int], columns: dict[str, Tensor]):
     return pd.DataFrame(data | {name: t.flatten().tolist() for name, t in per_cell.items()})
 
 
-def layer_list(model: Any, layers: Any) -> list[int]:
+def layer_list(model: Model, layers: Any) -> list[int]:
     """Validated, sorted, de-duplicated layers (None = all)."""
     return sorted(set(adapter.layers(model, layers)))
 
@@ -243,7 +245,7 @@ def pattern_hooks(layers: Sequence[int], fn: Callable[[Tensor, Any, int], Tensor
     ]
 
 
-def qk_pair_hooks(model: Any, layers: Sequence[int], fn: Callable[..., None]) -> FwdHooks:
+def qk_pair_hooks(model: Model, layers: Sequence[int], fn: Callable[..., None]) -> FwdHooks:
     """Hooks calling ``fn(layer, q_bands, k_bands, q_pass, k_pass)`` once per layer, post-rotation.
 
     ``hook_rot_q`` fires before ``hook_rot_k`` in the same attention call, so the
@@ -261,7 +263,7 @@ def qk_pair_hooks(model: Any, layers: Sequence[int], fn: Callable[..., None]) ->
     return band_hooks(model, on_band, list(layers), ("rot_q", "rot_k"))
 
 
-def text_tokens(model: Any, data: Any, n: int | None = None) -> Tensor:
+def text_tokens(model: Model, data: Any, n: int | None = None) -> Tensor:
     """The first ``n`` tokens (all: None) of the first row of ``data`` (ids, a string, or a list of windows)."""
     if isinstance(data, (list, tuple)) and data and isinstance(data[0], Tensor):
         data = torch.cat([w[:1] for w in data], -1)

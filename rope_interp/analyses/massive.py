@@ -26,6 +26,7 @@ from torch import Tensor
 from .. import distributed
 from ..model import adapter
 from ..model.hooks import ROT_SITES, FwdHooks, HookSet, RotSite, attn_hook, per_device
+from ..model.kind import Model
 from ..model.layout import RotaryBands
 from ..validate import finite, positive_int
 from .inputs import figure, heatmap, layer_list, windows
@@ -124,7 +125,7 @@ class MassiveAccumulator(Accumulator):
 
     def __init__(
         self,
-        model: Any,
+        model: Model,
         layers: list[int],
         lam: float = 5.0,
         baseline_loss: bool = False,
@@ -197,7 +198,7 @@ class MassiveAccumulator(Accumulator):
 
 
 def massive_values(
-    model: Any,
+    model: Model,
     data: Any,
     *,
     layers: int | Sequence[int] | None = None,
@@ -237,7 +238,7 @@ class MeanAblateDims(HookSet):
     True
     """
 
-    def __init__(self, model: Any, masks: Masks):
+    def __init__(self, model: Model, masks: Masks):
         super().__init__(model)
         _check_masks(model, masks)
         self.masks = masks
@@ -249,7 +250,7 @@ class MeanAblateDims(HookSet):
         ]
 
 
-def _check_masks(model: Any, masks: Masks) -> None:
+def _check_masks(model: Model, masks: Masks) -> None:
     for layer, site in masks:
         if site not in SITES:
             raise ValueError(f"site must be one of {SITES}, got {site!r}")
@@ -274,7 +275,7 @@ class StackedMeanAblate(HookSet):
     condition run alone (to float rounding of the batched matmuls).
     """
 
-    def __init__(self, model: Any, conditions: Sequence[Masks | None], batch: int):
+    def __init__(self, model: Model, conditions: Sequence[Masks | None], batch: int):
         super().__init__(model)
         for c in conditions:
             _check_masks(model, c or {})
@@ -349,7 +350,7 @@ def control_masks(massive: Masks, seed: int = 0) -> Masks:
 
 
 def massive_ablation(
-    model: Any,
+    model: Model,
     data: Any,
     found: MassiveValues,
     *,

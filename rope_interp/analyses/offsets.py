@@ -34,6 +34,7 @@ from torch import Tensor
 
 from ..bands import band_angles, band_norms
 from ..errors import ContextLengthError
+from ..model.kind import Model
 from ..model.layout import RotaryBands
 from ..read.capture import BandStats
 from ..validate import finite, positive_int
@@ -236,7 +237,7 @@ class OffsetFeatures:
 
 
 def offset_features(
-    model: Any,
+    model: Model,
     data: Any,
     *,
     layers: int | Sequence[int] | None = None,
@@ -278,7 +279,7 @@ class OffsetAccumulator(Accumulator):
 
     def __init__(
         self,
-        model: Any,
+        model: Model,
         layers: list[int],
         context_length: int,
         start_pos: int = 1,

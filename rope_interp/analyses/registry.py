@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ParameterError, RopeInterpError
+from ..model.kind import Model
 from .inputs import text_tokens
 from .stream import Accumulator, run_pass
 
@@ -116,7 +117,7 @@ class Option:
 class RunContext:
     """What every analysis of one run shares: the model, the data, the layers and window."""
 
-    model: Any
+    model: Model
     data: Any
     layers: list[int] | None = None
     window: int | None = None
@@ -197,7 +198,7 @@ def get(name: str) -> Analysis:
 
 
 def run(
-    model: Any,
+    model: Model,
     data: Any,
     selected: Mapping[str, Mapping[str, Any]] | Sequence[str],
     *,

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ..model.kind import Model
 from .registry import Analysis, Block, analyses
 
 FIXED_SECTIONS = ("bands", "views")
@@ -69,7 +70,7 @@ class ReportConfig:
 class ReportRun:
     """What the section builders read: the inputs and the analyses' results."""
 
-    model: Any
+    model: Model
     tokens: torch.Tensor
     spec: Any
     cfg: ReportConfig
@@ -87,7 +88,7 @@ def _close(fig: Any) -> Any:
 
 
 @contextlib.contextmanager
-def preserved_state(model: Any) -> Iterator[None]:
+def preserved_state(model: Model) -> Iterator[None]:
     """Run a block with gradients off and restore grad mode, default dtype and the model's train/eval mode."""
     grad, dtype, training = torch.is_grad_enabled(), torch.get_default_dtype(), model.training
     try:
@@ -237,7 +238,7 @@ def _options(a: Analysis, cfg: ReportConfig) -> dict[str, Any]:
 
 
 def build_report(
-    model: Any, tokens: torch.Tensor, out: Path, cfg: ReportConfig | None = None, source: str = ""
+    model: Model, tokens: torch.Tensor, out: Path, cfg: ReportConfig | None = None, source: str = ""
 ) -> Path:
     """Run the analyses and write ``out/report.html`` (+ CSV tables, ``summary.json``). Returns the HTML path.
 
@@ -258,7 +259,7 @@ def build_report(
 
 
 def _write_report(
-    model: Any, tokens: torch.Tensor, out: Path, cfg: ReportConfig, source: str, spec: Any
+    model: Model, tokens: torch.Tensor, out: Path, cfg: ReportConfig, source: str, spec: Any
 ) -> Path:
     from .. import distributed
     from ..view.html import TOC, save_html_page

@@ -31,6 +31,7 @@ from torch import Tensor
 from ..bands import band_norms
 from ..model import adapter
 from ..model.hooks import FwdHooks, per_device
+from ..model.kind import Model
 from ..model.layout import RotaryBands
 from ..validate import positive_int
 from .inputs import figure, heatmap, layer_head_band_frame, layer_list, pattern_hooks, prefix_mean
@@ -123,7 +124,7 @@ class SinkChannels:
 
 
 def sink_channels(
-    model: Any,
+    model: Model,
     data: Any,
     *,
     layers: int | Sequence[int] | None = None,
@@ -148,7 +149,7 @@ def sink_channels(
 class SinkAccumulator(Accumulator):
     """Shared-pass state of :func:`sink_channels`: per-band BOS / other-key term sums, bounds, BOS attention."""
 
-    def __init__(self, model: Any, layers: list[int], start_pos: int = 1):
+    def __init__(self, model: Model, layers: list[int], start_pos: int = 1):
         adapter.check_decomposable(model)
         self.spec = RotaryBands.from_model(model)
         self.layers = self.pair_layers = list(layers)

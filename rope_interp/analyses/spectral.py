@@ -53,6 +53,7 @@ from torch import Tensor
 from ..errors import MergeError, ParameterError
 from ..model import adapter
 from ..model.hooks import FwdHooks, attn_hook, mlp_hook, per_device
+from ..model.kind import Model
 from ..model.layout import RotaryBands
 from .inputs import figure, heatmap, layer_head_band_frame, layer_list, prefix_mean
 from .registry import Analysis, Block, Option, RunContext, literal_choices
@@ -132,7 +133,7 @@ class _PSDSums(_SumsMerge):
 
     _sums = ("acc", "n")
 
-    def __init__(self, model: Any, layers: list[int], nfft: int | None = None):
+    def __init__(self, model: Model, layers: list[int], nfft: int | None = None):
         self.layers = list(layers)
         self.theta = RotaryBands.from_model(model).freqs[self.layers].float()
         self.nfft, self.n, self.len = nfft, 0, 0
@@ -226,7 +227,7 @@ class BandSpectra:
 
 
 def band_spectra(
-    model: Any,
+    model: Model,
     data: Any,
     *,
     layers: int | Sequence[int] | None = None,
@@ -250,7 +251,7 @@ def band_spectra(
 class BandSpectraAccumulator(_PSDSums):
     """The state of :func:`band_spectra` in a (shared) pass: per layer, the summed PSDs of q and k bands."""
 
-    def __init__(self, model: Any, layers: list[int], nfft: int | None = None):
+    def __init__(self, model: Model, layers: list[int], nfft: int | None = None):
         super().__init__(model, layers, nfft)
         self.pair_layers = self.layers
 
@@ -321,7 +322,7 @@ class AttentionSpectra:
 
 
 def attention_spectra(
-    model: Any,
+    model: Model,
     data: Any,
     *,
     layers: int | Sequence[int] | None = None,
@@ -352,7 +353,7 @@ class AttentionSpectraAccumulator(_SumsMerge):
 
     _sums = ("energy", "sums")
 
-    def __init__(self, model: Any, layers: list[int], min_row: int = 32, row_stride: int = 8):
+    def __init__(self, model: Model, layers: list[int], min_row: int = 32, row_stride: int = 8):
         self.layers = list(layers)
         self.min_row, self.row_stride = min_row, row_stride
         H, dev = adapter.n_heads(model), adapter.device(model)
@@ -460,7 +461,7 @@ class MLPSpectra:
 
 
 def mlp_spectra(
-    model: Any,
+    model: Model,
     data: Any,
     *,
     layers: int | Sequence[int] | None = None,
@@ -487,7 +488,7 @@ def mlp_spectra(
 class MLPSpectraAccumulator(_PSDSums):
     """The state of :func:`mlp_spectra` in a (shared) pass: per layer and site, the summed neuron PSDs."""
 
-    def __init__(self, model: Any, layers: list[int], nfft: int | None = None, harmonics: int = 3):
+    def __init__(self, model: Model, layers: list[int], nfft: int | None = None, harmonics: int = 3):
         super().__init__(model, layers, nfft)
         self.harmonics = harmonics
 
@@ -564,7 +565,7 @@ class PhaseAlignment:
 
 
 def phase_alignment(
-    model: Any,
+    model: Model,
     data: Any,
     *,
     layers: int | Sequence[int] | None = None,
@@ -592,7 +593,7 @@ class PhaseAlignmentAccumulator(_SumsMerge):
 
     _sums = ("s_ent", "s_max")
 
-    def __init__(self, model: Any, layers: list[int], start_pos: int = 1):
+    def __init__(self, model: Model, layers: list[int], start_pos: int = 1):
         self.layers = self.pair_layers = list(layers)
         self.spec = RotaryBands.from_model(model)
         self.start_pos = start_pos
@@ -658,7 +659,7 @@ class Spectra:
     layers: list[int] = field(default_factory=list)
 
 
-def spectra_layers(model: Any, layers: list[int] | None, chosen: list[int] | None) -> list[int]:
+def spectra_layers(model: Model, layers: list[int] | None, chosen: list[int] | None) -> list[int]:
     """``chosen``, else the first, middle and last of ``layers`` (default: all the model's layers)."""
     if chosen:
         return layer_list(model, chosen)

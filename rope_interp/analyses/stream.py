@@ -35,6 +35,7 @@ from torch import Tensor
 
 from ..errors import MergeError
 from ..model.hooks import FwdHooks
+from ..model.kind import Model
 from ..progress import progress_bar
 
 
@@ -131,7 +132,7 @@ class Accumulator:
         raise NotImplementedError
 
 
-def _pair_hooks(model: Any, accs: Sequence[Accumulator]) -> FwdHooks:
+def _pair_hooks(model: Model, accs: Sequence[Accumulator]) -> FwdHooks:
     from .inputs import qk_pair_hooks
 
     by_layer: dict[int, list[Accumulator]] = {}
@@ -148,7 +149,7 @@ def _pair_hooks(model: Any, accs: Sequence[Accumulator]) -> FwdHooks:
     return qk_pair_hooks(model, sorted(by_layer), dispatch)
 
 
-def forward_window(model: Any, tokens: Tensor, accs: Sequence[Accumulator]) -> None:
+def forward_window(model: Model, tokens: Tensor, accs: Sequence[Accumulator]) -> None:
     """One forward over ``tokens`` feeding the accumulators that accept it, then their ``observe``."""
     active = [a for a in accs if a.accepts(tokens)]
     if not active:
@@ -167,7 +168,7 @@ def forward_window(model: Any, tokens: Tensor, accs: Sequence[Accumulator]) -> N
 
 
 def run_pass(
-    model: Any,
+    model: Model,
     data: Any,
     accs: Sequence[Accumulator],
     *,

@@ -17,6 +17,7 @@ from typing import Any
 from jaxtyping import Float
 from torch import Tensor
 
+from ..model.kind import Model
 from ..model.layout import RotaryBands
 from ..read.capture import BandStats
 from ..validate import positive_int
@@ -124,7 +125,7 @@ class FrequencyUsage:
 
 
 def frequency_usage(
-    model: Any,
+    model: Model,
     data: Any,
     *,
     layers: int | Sequence[int] | None = None,
@@ -152,7 +153,7 @@ def frequency_usage(
 class UsageAccumulator(Accumulator):
     """Shared-pass state of :func:`frequency_usage`: a :class:`BandStats` over ``rot_q``, ``rot_k``, ``v``."""
 
-    def __init__(self, model: Any, layers: list[int], start_pos: int = 0):
+    def __init__(self, model: Model, layers: list[int], start_pos: int = 0):
         self.model, self.layers = model, list(layers)
         self.stats = BandStats(model, layers=self.layers, sites=tuple(SIDES.values()), start_pos=start_pos)
 

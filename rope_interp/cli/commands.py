@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from ..analyses.registry import Analysis
+from ..model.kind import Model
 from .common import (
     check_layers,
     layer_index,
@@ -97,7 +98,7 @@ class BandsCommand(Command):
 
 
 # ---- summary ----
-def band_share(model: Any, tokens: Any, layer: int, window: int | None = 512, chunk_size: int = 128):
+def band_share(model: Model, tokens: Any, layer: int, window: int | None = 512, chunk_size: int = 128):
     """Share of each band in the mean ``|score term|`` of ``layer`` over causal pairs, streamed over
     windows of ``window`` tokens and chunks of ``chunk_size`` queries: ``[band]``, sums to 1.
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import distributed
 from ..errors import ParameterError, RopeInterpError
+from ..model.kind import Model
 from ..view.output import current_stage
 
 
@@ -120,7 +121,7 @@ def text_from_args(args: argparse.Namespace) -> str:
     return path.read_text(encoding="utf-8") if path is not None else load_text(args.text)
 
 
-def tokens_from_args(model: Any, args: argparse.Namespace, windowed: bool = False):
+def tokens_from_args(model: Model, args: argparse.Namespace, windowed: bool = False):
     """Token ids ``[1, pos]`` of the text, cut to ``--max-tokens`` (with a note).
 
     ``windowed=True`` (commands that stream over windows) keeps every token; otherwise a

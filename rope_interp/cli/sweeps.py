@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..intervene.modes import METHODS, MODES, TARGETS
+from ..model.kind import Model
 from .commands import Command, Parents, _parser
 
 PER = {
@@ -198,7 +199,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         mode = row(args.mode)
         mode.check_params(params, mode.resolve_target(args.target), symmetric_qk=args.per != "layer-band-pos")
 
-    def build(model: Any) -> SweepSpec:
+    def build(model: Model) -> SweepSpec:
         return SweepSpec(
             tokens=tokens_from_args(model, args).tolist(),
             metric={"name": "loss"},
@@ -227,7 +228,7 @@ def _cmd_patch(args: argparse.Namespace) -> int:
         if missing:
             raise ParameterError(f"patch needs {', '.join(missing)} (or --spec FILE)")
 
-    def build(model: Any) -> SweepSpec:
+    def build(model: Model) -> SweepSpec:
         answer, wrong = model.to_single_token(args.answer), model.to_single_token(args.wrong)
         return SweepSpec(
             tokens=model.to_tokens(args.corrupted).tolist(),

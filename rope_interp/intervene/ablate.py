@@ -75,6 +75,7 @@ from ..errors import RopeInterpError
 from ..model import adapter
 from ..model import bridge as _bridge
 from ..model.hooks import FwdHooks, HookSet, attn_hook, rotary_table_hook
+from ..model.kind import Model
 from ..model.layout import RotaryBands
 from ..validate import finite
 from .modes import (  # noqa: F401  (the pure functions are re-exported here, where users found them)
@@ -155,7 +156,7 @@ class BandIntervention(HookSet):
     never synchronise with the host.
     """
 
-    def __init__(self, model: Any, recipe: ResolvedMode | Any, *args: Any, **kwargs: Any):
+    def __init__(self, model: Model, recipe: ResolvedMode | Any, *args: Any, **kwargs: Any):
         if not isinstance(recipe, ResolvedMode):  # the arguments of ablate_bands
             recipe = ablate_bands(model, recipe, *args, **kwargs).recipe
         elif args or kwargs:
@@ -285,7 +286,7 @@ class BandIntervention(HookSet):
 
 
 def ablate_bands(
-    model: Any,
+    model: Model,
     bands: int | Sequence[int] | None,
     layers: int | Sequence[int] | None = None,
     heads: int | Sequence[int] | None = None,
@@ -329,7 +330,7 @@ def ablate_bands(
     return BandIntervention(model, recipe)
 
 
-def prope(model: Any, p: float, layers: int | Sequence[int] | None = None) -> BandIntervention:
+def prope(model: Model, p: float, layers: int | Sequence[int] | None = None) -> BandIntervention:
     """p-RoPE (Barbero et al.): keep the highest fraction ``p`` of frequencies, the rest unrotated.
 
     Bands ``round(p * n_bands) .. n_bands - 1`` (the lowest frequencies) get ``no_rotation``

@@ -58,6 +58,7 @@ from torch import Tensor
 from ..bands import rotate
 from ..errors import ParameterError, RopeInterpError, UselessInterventionError
 from ..model import adapter
+from ..model.kind import Model
 from ..model.layout import RotaryBands
 from ..validate import finite, indices
 
@@ -535,7 +536,7 @@ def _symmetric_qk(spec: RotaryBands, target: Target, q_heads: Any, k_heads: Any)
 
 
 def resolve_mode(
-    model: Any,
+    model: Model,
     mode: Any = "zero",
     target: Any = None,
     params: Mapping[str, Any] | None = None,

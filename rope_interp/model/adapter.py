@@ -35,6 +35,7 @@ from .. import validate as _validate
 from ..errors import ContextLengthError, NotAModelError, NotRotaryError, PaddingError, TokenError
 from ..validate import indices
 from . import bridge as _bridge
+from .kind import Model
 
 
 class ModelAdapter(ABC):
@@ -55,7 +56,7 @@ class ModelAdapter(ABC):
     positions_from_tables: ClassVar[bool] = False
     hooked_blocks: ClassVar[bool] = True
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Model) -> None:
         try:
             ref: Callable[[], Any] = weakref.ref(model)  # the cache must not keep the model alive
         except TypeError:  # an object without weak references (never cached)
@@ -64,7 +65,7 @@ class ModelAdapter(ABC):
 
     @classmethod
     @abstractmethod
-    def claims(cls, model: Any) -> bool:
+    def claims(cls, model: Model) -> bool:
         """Whether ``model`` is of this kind."""
 
     @property
@@ -179,7 +180,7 @@ class HookedAdapter(ModelAdapter):
     """
 
     @classmethod
-    def claims(cls, model: Any) -> bool:
+    def claims(cls, model: Model) -> bool:
         return True
 
     def _check_rotary_layout(self, cfg: Any) -> None:
@@ -237,7 +238,7 @@ class BridgeAdapter(ModelAdapter):
     hooked_blocks = False
 
     @classmethod
-    def claims(cls, model: Any) -> bool:
+    def claims(cls, model: Model) -> bool:
         return _bridge.is_bridge(model)
 
     def _check_rotary_layout(self, cfg: Any) -> None:
@@ -270,7 +271,7 @@ class BridgeAdapter(ModelAdapter):
 _SEEN: weakref.WeakKeyDictionary[Any, ModelAdapter] = weakref.WeakKeyDictionary()
 
 
-def of(model: Any) -> ModelAdapter:
+def of(model: Model) -> ModelAdapter:
     """The adapter of ``model``: its kind chosen when it is first seen, then cached per model object."""
     try:
         found = _SEEN.get(model)
@@ -287,17 +288,17 @@ def of(model: Any) -> ModelAdapter:
     return made
 
 
-def is_bridge(model: Any) -> bool:
+def is_bridge(model: Model) -> bool:
     """True for a ``TransformerBridge``, False for a ``HookedTransformer``."""
     return isinstance(of(model), BridgeAdapter)
 
 
-def config(model: Any) -> Any:
+def config(model: Model) -> Any:
     """The model's ``HookedTransformerConfig`` (or bridge config)."""
     return of(model).config()
 
 
-def check_rotary(model: Any) -> Any:
+def check_rotary(model: Model) -> Any:
     """Return the config, or raise :class:`NotRotaryError` for a non-rotary model
     (and :class:`~rope_interp.model.bridge.BridgeRotaryHooksError` for a bridge that never
     fires ``hook_rot_q``/``hook_rot_k``). Read the rotary layout with
@@ -305,35 +306,35 @@ def check_rotary(model: Any) -> Any:
     return of(model).check_rotary()
 
 
-def rotary_dim(model: Any) -> int:
+def rotary_dim(model: Model) -> int:
     """Number of rotated dims per head (``d_head`` unless partial rotary)."""
     return of(model).rotary_dim()
 
 
-def adjacent_pairs(model: Any) -> bool:
+def adjacent_pairs(model: Model) -> bool:
     """GPT-J pairing ``(2i, 2i+1)`` (True) or NeoX/Llama halves ``(i, i + rotary_dim/2)`` (False)."""
     return of(model).adjacent_pairs()
 
 
-def n_layers(model: Any) -> int:
+def n_layers(model: Model) -> int:
     return of(model).n_layers()
 
 
-def n_heads(model: Any) -> int:
+def n_heads(model: Model) -> int:
     return of(model).n_heads()
 
 
-def n_kv_heads(model: Any) -> int:
+def n_kv_heads(model: Model) -> int:
     return of(model).n_kv_heads()
 
 
-def kv_map(model: Any) -> Tensor:
+def kv_map(model: Model) -> Tensor:
     """LongTensor[n_heads]: the kv head each query head reads (``h // (n_heads // n_kv)``)."""
     h, g = n_heads(model), n_kv_heads(model)
     return torch.arange(h) // (h // g)
 
 
-def layers(model: Any, layers: int | Sequence[int] | None) -> list[int]:
+def layers(model: Model, layers: int | Sequence[int] | None) -> list[int]:
     """Normalise a layer selection (None = all) and check it is in range."""
     n = n_layers(model)
     if layers is None:
@@ -341,29 +342,29 @@ def layers(model: Any, layers: int | Sequence[int] | None) -> list[int]:
     return indices("layer", layers, n)
 
 
-def heads(model: Any, heads: int | Sequence[int] | None) -> list[int]:
+def heads(model: Model, heads: int | Sequence[int] | None) -> list[int]:
     n = n_heads(model)
     if heads is None:
         return list(range(n))
     return indices("head", heads, n)
 
 
-def attn(model: Any, layer: int) -> Any:
+def attn(model: Model, layer: int) -> Any:
     """The attention module of block ``layer``."""
     return of(model).attn(layer)
 
 
-def attn_scale(model: Any, layer: int) -> float:
+def attn_scale(model: Model, layer: int) -> float:
     """The divisor of ``q·k`` in this layer's attention scores."""
     return of(model).attn_scale(layer)
 
 
-def softcap(model: Any) -> float | None:
+def softcap(model: Model) -> float | None:
     """The attention-score soft-cap, None without one."""
     return of(model).softcap()
 
 
-def check_decomposable(model: Any) -> None:
+def check_decomposable(model: Model) -> None:
     """Raise when something between ``hook_rot_q`` and the scores breaks ``scores = q·k/scale``."""
     cfg = config(model)
     if getattr(cfg, "use_logn_attn", False):
@@ -373,13 +374,13 @@ def check_decomposable(model: Any) -> None:
         )
 
 
-def rotary_tables(model: Any, layer: int, n_pos: int) -> tuple[Tensor, Tensor]:
+def rotary_tables(model: Model, layer: int, n_pos: int) -> tuple[Tensor, Tensor]:
     """(sin, cos), each float64 ``[n_pos, rotary_dim]``, as this layer's attention computes them
     (see :meth:`HookedAdapter.rotary_tables`, :func:`rope_interp.model.bridge.rotary_tables`)."""
     return of(model).rotary_tables(layer, n_pos)
 
 
-def rotary_buffers(model: Any, layer: int) -> tuple[Tensor, Tensor]:
+def rotary_buffers(model: Model, layer: int) -> tuple[Tensor, Tensor]:
     """The sin/cos tables the model actually applies (its buffers, in its dtype).
 
     A bridge has no buffers: its tables for ``n_ctx`` positions in the model's dtype.
@@ -393,7 +394,7 @@ def _is_text(tokens: Any) -> bool:
     )
 
 
-def tokens_and_mask(model: Any, tokens: Any, what: str = "tokens") -> tuple[Tensor, Tensor | None]:
+def tokens_and_mask(model: Model, tokens: Any, what: str = "tokens") -> tuple[Tensor, Tensor | None]:
     """Like :func:`to_tokens`, but a batch of strings of different lengths is padded (as
     ``model.to_tokens`` pads it) and returned with its mask; ``(tokens, None)`` when nothing was padded.
 
@@ -452,7 +453,7 @@ def tokens_and_mask(model: Any, tokens: Any, what: str = "tokens") -> tuple[Tens
     return tokens.to(dev), None if mask is None else mask.to(dev)
 
 
-def to_tokens(model: Any, tokens: Any, what: str = "tokens") -> Tensor:
+def to_tokens(model: Model, tokens: Any, what: str = "tokens") -> Tensor:
     """Accept a string, list of strings, or integer ids [pos] / [batch, pos]; return [batch, pos].
 
     Raises :class:`~rope_interp.errors.TokenError` for ids outside the vocabulary, non-integer
@@ -480,11 +481,11 @@ def to_tokens(model: Any, tokens: Any, what: str = "tokens") -> Tensor:
     return toks
 
 
-def device(model: Any) -> torch.device:
+def device(model: Model) -> torch.device:
     """Where the model's weights live (inputs and results follow it)."""
     return of(model).device()
 
 
-def local_window(model: Any, layer: int) -> int | None:
+def local_window(model: Model, layer: int) -> int | None:
     """Sliding-window size of a local-attention layer (keys ``m - window < n <= m``), else None."""
     return of(model).local_window(layer)

@@ -37,6 +37,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import RopeInterpError
+from .kind import Model
 
 WORKAROUND = (
     "load the model as a HookedTransformer instead (rope_interp.load_model(name) or "
@@ -49,7 +50,7 @@ class BridgeRotaryHooksError(RopeInterpError, NotImplementedError):
     """A TransformerBridge whose attention never fires ``hook_rot_q``/``hook_rot_k``."""
 
 
-def is_bridge(model: Any) -> bool:
+def is_bridge(model: Model) -> bool:
     """True for a TransformerLens ``TransformerBridge`` (False for HookedTransformer and others)."""
     try:
         from transformer_lens.model_bridge import TransformerBridge
@@ -58,18 +59,23 @@ def is_bridge(model: Any) -> bool:
     return isinstance(model, TransformerBridge)
 
 
-def hf_config(model: Any) -> Any:
+def hf_model(model: Model) -> Any:
+    """The HF model a bridge wraps (``original_model``; typed ``Any``: nn.Module attributes are untyped)."""
+    return getattr(model, "original_model")  # noqa: B009
+
+
+def hf_config(model: Model) -> Any:
     """The wrapped HF model's (text) config."""
-    cfg = model.original_model.config
+    cfg = hf_model(model).config
     return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
 
 
-def hf_attention(model: Any, layer: int) -> Any:
+def hf_attention(model: Model, layer: int) -> Any:
     """The HF attention module the bridge wraps in block ``layer``."""
     return model.blocks[layer].attn.original_component
 
 
-def fires_rot_hooks(model: Any, layer: int = 0) -> bool:
+def fires_rot_hooks(model: Model, layer: int = 0) -> bool:
     """Whether block ``layer``'s attention bridge calls ``hook_rot_q``/``hook_rot_k`` in its forward."""
     from transformer_lens.model_bridge.generalized_components.position_embeddings_attention import (
         PositionEmbeddingsAttentionBridge,
@@ -78,7 +84,7 @@ def fires_rot_hooks(model: Any, layer: int = 0) -> bool:
     return isinstance(model.blocks[layer].attn, PositionEmbeddingsAttentionBridge)
 
 
-def check_rot_hooks(model: Any) -> None:
+def check_rot_hooks(model: Model) -> None:
     """Raise :class:`BridgeRotaryHooksError` unless every layer fires the rot hooks.
 
     >>> from rope_interp.model.testing import tiny_bridge
@@ -102,7 +108,7 @@ def check_rot_hooks(model: Any) -> None:
         )
 
 
-def _rotary_module(model: Any, layer: int) -> tuple[Any, dict[str, Any]]:
+def _rotary_module(model: Model, layer: int) -> tuple[Any, dict[str, Any]]:
     """The HF rotary embedding that feeds block ``layer`` and the extra kwargs it needs."""
     attn = model.blocks[layer].attn
     mod = getattr(hf_attention(model, layer), "rotary_emb", None)  # per-layer rotary (rare)
@@ -112,7 +118,7 @@ def _rotary_module(model: Any, layer: int) -> tuple[Any, dict[str, Any]]:
         mod = getattr(model, "rotary_emb", None)
     if mod is None:
         found = [
-            m for _, m in model.original_model.named_modules() if type(m).__name__.endswith("RotaryEmbedding")
+            m for _, m in hf_model(model).named_modules() if type(m).__name__.endswith("RotaryEmbedding")
         ]
         mod = found[0] if found else None
     if mod is None:
@@ -128,10 +134,10 @@ def _rotary_module(model: Any, layer: int) -> tuple[Any, dict[str, Any]]:
     return mod, kwargs
 
 
-def _hf_tables(model: Any, layer: int, n_pos: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+def _hf_tables(model: Model, layer: int, n_pos: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """(cos, sin) ``[n_pos, width]`` from the HF rotary module, as the model calls it."""
     mod, kwargs = _rotary_module(model, layer)
-    dev = next(model.original_model.parameters()).device
+    dev = next(hf_model(model).parameters()).device
     x = torch.zeros(1, 1, 1, dtype=dtype, device=dev)
     pos = torch.arange(n_pos, device=dev)[None]
     with torch.no_grad():
@@ -144,11 +150,11 @@ def _hf_tables(model: Any, layer: int, n_pos: int, dtype: torch.dtype) -> tuple[
     return cos.reshape(n_pos, -1), sin.reshape(n_pos, -1)
 
 
-def _adjacent(model: Any) -> bool:
+def _adjacent(model: Model) -> bool:
     return bool(getattr(model.cfg, "rotary_adjacent_pairs", False))
 
 
-def _layout(model: Any, table: Tensor) -> Tensor:
+def _layout(model: Model, table: Tensor) -> Tensor:
     """Half-duplicated HF table ``[.., rotary_dim]`` in the pairing the bridge applies."""
     d_head = int(model.cfg.d_head)
     if 2 * table.shape[-1] == d_head:
@@ -162,14 +168,14 @@ def _layout(model: Any, table: Tensor) -> Tensor:
     return table
 
 
-def rotary_dim(model: Any) -> int:
+def rotary_dim(model: Model) -> int:
     """Width of the rotated part of each head: the width of the tables the bridge applies."""
     cos, _ = _hf_tables(model, 0, 1, torch.float32)
     return int(_layout(model, cos).shape[-1])
 
 
 def rotary_tables(
-    model: Any, layer: int, n_pos: int
+    model: Model, layer: int, n_pos: int
 ) -> tuple[Float[Tensor, "pos rotary_dim"], Float[Tensor, "pos rotary_dim"]]:
     """(sin, cos), float64 ``[n_pos, rotary_dim]`` on the CPU, as block ``layer`` applies them.
 
@@ -206,7 +212,7 @@ def table_angles(
     return torch.atan2(sin[..., :n_bands].to(dtype), cos[..., :n_bands].to(dtype))
 
 
-def attn_scale(model: Any, layer: int) -> float:
+def attn_scale(model: Model, layer: int) -> float:
     """Divisor of ``q·k``: the bridge computes ``q·k * hf_attn.scaling`` (default ``d_head**-0.5``)."""
     attn = hf_attention(model, layer)
     scaling = getattr(attn, "scaling", None)
@@ -215,12 +221,12 @@ def attn_scale(model: Any, layer: int) -> float:
     return 1.0 / float(scaling)
 
 
-def softcap(model: Any, layer: int = 0) -> float | None:
+def softcap(model: Model, layer: int = 0) -> float | None:
     cap = getattr(hf_attention(model, layer), "attn_logit_softcapping", None)
     return float(cap) if cap is not None and cap > 0 else None
 
 
-def local_window(model: Any, layer: int) -> int | None:
+def local_window(model: Model, layer: int) -> int | None:
     """HF ``sliding_window`` of a local layer (keys ``m - window < n <= m``), else None."""
     window = getattr(hf_attention(model, layer), "sliding_window", None)
     return int(window) if window else None

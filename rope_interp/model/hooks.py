@@ -67,6 +67,7 @@ from typing import Any, Literal, get_args
 import torch
 
 from ..errors import HookStateError, RopeInterpError
+from .kind import Model
 
 Site = Literal["q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "z"]
 """Attention hook sites that rope_interp reads or writes."""
@@ -173,7 +174,8 @@ def is_key_site(site: str) -> bool:
 
 
 HookFn = Callable[..., Any]
-FwdHooks = list[tuple[str, HookFn]]
+FwdHooks = list[tuple[str | HookFn, HookFn]]
+"""A forward-hook list as TransformerLens takes it (``run_with_hooks(fwd_hooks=...)``): names or filters."""
 
 
 @dataclass(eq=False)
@@ -187,7 +189,7 @@ _LOCK = threading.Lock()
 _ACTIVE: weakref.WeakKeyDictionary[Any, list[_Entry]] = weakref.WeakKeyDictionary()
 
 
-def active_contexts(model: Any) -> int:
+def active_contexts(model: Model) -> int:
     """How many rope_interp hook contexts are open on ``model`` (in any thread).
 
     >>> from rope_interp.model.testing import tiny_model
@@ -201,9 +203,9 @@ def active_contexts(model: Any) -> int:
 class HookSet:
     """Base class: subclasses implement :meth:`fwd_hooks`."""
 
-    model: Any
+    model: Model
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Model):
         self.model = model
         self._contexts: list[_Entry] = []
 
@@ -302,7 +304,7 @@ class ComposedHooks(HookSet):
     False
     """
 
-    def __init__(self, model: Any, parts: list[HookSet]):
+    def __init__(self, model: Model, parts: list[HookSet]):
         super().__init__(model)
         self.parts: list[HookSet] = []
         for p in parts:

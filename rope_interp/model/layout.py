@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -15,6 +14,7 @@ from ..bands import band_dims
 from ..errors import LayerError
 from ..validate import _as_int, indices, positive_int
 from . import adapter
+from .kind import Model
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class RotaryBands:
     model_name: str = ""
 
     @classmethod
-    def from_model(cls, model: Any) -> RotaryBands:
+    def from_model(cls, model: Model) -> RotaryBands:
         """Read the layout from a rotary TransformerLens model (raises NotRotaryError otherwise)."""
         cfg = adapter.check_rotary(model)
         rd, adjacent = adapter.rotary_dim(model), adapter.adjacent_pairs(model)

@@ -20,11 +20,16 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
 
 from ..errors import ModelNotAvailableError, NotRotaryError
+from .kind import Model
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+    from transformer_lens.model_bridge import TransformerBridge
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +119,38 @@ def resolve_name(name: str) -> ModelSource:
     return ModelSource("hub", name, name)
 
 
+@overload
+def load_model(
+    name: str = ...,
+    *,
+    device: str | torch.device | None = ...,
+    dtype: torch.dtype | str = ...,
+    cache: bool = ...,
+    bridge: Literal[False],
+    **from_pretrained_kwargs: Any,
+) -> HookedTransformer: ...
+@overload
+def load_model(
+    name: str = ...,
+    *,
+    device: str | torch.device | None = ...,
+    dtype: torch.dtype | str = ...,
+    cache: bool = ...,
+    bridge: Literal[True],
+    **from_pretrained_kwargs: Any,
+) -> TransformerBridge: ...
+@overload
+def load_model(
+    name: str = ...,
+    *,
+    device: str | torch.device | None = ...,
+    dtype: torch.dtype | str = ...,
+    cache: bool = ...,
+    bridge: bool | None = ...,
+    **from_pretrained_kwargs: Any,
+) -> Model: ...
+
+
 def load_model(
     name: str = "smollm2-135m",
     *,
@@ -122,7 +159,7 @@ def load_model(
     cache: bool = True,
     bridge: bool | None = None,
     **from_pretrained_kwargs: Any,
-):
+) -> Model:
     """Load a rotary model as a TransformerLens ``HookedTransformer``, offline where possible.
 
     ``name`` may be:
@@ -168,7 +205,7 @@ def load_model(
     return linear_layout(HookedTransformer.from_pretrained(name, device=device, **kwargs))
 
 
-def _quiet_to(model: Any, device: torch.device) -> Any:
+def _quiet_to(model: Model, device: torch.device) -> Any:
     """``model.to(device).eval()`` without TransformerLens' "Moving model to device" print."""
     import contextlib
     import io
@@ -178,7 +215,7 @@ def _quiet_to(model: Any, device: torch.device) -> Any:
     return linear_layout(model).eval()
 
 
-def linear_layout(model: Any) -> Any:
+def linear_layout(model: Model) -> Any:
     """Store the weights that TransformerLens hands to ``F.linear`` as ``W.T.contiguous()`` so that
     ``W.T`` is contiguous already; returns the model.
 

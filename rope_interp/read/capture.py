@@ -22,6 +22,7 @@ from ..bands import band_norms, band_view, pass_view
 from ..errors import MergeError, ParameterError, RopeInterpError, SiteError
 from ..model import adapter
 from ..model.hooks import QK_SITES, FwdHooks, HookSet, attn_hook, is_key_site
+from ..model.kind import Model
 from ..model.layout import RotaryBands
 from ..progress import progress_bar
 from ..validate import indices, positive_int
@@ -61,7 +62,7 @@ def _check_sites(sites: Iterable[str]) -> tuple[str, ...]:
 
 
 def band_hooks(
-    model: Any,
+    model: Model,
     callback: Callable[[BandActivation], None],
     layers: int | Sequence[int] | None = None,
     sites: str | Sequence[str] = ("rot_q", "rot_k"),
@@ -115,7 +116,7 @@ class BandCapture(HookSet):
 
     def __init__(
         self,
-        model: Any,
+        model: Model,
         layers: int | Sequence[int] | None = None,
         sites: str | Sequence[str] = ("rot_q", "rot_k"),
         heads: Sequence[int] | None = None,
@@ -263,7 +264,7 @@ class BandStats(HookSet):
 
     def __init__(
         self,
-        model: Any,
+        model: Model,
         layers: int | Sequence[int] | None = None,
         sites: str | Sequence[str] = ("rot_q", "rot_k"),
         start_pos: int = 0,

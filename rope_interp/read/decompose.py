@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ..errors import LayerError
 from ..model import adapter
+from ..model.kind import Model
 from ..model.layout import RotaryBands
 from ..validate import indices, positive_int
 from .capture import BandCapture
@@ -152,7 +153,7 @@ class BandScores:
         return pd.DataFrame(rows)
 
 
-def _selection(model: Any, layer: int, heads, bands) -> tuple[RotaryBands, int, list[int], list[int]]:
+def _selection(model: Model, layer: int, heads, bands) -> tuple[RotaryBands, int, list[int], list[int]]:
     adapter.check_decomposable(model)
     spec = RotaryBands.from_model(model)
     if not isinstance(layer, int) and getattr(layer, "ndim", 1) != 0:
@@ -168,7 +169,7 @@ def _selection(model: Any, layer: int, heads, bands) -> tuple[RotaryBands, int, 
 QK = tuple[Tensor, Tensor, Tensor, Tensor]  # rot_q bands, rot_k bands, q pass, k pass
 
 
-def _capture_qk(model: Any, tokens: Tensor, layer: int) -> QK:
+def _capture_qk(model: Model, tokens: Tensor, layer: int) -> QK:
     cap = BandCapture(model, layers=[layer], sites=("rot_q", "rot_k"), keep_passthrough=True)
     with torch.no_grad(), cap:
         model(tokens, stop_at_layer=layer + 1)
@@ -229,7 +230,7 @@ def estimate_bytes(
 
 
 def band_scores(
-    model: Any,
+    model: Model,
     tokens: Any,
     layer: int,
     *,
@@ -276,7 +277,7 @@ def band_scores(
 
 
 def iter_band_scores(
-    model: Any,
+    model: Model,
     tokens: Any,
     layer: int,
     *,

@@ -22,6 +22,7 @@ from torch import Tensor
 from ..bands import pass_view
 from ..errors import RopeInterpError
 from ..model import adapter
+from ..model.kind import Model
 from ..model.layout import RotaryBands
 from ..progress import progress_bar
 from ..read.capture import BandCapture
@@ -110,7 +111,7 @@ def _layer_terms(model, cap: BandCapture, spec: RotaryBands, L: int) -> tuple[Te
 
 
 def ablated_patterns(
-    model: Any,
+    model: Model,
     tokens: Any,
     layer: int,
     *,
@@ -146,7 +147,7 @@ def ablated_patterns(
 
 
 def direct_effect_sweep(
-    model: Any,
+    model: Model,
     tokens: Any,
     *,
     layers: Sequence[int] | None = None,

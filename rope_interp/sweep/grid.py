@@ -24,6 +24,7 @@ from ..errors import ParameterError, RopeInterpError
 from ..intervene.modes import ResolvedMode, check_target
 from ..model import adapter
 from ..model.hooks import SIDES, FwdHooks, HookSet, attn_hook, rot_site
+from ..model.kind import Model
 from ..model.layout import RotaryBands
 from ..validate import indices
 
@@ -246,7 +247,7 @@ class MaskedBands(HookSet):
 
     def __init__(
         self,
-        model: Any,
+        model: Model,
         layer: int,
         q_mask: Tensor | None,
         k_mask: Tensor | None,
@@ -302,14 +303,14 @@ class MaskedBands(HookSet):
         return hooks
 
 
-def capture_source(model: Any, tokens: Tensor, layers: Sequence[int]) -> dict[int, dict[str, Tensor]]:
+def capture_source(model: Model, tokens: Tensor, layers: Sequence[int]) -> dict[int, dict[str, Tensor]]:
     """Full ``hook_rot_q`` / ``hook_rot_k`` activations ``[batch, pos, head, d_head]`` of ``layers`` on ``tokens``."""
     store: dict[int, dict[str, Tensor]] = {L: {} for L in layers}
 
     def _store(act: Tensor, L: int, side: str) -> None:
         store[L][side] = act.detach().clone()
 
-    fwd = [
+    fwd: FwdHooks = [
         (attn_hook(L, rot_site(s)), lambda a, hook, L=L, s=s: _store(a, L, s)) for L in layers for s in SIDES
     ]
     with torch.no_grad():

@@ -18,6 +18,7 @@ from torch import Tensor
 from ..errors import RopeInterpError
 from ..model import adapter
 from ..model.hooks import FwdHooks, HookSet, attn_hook
+from ..model.kind import Model
 
 Metric = Callable[[Tensor], Tensor]
 
@@ -91,7 +92,7 @@ class PatternDistance(HookSet):
     0.0
     """
 
-    def __init__(self, model: Any, layer: int, reference: Tensor, heads: Sequence[int] | None = None):
+    def __init__(self, model: Model, layer: int, reference: Tensor, heads: Sequence[int] | None = None):
         super().__init__(model)
         self.layer = adapter.layers(model, layer)[0]
         self.heads = None if heads is None else adapter.heads(model, heads)
@@ -99,7 +100,7 @@ class PatternDistance(HookSet):
         self._pattern: Tensor | None = None
 
     @staticmethod
-    def reference(model: Any, tokens: Any, layer: int) -> Tensor:
+    def reference(model: Model, tokens: Any, layer: int) -> Tensor:
         """The pattern of ``layer`` on ``tokens`` (one forward up to that layer)."""
         store: list[Tensor] = []
         with torch.no_grad():

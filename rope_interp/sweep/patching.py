@@ -37,12 +37,13 @@ from torch import Tensor
 from ..errors import ParameterError, RopeInterpError
 from ..intervene.modes import Method
 from ..model import adapter
+from ..model.kind import Model
 from .grid import AXES, CellOp, Grid, MaskedBands, SweepResult, capture_source  # noqa: F401  (public names)
 from .metrics import Metric, PatternDistance, kl_metric, logit_diff, loss_metric, metric_values  # noqa: F401
 from .tiers import run_sweep
 
 
-def check_pair(model: Any, clean: Any, corrupted: Any) -> tuple[Tensor, Tensor]:
+def check_pair(model: Model, clean: Any, corrupted: Any) -> tuple[Tensor, Tensor]:
     """Tokens of a clean/corrupted pair; they must have the same shape."""
     clean, corrupted = adapter.to_tokens(model, clean), adapter.to_tokens(model, corrupted)
     if clean.shape != corrupted.shape:
@@ -55,7 +56,7 @@ def check_pair(model: Any, clean: Any, corrupted: Any) -> tuple[Tensor, Tensor]:
 
 # ---- sweeps ----------------------------------------------------------------------------------------------
 def patch_sweep(
-    model: Any,
+    model: Model,
     clean: Any,
     corrupted: Any,
     metric: Metric,

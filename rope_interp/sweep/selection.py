@@ -21,6 +21,7 @@ from torch import Tensor
 from ..errors import ParameterError, RopeInterpError
 from ..intervene.modes import Mode, check_target, resolve_mode
 from ..model import adapter
+from ..model.kind import Model
 from ..model.layout import RotaryBands
 from .grid import CellOp, Grid, capture_source, grid_dims
 
@@ -70,7 +71,7 @@ class Selection:
 
     @classmethod
     def build(
-        cls, model: Any, tokens: Any, per: str | Sequence[str], selection: Mapping[str, Any]
+        cls, model: Model, tokens: Any, per: str | Sequence[str], selection: Mapping[str, Any]
     ) -> Selection:
         """Validate the tokens, ``per`` and the :class:`SelectionArgs` in ``selection`` (missing = None)."""
         s: dict[str, Any] = {k: selection.get(k) for k in SelectionArgs.__annotations__}

@@ -31,6 +31,7 @@ import torch
 
 from ..errors import ParameterError
 from ..intervene.modes import METHODS, MODES, Method, Mode, Target, check_target, json_params
+from ..model.kind import Model
 from .grid import AXES, SweepResult
 
 SPEC_VERSION = 1
@@ -108,7 +109,7 @@ class InterventionSpec(_JsonSpec):
             d[k] = _ints(k, d.get(k))
         return cls(**d)
 
-    def build(self, model: Any):
+    def build(self, model: Model):
         """The :class:`~rope_interp.intervene.ablate.BandIntervention` this spec describes (validated there)."""
         from ..intervene.ablate import ablate_bands
 
@@ -205,7 +206,7 @@ class SweepSpec(_JsonSpec):
         return cls.from_dict(d)
 
     # ---- running -------------------------------------------------------------------------------------------
-    def _tokens(self, model: Any, ids: Any, text: Any, what: str) -> torch.Tensor:
+    def _tokens(self, model: Model, ids: Any, text: Any, what: str) -> torch.Tensor:
         from ..model import adapter
 
         if (ids is None) == (text is None):
@@ -216,7 +217,7 @@ class SweepSpec(_JsonSpec):
             return adapter.to_tokens(model, torch.tensor(ids, dtype=torch.long))
         return model.to_tokens(text)
 
-    def _metric(self, model: Any, tokens: torch.Tensor):
+    def _metric(self, model: Model, tokens: torch.Tensor):
         from .metrics import logit_diff, loss_metric
 
         m = dict(self.metric)
@@ -236,7 +237,7 @@ class SweepSpec(_JsonSpec):
 
         return logit_diff(tok(m["answer"]), tok(m["wrong"]), int(m.get("pos", -1)))
 
-    def run(self, model: Any, progress: bool = False) -> SweepResult:
+    def run(self, model: Model, progress: bool = False) -> SweepResult:
         """Run the sweep on ``model``; the result carries this spec in ``extra["spec"]``."""
         from .tiers import run_sweep
 

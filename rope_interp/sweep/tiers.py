@@ -51,6 +51,7 @@ from ..errors import ParameterError
 from ..intervene.modes import METHODS, Method
 from ..model import adapter
 from ..model.hooks import SIDES, HookSet, Side, attn_hook, rot_site
+from ..model.kind import Model
 from ..model.layout import RotaryBands
 from ..progress import progress_bar
 from ..validate import positive_int
@@ -70,7 +71,7 @@ def _progress(total: int, desc: str, progress: bool):
 
 @sweep_tier
 def naive_sweep(
-    model: Any,
+    model: Model,
     sel: Selection,
     metric: Metric,
     *,
@@ -102,7 +103,7 @@ def naive_sweep(
     return SweepResult(values.cpu(), grid.dims, grid.coords, float(base), "naive", sel.extra())
 
 
-def residuals(model: Any, tokens: Tensor, layers: Sequence[int]) -> tuple[dict[int, Tensor], Tensor]:
+def residuals(model: Model, tokens: Tensor, layers: Sequence[int]) -> tuple[dict[int, Tensor], Tensor]:
     """The residual stream entering each of ``layers`` (one block at a time) and the final logits."""
     res: dict[int, Tensor] = {}
     x = model(tokens, stop_at_layer=0)
@@ -122,7 +123,7 @@ def _batch_size(batch_size: int | None, max_batch_tokens: int, tokens: Tensor) -
 
 
 def _exact_cells(
-    model: Any,
+    model: Model,
     grid: Grid,
     op: CellOp,
     metric: Metric,
@@ -209,7 +210,7 @@ def _exact_chunk(model, grid, op, metric, res, todo, chunk, *, dev, cells) -> Te
 
 @sweep_tier
 def exact_sweep(
-    model: Any,
+    model: Model,
     sel: Selection,
     metric: Metric,
     *,
@@ -272,7 +273,7 @@ def _grad_run(model, tokens, metric, hooks_at: dict[str, Any]) -> tuple[Tensor, 
 
 @sweep_tier
 def attribution_sweep(
-    model: Any,
+    model: Model,
     sel: Selection,
     metric: Metric,
     *,
@@ -310,7 +311,7 @@ def attribution_sweep(
 
 @sweep_tier
 def qk_attribution_sweep(
-    model: Any,
+    model: Model,
     sel: Selection,
     metric: Metric,
     *,
@@ -393,7 +394,7 @@ def _aggregate(grid: Grid, contrib: dict[str, Tensor], spec: RotaryBands) -> Ten
 # ---- refine: estimate everything, confirm the top exactly ------------------------------------------------
 @sweep_tier
 def refine_sweep(
-    model: Any,
+    model: Model,
     sel: Selection,
     metric: Metric,
     *,
@@ -499,7 +500,7 @@ assert tuple(TIERS) == METHODS, "TIERS and the Method Literal must list the same
 
 
 def run_sweep(
-    model: Any,
+    model: Model,
     tokens: Any,
     metric: Metric,
     per: Sequence[str] = ("layer", "band"),
@@ -520,7 +521,7 @@ def run_sweep(
 
 
 def ablation_sweep(
-    model: Any,
+    model: Model,
     tokens: Any,
     metric: Metric,
     per: Sequence[str] = ("layer", "band"),

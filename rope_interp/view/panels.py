@@ -33,6 +33,7 @@ from torch import Tensor
 from ..errors import RopeInterpError
 from ..model import adapter
 from ..model.hooks import HookSet, attn_hook, is_key_site
+from ..model.kind import Model
 from ..read.decompose import BandScores, band_scores
 from ..validate import indices
 from .html import Panel, View, circuitsvis_bundle, html_page, props_json, save_html_page  # noqa: F401
@@ -100,7 +101,7 @@ def _check_tokens(tokens_str: Sequence[str], n: int, what: str) -> list[str]:
     return tokens
 
 
-def _crop_tokens(model: Any, tokens: Any, max_tokens: int) -> tuple[Tensor, list[str]]:
+def _crop_tokens(model: Model, tokens: Any, max_tokens: int) -> tuple[Tensor, list[str]]:
     """The first ``max_tokens`` positions (exact for causal models) and a notice if that is not all."""
     toks = adapter.to_tokens(model, tokens)
     n = toks.shape[1]
@@ -111,7 +112,7 @@ def _crop_tokens(model: Any, tokens: Any, max_tokens: int) -> tuple[Tensor, list
     return toks[:, :max_tokens], [notice]
 
 
-def token_labels(model: Any, tokens: Any, batch: int = 0) -> list[str]:
+def token_labels(model: Model, tokens: Any, batch: int = 0) -> list[str]:
     """String labels of one sequence: the tokenizer's pieces, or ``#id`` for models without one.
 
     >>> from rope_interp.model.testing import tiny_model
@@ -323,7 +324,7 @@ def band_norm_tokens(
 
 
 def layer_band_norms(
-    model: Any,
+    model: Model,
     tokens: Any,
     layer: int,
     band: int,
@@ -359,7 +360,7 @@ def layer_band_norms(
 
 
 def layer_band_view(
-    model: Any,
+    model: Model,
     tokens: Any,
     layer: int,
     band: int,
@@ -394,7 +395,7 @@ def _ranges(values: Sequence[int]) -> str:
 
 
 def ablation_view(
-    model: Any,
+    model: Model,
     tokens: Any,
     layer: int,
     bands: Sequence[int],
