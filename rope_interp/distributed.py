@@ -53,7 +53,6 @@ from typing import Any
 import torch
 
 from .errors import RopeInterpError
-from .model.kind import Model
 
 TIMEOUT_ENV = "ROPE_INTERP_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0
@@ -341,7 +340,7 @@ class _Pickler(pickle.Pickler):
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, f: Any, model: Model, tensors: list[torch.Tensor], device_map: list[str]):
+    def __init__(self, f: Any, model: Any, tensors: list[torch.Tensor], device_map: list[str]):
         super().__init__(f)
         self.model, self.tensors, self.device_map = model, tensors, device_map
 
@@ -362,9 +361,7 @@ def pack(obj: Any) -> tuple[bytes, list[torch.Tensor], list[str]]:
     return buf.getvalue(), p.tensors, devices
 
 
-def unpack(
-    packed: tuple[bytes, list[torch.Tensor], list[str]], model: Model, local_devices: list[str]
-) -> Any:
+def unpack(packed: tuple[bytes, list[torch.Tensor], list[str]], model: Any, local_devices: list[str]) -> Any:
     """Rebuild a :func:`pack`-ed object here: the model placeholder becomes ``model``; the sender's
     i-th device becomes ``local_devices[i]`` (the receiver's own, in first-use order), CPU otherwise."""
     data, tensors, devices = packed

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install headless Chromium (Debian packages `chromium` and `chromium-driver`) for the
-# browser test in tests/test_vis.py. Idempotent: does nothing when /usr/bin/chromium exists.
+# browser test in tests/test_panels.py. Idempotent: does nothing when /usr/bin/chromium exists.
 # Usage: scripts/install_chromium.sh        (as root, or with sudo available)
 set -euo pipefail
 

@@ -62,7 +62,7 @@ def test_sharpness_tracks_the_aligning_shift_not_the_clean_phase(smol, english_t
 # Recorded from the public functions as they were before each became its accumulator fed by the shared
 # pass (their own window loops, commit ba78222): 256 tokens of the bundled text in two windows of 128,
 # layers 0 and 2, default options; reduced per layer in float64. The values did not change between 1 and
-# 2 CPU threads; compared with rtol=1e-5, atol=1e-7 (tests/test_engine.py's float tolerance).
+# 2 CPU threads; compared with rtol=1e-5, atol=1e-7 (tests/test_stream.py's float tolerance).
 SPECTRAL_NUMBERS = {
     "bands": {
         "psd_q": [954088.619032383, 1613788.7890043259],

@@ -1,101 +1,138 @@
-"""RotaryBands against each model's own sin/cos tables, for every layout and scaling."""
+"""Sweep and intervention specs: JSON round-trips that reproduce the result; the CLI's --spec and --mode."""
 
-import math
+from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 
-from rope_interp import BandCapture, NotRotaryError, RotaryBands, band_view
-from rope_interp.model.testing import LAYOUTS, tiny_layout_model, tiny_model
+from rope_interp.errors import ParameterError, UselessInterventionError
+from rope_interp.model.testing import tiny_layout_model
+from rope_interp.sweep.metrics import loss_metric
+from rope_interp.sweep.spec import InterventionSpec, SweepSpec
+from rope_interp.sweep.tiers import exact_sweep
+
+TOKENS = [[3, 1, 4, 1, 5, 9, 2, 6, 5, 3]]
+CORRUPT = [[3, 1, 4, 1, 7, 9, 2, 8, 5, 3]]
 
 
-def test_frequencies_and_dims_match_the_models_sin_cos_buffers(layout_model):
-    spec = RotaryBands.from_model(layout_model)
-    assert spec.freqs.shape == (layout_model.cfg.n_layers, spec.n_bands)
-    pos = torch.arange(layout_model.blocks[0].attn.rotary_sin.shape[0], dtype=torch.float64)[:40]
-    for layer, block in enumerate(layout_model.blocks):
-        sin, cos = block.attn.rotary_sin.double()[:40], block.attn.rotary_cos.double()[:40]
-        for j in (0, 1):  # both dims of each band turn at the band's frequency
-            d = spec.dims[:, j]
-            angle = pos[:, None] * spec.freqs[layer][None, :]
-            amp = spec.amplitude[layer][None, :]
-            assert torch.allclose(sin[:, d], amp * torch.sin(angle), atol=2e-6)
-            assert torch.allclose(cos[:, d], amp * torch.cos(angle), atol=2e-6)
-    # band 0 is the highest frequency; frequencies never increase with the band index
-    assert (spec.freqs[:, 1:] <= spec.freqs[:, :-1] + 1e-12).all()
-    assert spec.pass_dims.tolist() == list(range(spec.rotary_dim, spec.d_head))
+@pytest.mark.parametrize(
+    "spec",
+    [
+        SweepSpec(tokens=TOKENS, mode="scale_freq", params={"factor": 0.5}, bands=[0, 2], method="exact"),
+        SweepSpec(tokens=TOKENS, mode="shift", params={"phase": [0.3] * 8}, per=["layer", "head", "band"]),
+        SweepSpec(
+            tokens=CORRUPT,
+            clean_tokens=TOKENS,
+            metric={"name": "logit_diff", "answer": 7, "wrong": 8},
+            method="refine",
+            options={"top": 3, "batch_size": 4},
+        ),
+        SweepSpec(tokens=TOKENS, mode="mean", method="qk_attribution", layers=[1], target="q"),
+    ],
+)
+def test_sweep_spec_round_trips_through_json_and_reproduces_the_result(spec):
+    model = tiny_layout_model("gqa")
+    first = spec.run(model)
+    text = json.dumps(first.extra["spec"])
+    again = SweepSpec.from_json(text)
+    assert again == spec
+    second = again.run(model)
+    torch.testing.assert_close(second.values, first.values, atol=1e-6, rtol=1e-6)
+    assert second.dims == first.dims and second.coords == first.coords
 
 
-def test_rotation_seen_at_the_hooks_is_the_one_spec_describes(layout_model):
-    """hook_rot_q band = rotate(hook_q band, theta*m) * amplitude; pass-through dims untouched; norms kept."""
-    spec = RotaryBands.from_model(layout_model)
-    tokens = torch.randint(0, layout_model.cfg.d_vocab, (2, 20))
-    with BandCapture(layout_model, sites=["q", "rot_q", "k", "rot_k"], keep_passthrough=True) as cap:
-        layout_model(tokens)
-    from rope_interp.bands import band_norms, rotate
-
-    m = torch.arange(20, dtype=torch.float64)
-    for layer in range(spec.n_layers):
-        angle = m[:, None, None] * spec.freqs[layer]  # [pos, 1, band]
-        amp = spec.amplitude[layer]
-        for pre, post in (("q", "rot_q"), ("k", "rot_k")):
-            expect = rotate(cap[layer, pre].double(), angle) * amp[:, None]
-            assert torch.allclose(cap[layer, post].double(), expect, atol=1e-5)
-            assert torch.equal(cap.passthrough(layer, pre), cap.passthrough(layer, post))
-            if torch.allclose(amp, torch.ones_like(amp)):
-                assert torch.allclose(band_norms(cap[layer, post]), band_norms(cap[layer, pre]), atol=1e-5)
+def test_sweep_spec_is_the_same_sweep_as_the_function_call():
+    model = tiny_layout_model("gptj")
+    spec = SweepSpec(tokens=TOKENS, mode="no_rotation", layers=[0, 1], bands=[1, 3])
+    want = exact_sweep(
+        model, torch.tensor(TOKENS), loss_metric(torch.tensor(TOKENS)), mode="no_rotation", layers=[0, 1],
+        bands=[1, 3], progress=False,
+    )  # fmt: skip
+    torch.testing.assert_close(spec.run(model).values, want.values)
 
 
-def test_scalings_change_frequencies_as_configured():
-    base = RotaryBands.from_model(tiny_model())
-    lin = RotaryBands.from_model(tiny_layout_model("linear_scaled"))
-    assert torch.allclose(lin.freqs, base.freqs / 4)
-    ntk = RotaryBands.from_model(tiny_layout_model("ntk_by_parts"))
-    plain = RotaryBands.from_model(tiny_model(rotary_base=500000))
-    # NTK-by-parts keeps the highest frequencies and divides the lowest by the factor
-    assert torch.isclose(ntk.freqs[0, 0], plain.freqs[0, 0])
-    assert torch.isclose(ntk.freqs[0, -1], plain.freqs[0, -1] / 8)
-    lg = RotaryBands.from_model(tiny_layout_model("local_global"))
-    assert not lg.uniform_across_layers
-    assert torch.allclose(lg.freqs[0], RotaryBands.from_model(tiny_model(rotary_base=10000)).freqs[0])
-    assert torch.allclose(lg.freqs[1], RotaryBands.from_model(tiny_model(rotary_base=1000000)).freqs[1])
-    yarn = RotaryBands.from_model(tiny_layout_model("yarn"))
-    assert torch.allclose(yarn.amplitude, torch.full_like(yarn.amplitude, 1.2))
-
-
-def test_derived_quantities_and_table():
-    spec = RotaryBands.from_model(tiny_model(d_head=8, rotary_base=10000))
-    assert torch.allclose(spec.freqs[0], torch.tensor([1.0, 0.1, 0.01, 0.001], dtype=torch.float64))
-    assert torch.allclose(spec.wavelengths[0, 0], torch.tensor(2 * math.pi, dtype=torch.float64))
-    assert torch.allclose(spec.cycles(101)[0], spec.freqs[0] * 100 / (2 * math.pi))
-    assert spec.band_of_dim(5) == 1 and spec.band_of_dim(1) == 1
-    df = spec.to_dataframe(layer=-1, context_length=100)
-    assert list(df.index) == [0, 1, 2, 3] and df.loc[1, "dim_b"] == 5
-    assert "4 bands" in spec.describe()
-
-
-@pytest.mark.parametrize("name", sorted(LAYOUTS))
-def test_gqa_kv_map(name):
-    model = tiny_layout_model(name)
-    spec = RotaryBands.from_model(model)
-    group = spec.n_heads // spec.n_kv_heads
-    assert spec.kv_map.tolist() == [h // group for h in range(spec.n_heads)]
-
-
-def test_non_rotary_model_gets_one_clear_error():
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    gpt2ish = HookedTransformer(
-        HookedTransformerConfig(
-            n_layers=1, d_model=16, n_heads=2, d_head=8, n_ctx=16, d_vocab=10, act_fn="gelu"
-        )
+def test_intervention_spec_builds_the_same_intervention():
+    model = tiny_layout_model("gqa")
+    spec = InterventionSpec.from_json(
+        InterventionSpec(
+            mode="shift", bands=[0, 1], layers=[1], heads=[0, 1, 2], params={"delta": 4}
+        ).to_json()
     )
-    with pytest.raises(NotRotaryError, match="rotary"):
-        RotaryBands.from_model(gpt2ish)
+    t = torch.tensor(TOKENS)
+    from rope_interp.intervene.ablate import ablate_bands
+
+    with torch.no_grad():
+        a = spec.build(model).run(t)
+        b = ablate_bands(model, [0, 1], layers=[1], heads=[0, 1, 2], mode="shift", delta=4).run(t)
+    torch.testing.assert_close(a, b)
 
 
-def test_band_view_of_real_activation_matches_dims():
-    model = tiny_model(layout="gptj", d_head=8, rotary_dim=6)
-    spec = RotaryBands.from_model(model)
-    x = torch.randn(1, 2, 4, 8)
-    assert torch.equal(band_view(x, 6, True), x[..., spec.dims])
+@pytest.mark.parametrize(
+    "d,err,match",
+    [
+        (
+            {"spec": "SweepSpec", "tokens": TOKENS, "mode": "erase"},
+            ParameterError,
+            "unknown intervention mode",
+        ),
+        ({"spec": "SweepSpec", "tokens": TOKENS, "method": "fast"}, ParameterError, "unknown method"),
+        ({"spec": "SweepSpec", "tokens": TOKENS, "colour": 1}, ParameterError, "unknown SweepSpec fields"),
+        ({"spec": "SweepSpec", "tokens": TOKENS, "bands": [1.5]}, ParameterError, "integers"),
+        ({"spec": "SweepSpec", "tokens": TOKENS, "per": ["band", "time"]}, ParameterError, "axes"),
+        ({"spec": "SweepSpec", "tokens": TOKENS, "version": 9}, ParameterError, "version 9"),
+        ({"spec": "InterventionSpec", "mode": "zero"}, ParameterError, "not a SweepSpec"),
+        ({"spec": "SweepSpec", "tokens": TOKENS, "metric": {"name": "acc"}}, ParameterError, "metric"),
+    ],
+)
+def test_bad_specs_are_refused(d, err, match):
+    with pytest.raises(err, match=match):
+        SweepSpec.from_dict(d)
+
+
+def test_specs_refuse_what_cannot_be_run_or_saved():
+    model = tiny_layout_model("gqa")
+    with pytest.raises(UselessInterventionError):
+        SweepSpec(tokens=TOKENS, mode="shift", params={"delta": 2}, target="qk").run(model)
+    with pytest.raises(ParameterError, match="exactly one of"):
+        SweepSpec(metric={"name": "loss"}).run(model)
+    with pytest.raises(ParameterError, match="cannot be written into a spec"):
+        InterventionSpec(mode="mean", params={"reference": torch.zeros(2, 2, 8, 2)}).to_dict()
+
+
+def test_cli_sweep_mode_and_spec_rerun(tmp_path, monkeypatch, capsys):
+    from rope_interp import cli
+
+    model = tiny_layout_model("gqa")
+    monkeypatch.setattr(cli.common, "load_from_args", lambda args: model)
+    monkeypatch.setattr(cli.common, "tokens_from_args", lambda m, args: torch.tensor(TOKENS))
+    out = tmp_path / "a"
+    argv = ["sweep", "--mode", "scale_freq", "--factor", "2", "--bands", "0", "3", "--no-progress"]
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    saved = json.loads((out / "sweep.spec.json").read_text())
+    assert saved["spec"]["mode"] == "scale_freq" and saved["spec"]["params"] == {"factor": 2.0}
+    rerun = tmp_path / "b"
+    assert (
+        cli.main(["sweep", "--spec", str(out / "sweep.spec.json"), "--out", str(rerun), "--no-progress"]) == 0
+    )
+    again = json.loads((rerun / "sweep.spec.json").read_text())
+    torch.testing.assert_close(torch.tensor(again["values"]), torch.tensor(saved["values"]))
+    assert (rerun / "sweep.csv").is_file() and (rerun / "sweep.png").is_file()
+
+
+def test_cli_refuses_bad_mode_parameters_before_loading(monkeypatch, tmp_path):
+    from rope_interp import cli
+
+    def boom(args):
+        raise AssertionError("the model must not be loaded for a bad call")
+
+    monkeypatch.setattr(cli.common, "load_from_args", boom)
+    for argv in (
+        ["sweep", "--mode", "shift", "--delta", "nan"],
+        ["sweep", "--mode", "shift", "--delta", "3", "--target", "qk"],
+        ["sweep", "--mode", "scale_freq", "--factor", "1"],
+        ["sweep", "--batch-size", "0"],
+        ["patch", "--clean", "a"],
+    ):
+        assert cli.main([*argv, "--out", str(tmp_path)]) != 0, argv

@@ -1,4 +1,4 @@
-"""The sweep engine: every mode of the table in every tier, QK-fixed attribution, refine, no import cycle."""
+"""The sweep tiers: every mode of the table in every tier, QK-fixed attribution, refine (layering: test_layers.py)."""
 
 from __future__ import annotations
 
