@@ -27,7 +27,7 @@ from ..errors import LayerError
 from ..model import adapter
 from ..model.kind import Model
 from ..model.layout import RotaryBands
-from ..validate import indices, positive_int
+from ..validate import positive_int
 from .capture import BandCapture
 from .masks import causal_mask, masked_scores
 
@@ -162,7 +162,7 @@ def _selection(model: Model, layer: int, heads, bands) -> tuple[RotaryBands, int
         )
     layer = adapter.layers(model, layer)[0]
     heads = adapter.heads(model, heads)
-    bands = list(range(spec.n_bands)) if bands is None else indices("band", bands, spec.n_bands)
+    bands = spec.bands(bands)
     return spec, layer, heads, bands
 
 

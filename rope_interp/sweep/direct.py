@@ -28,7 +28,6 @@ from ..progress import progress_bar
 from ..read.capture import BandCapture
 from ..read.decompose import band_score_terms
 from ..read.masks import masked_pattern
-from ..validate import indices
 from .grid import SweepResult
 
 
@@ -136,7 +135,7 @@ def ablated_patterns(
         model(tokens, stop_at_layer=L + 1)
     terms, rest = _layer_terms(model, cap, spec, L)
     heads = adapter.heads(model, heads)
-    bands = list(range(spec.n_bands)) if bands is None else indices("band", bands, spec.n_bands)
+    bands = spec.bands(bands)
     terms, rest = terms[:, heads], rest[:, heads]
     others = [i for i in range(spec.n_bands) if i not in set(bands)]
     if others:
@@ -174,7 +173,7 @@ def direct_effect_sweep(
     adapter.check_decomposable(model)
     tokens = adapter.to_tokens(model, tokens)
     layers, heads = adapter.layers(model, layers), adapter.heads(model, heads)
-    bands = list(range(spec.n_bands)) if bands is None else indices("band", bands, spec.n_bands)
+    bands = spec.bands(bands)
     cap = BandCapture(model, layers=layers, keep_passthrough=True)
     with torch.no_grad(), cap:
         model(tokens, stop_at_layer=max(layers) + 1)
