@@ -1,9 +1,11 @@
 """rope_interp: see and change what a rotary TransformerLens model does with each RoPE band.
 
-Layers of the package: ``bands`` (pure band maths) → ``spec`` (a model's layout) →
-``capture`` / ``decompose`` / ``direct`` (read) and ``modes`` (the intervention table) →
-``interventions`` / ``grid`` → ``sweeps`` → ``patching`` (change; ``metrics`` and ``specs``
-beside them) → ``analyses`` (the papers) → ``vis`` / ``report`` / ``cli`` (see).
+This module is the flat public API. The package's folders are its layers, each importing only
+from itself and the layers below (README "Architecture"; checked by ``tests/test_layers.py``):
+``errors`` → ``validate`` → ``bands`` → ``distributed`` → ``progress`` → ``model/`` (the only
+folder touching TransformerLens) → ``read/`` (capture, decomposition) → ``intervene/`` (modes,
+ablations) → ``sweep/`` (grids, tiers, patching, specs) → ``view/`` (HTML, circuitsvis) →
+``analyses/`` (the papers, the report) → ``cli/``.
 """
 
 from . import analyses, data
