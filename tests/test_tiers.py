@@ -287,10 +287,14 @@ def test_the_tiers_spell_out_the_selection_keywords():
         "qk_attribution": ["progress"],
         "refine": ["top", "estimate", "max_exact", "batch_size", "max_batch_tokens", "progress"],
     }
+    from rope_interp.sweep.selection import SelectionArgs
+
+    assert list(SelectionArgs.__annotations__) == selection  # declared once, typed (PEP 692)
     for name, tier in TIERS.items():
         sig = inspect.signature(tier)
-        assert list(sig.parameters) == ["model", "tokens", "metric", "per", *selection, *own[name]], name
+        assert list(sig.parameters) == ["model", "tokens", "metric", "per", *own[name], "selection"], name
         assert sig.parameters["per"].default == ("layer", "band")
-        assert all(sig.parameters[k].default is None for k in selection)
+        assert sig.parameters["selection"].kind is inspect.Parameter.VAR_KEYWORD
+        assert "SelectionArgs" in str(sig.parameters["selection"].annotation)
         with pytest.raises(TypeError, match="unexpected keyword argument 'band'"):
             tier(tiny_layout_model("gqa"), TOKENS, loss_metric(TOKENS), band=[1])

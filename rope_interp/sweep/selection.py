@@ -4,15 +4,14 @@ Every tier of :mod:`rope_interp.sweep.tiers` takes the same selection keywords
 (:class:`SelectionArgs`: ``source``, ``mode``, ``params``, ``layers``, ``heads``, ``bands``,
 ``positions``, ``target``), turns them into one :class:`Selection` with :meth:`Selection.build`
 (the mode looked up and checked once, the model's :class:`~rope_interp.model.layout.RotaryBands`
-built once) and hands that value down. :func:`sweep_tier` makes a tier's public signature (the
-keywords spelt out) from a function of the :class:`Selection`, so they are declared here only.
+built once) and hands that value down. Each public tier declares them once, as
+``**selection: Unpack[SelectionArgs]`` (typed keywords, PEP 692), and runs a private function of the
+:class:`Selection`.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -71,9 +70,21 @@ class Selection:
 
     @classmethod
     def build(
-        cls, model: Model, tokens: Any, per: str | Sequence[str], selection: Mapping[str, Any]
+        cls,
+        model: Model,
+        tokens: Any,
+        per: str | Sequence[str],
+        selection: Mapping[str, Any],
+        where: str = "Selection.build",
     ) -> Selection:
-        """Validate the tokens, ``per`` and the :class:`SelectionArgs` in ``selection`` (missing = None)."""
+        """Validate the tokens, ``per`` and the :class:`SelectionArgs` in ``selection`` (missing = None).
+
+        A key that is no selection keyword is refused as Python refuses an unknown keyword argument
+        (``where`` names the function).
+        """
+        unknown = [k for k in selection if k not in SelectionArgs.__annotations__]
+        if unknown:
+            raise TypeError(f"{where}() got an unexpected keyword argument {unknown[0]!r}")
         s: dict[str, Any] = {k: selection.get(k) for k in SelectionArgs.__annotations__}
         tokens = adapter.to_tokens(model, tokens)
         spec = RotaryBands.from_model(model)
@@ -115,54 +126,3 @@ class Selection:
 
 
 PER_DEFAULT = ("layer", "band")
-
-
-def sweep_tier(run: Callable[..., Any]) -> Callable[..., Any]:
-    """The public tier of ``run(model, sel, metric, *, <its own options>)``.
-
-    Its signature is ``(model, tokens, metric, per=("layer", "band"), *, <the SelectionArgs keywords>,
-    <run's own options>)``; it builds the :class:`Selection` once and calls ``run`` with it (an unknown
-    keyword is refused as Python refuses it). ``.with_selection`` is ``run``, for a tier that calls
-    another on the same selection.
-
-    >>> @sweep_tier
-    ... def count(model, sel, metric, *, progress=True):
-    ...     return len(sel.grid.cells())
-    >>> str(inspect.signature(count)).split(", source")[0]
-    "(model, tokens: 'Any', metric, per: 'Sequence[str]' = ('layer', 'band'), *"
-    >>> from rope_interp.model.testing import tiny_model
-    >>> count(tiny_model(), [[1, 2]], None, bands=[0, 1])
-    2
-    >>> count(tiny_model(), [[1, 2]], None, band=[1])
-    Traceback (most recent call last):
-    ...
-    TypeError: count() got an unexpected keyword argument 'band'
-    """
-    sig = inspect.signature(run)
-    model, _sel, metric, *own = sig.parameters.values()
-    P = inspect.Parameter
-    front = [
-        model,
-        P("tokens", P.POSITIONAL_OR_KEYWORD, annotation="Any"),
-        metric,
-        P("per", P.POSITIONAL_OR_KEYWORD, default=PER_DEFAULT, annotation="Sequence[str]"),
-    ]
-    keywords = [
-        P(name, P.KEYWORD_ONLY, default=None, annotation=getattr(ann, "__forward_arg__", ann))
-        for name, ann in SelectionArgs.__annotations__.items()
-    ]
-    public_sig = sig.replace(parameters=front + keywords + own)
-
-    @functools.wraps(run)
-    def tier(*args: Any, **kwargs: Any) -> Any:
-        try:
-            given = public_sig.bind(*args, **kwargs).arguments
-        except TypeError as e:
-            raise TypeError(f"{run.__name__}() {e}") from None
-        sel = Selection.build(given["model"], given["tokens"], given.get("per", PER_DEFAULT), given)
-        options = {p.name: given[p.name] for p in own if p.name in given}
-        return run(given["model"], sel, given["metric"], **options)
-
-    tier.__signature__ = public_sig  # type: ignore[attr-defined]
-    tier.with_selection = run  # type: ignore[attr-defined]
-    return tier

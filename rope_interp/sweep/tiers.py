@@ -40,7 +40,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -58,7 +58,10 @@ from ..validate import positive_int
 from .direct import ablated_patterns, band_changed_patterns, direct_effect_sweep, pass_scores  # noqa: F401
 from .grid import CellOp, Grid, MaskedBands, SweepResult
 from .metrics import Metric, metric_values
-from .selection import Selection, sweep_tier
+from .selection import PER_DEFAULT, Selection, SelectionArgs
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 def _metric_hooks(metric: Any) -> list:
@@ -69,13 +72,14 @@ def _progress(total: int, desc: str, progress: bool):
     return progress_bar(total=total, desc=desc, enabled=progress, leave=True)
 
 
-@sweep_tier
 def naive_sweep(
     model: Model,
-    sel: Selection,
+    tokens: Any,
     metric: Metric,
+    per: Sequence[str] = PER_DEFAULT,
     *,
     progress: bool = True,
+    **selection: Unpack[SelectionArgs],
 ) -> SweepResult:
     """Reference tier: one full hooked forward per condition. ``values`` shape follows ``per``.
 
@@ -85,6 +89,17 @@ def naive_sweep(
     >>> r.values.shape
     torch.Size([1, 8])
     """
+    sel = Selection.build(model, tokens, per, selection, where="naive_sweep")
+    return _naive_sweep(model, sel, metric, progress=progress)
+
+
+def _naive_sweep(
+    model: Model,
+    sel: Selection,
+    metric: Metric,
+    *,
+    progress: bool = True,
+) -> SweepResult:
     tokens, grid, op = sel.tokens, sel.grid, sel.op
     dev, cells = adapter.device(model), grid.cells()
     todo = [(L, cell) for L in grid.coords["layer"] for cell in cells]
@@ -208,15 +223,16 @@ def _exact_chunk(model, grid, op, metric, res, todo, chunk, *, dev, cells) -> Te
         return metric_values(metric, model(x, start_at_layer=start), len(chunk)).float().cpu()
 
 
-@sweep_tier
 def exact_sweep(
     model: Model,
-    sel: Selection,
+    tokens: Any,
     metric: Metric,
+    per: Sequence[str] = PER_DEFAULT,
     *,
     batch_size: int | None = None,
     max_batch_tokens: int = 1024,
     progress: bool = True,
+    **selection: Unpack[SelectionArgs],
 ) -> SweepResult:
     """Exact tier: prefix reuse + ``batch_size`` conditions per forward (default: as many as
     fit in ``max_batch_tokens`` tokens). Same values as :func:`naive_sweep` to float rounding.
@@ -231,6 +247,21 @@ def exact_sweep(
     >>> sh.extra["target"], sh.values.shape
     ('k', torch.Size([2, 8]))
     """
+    sel = Selection.build(model, tokens, per, selection, where="exact_sweep")
+    return _exact_sweep(
+        model, sel, metric, batch_size=batch_size, max_batch_tokens=max_batch_tokens, progress=progress
+    )
+
+
+def _exact_sweep(
+    model: Model,
+    sel: Selection,
+    metric: Metric,
+    *,
+    batch_size: int | None = None,
+    max_batch_tokens: int = 1024,
+    progress: bool = True,
+) -> SweepResult:
     tokens, grid, op = sel.tokens, sel.grid, sel.op
     bs = _batch_size(batch_size, max_batch_tokens, tokens)
     n_cells = len(grid.cells())
@@ -271,13 +302,14 @@ def _grad_run(model, tokens, metric, hooks_at: dict[str, Any]) -> tuple[Tensor, 
     return value.detach(), {k: a.detach() for k, a in acts.items()}, grads_d
 
 
-@sweep_tier
 def attribution_sweep(
     model: Model,
-    sel: Selection,
+    tokens: Any,
     metric: Metric,
+    per: Sequence[str] = PER_DEFAULT,
     *,
     progress: bool = True,
+    **selection: Unpack[SelectionArgs],
 ) -> SweepResult:
     """Attribution tier: ``values = base + Σ grad · (new − run)`` over each cell's band
     components (zero-ablation: ``0 − run``; patching: ``source − run``). One forward + one backward.
@@ -288,6 +320,17 @@ def attribution_sweep(
     >>> r.values.shape, r.method
     (torch.Size([2, 8]), 'attribution')
     """
+    sel = Selection.build(model, tokens, per, selection, where="attribution_sweep")
+    return _attribution_sweep(model, sel, metric, progress=progress)
+
+
+def _attribution_sweep(
+    model: Model,
+    sel: Selection,
+    metric: Metric,
+    *,
+    progress: bool = True,
+) -> SweepResult:
     tokens, grid, op = sel.tokens, sel.grid, sel.op
     spec = grid.spec
     sides: list[Side] = [s for s in SIDES if s in grid.target]
@@ -309,13 +352,14 @@ def attribution_sweep(
     return SweepResult(values.cpu(), grid.dims, grid.coords, float(value), "attribution", sel.extra())
 
 
-@sweep_tier
 def qk_attribution_sweep(
     model: Model,
-    sel: Selection,
+    tokens: Any,
     metric: Metric,
+    per: Sequence[str] = PER_DEFAULT,
     *,
     progress: bool = True,
+    **selection: Unpack[SelectionArgs],
 ) -> SweepResult:
     """QK-fixed attribution (AtP*, Kramár et al. 2024, per band): ``values = base + Σ_heads
     grad_pattern · (pattern with the cell changed − pattern)`` at the cell's layer.
@@ -330,6 +374,17 @@ def qk_attribution_sweep(
     >>> r.values.shape, r.method
     (torch.Size([2, 8]), 'qk_attribution')
     """
+    sel = Selection.build(model, tokens, per, selection, where="qk_attribution_sweep")
+    return _qk_attribution_sweep(model, sel, metric, progress=progress)
+
+
+def _qk_attribution_sweep(
+    model: Model,
+    sel: Selection,
+    metric: Metric,
+    *,
+    progress: bool = True,
+) -> SweepResult:
     tokens, grid, op = sel.tokens, sel.grid, sel.op
     spec = grid.spec
     adapter.check_decomposable(model)
@@ -392,11 +447,11 @@ def _aggregate(grid: Grid, contrib: dict[str, Tensor], spec: RotaryBands) -> Ten
 
 
 # ---- refine: estimate everything, confirm the top exactly ------------------------------------------------
-@sweep_tier
 def refine_sweep(
     model: Model,
-    sel: Selection,
+    tokens: Any,
     metric: Metric,
+    per: Sequence[str] = PER_DEFAULT,
     *,
     top: int = 20,
     estimate: Method = "qk_attribution",
@@ -404,6 +459,7 @@ def refine_sweep(
     batch_size: int | None = None,
     max_batch_tokens: int = 1024,
     progress: bool = True,
+    **selection: Unpack[SelectionArgs],
 ) -> SweepResult:
     """Rank every cell with ``estimate``, then run the exact tier on a growing shortlist until the
     exact top-``top`` cells (by |effect|) are stable under the estimate's observed error.
@@ -431,11 +487,37 @@ def refine_sweep(
     >>> torch.allclose(r.values.flatten()[top3], ex.values.flatten()[top3], atol=1e-5)
     True
     """
+    sel = Selection.build(model, tokens, per, selection, where="refine_sweep")
+    return _refine_sweep(
+        model,
+        sel,
+        metric,
+        top=top,
+        estimate=estimate,
+        max_exact=max_exact,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
+        progress=progress,
+    )
+
+
+def _refine_sweep(
+    model: Model,
+    sel: Selection,
+    metric: Metric,
+    *,
+    top: int = 20,
+    estimate: Method = "qk_attribution",
+    max_exact: int | None = None,
+    batch_size: int | None = None,
+    max_batch_tokens: int = 1024,
+    progress: bool = True,
+) -> SweepResult:
     top = int(positive_int("top", top))  # type: ignore[arg-type]
     max_exact = positive_int("max_exact", max_exact, allow_none=True)
     if estimate not in ("attribution", "qk_attribution"):
         raise ParameterError(f"estimate must be 'attribution' or 'qk_attribution', got {estimate!r}")
-    est = TIERS[estimate].with_selection(model, sel, metric, progress=False)  # type: ignore[attr-defined]
+    est = _ESTIMATES[estimate](model, sel, metric, progress=False)
     tokens_t, grid, op = sel.tokens, sel.grid, sel.op
     bs = _batch_size(batch_size, max_batch_tokens, tokens_t)
     n_cells = len(grid.cells())
@@ -486,6 +568,9 @@ def refine_sweep(
         batch_size=bs,
     )
     return SweepResult(values, grid.dims, grid.coords, float(base), "refine", extra)
+
+
+_ESTIMATES = {"attribution": _attribution_sweep, "qk_attribution": _qk_attribution_sweep}
 
 
 # ---- the tier table -------------------------------------------------------------------------------------
