@@ -159,3 +159,228 @@ def test_linear_layout_keeps_outputs_bit_identical():
     assert relaid.blocks[0].mlp.W_gate.T.is_contiguous() and relaid.unembed.W_U.T.is_contiguous()
     with torch.no_grad():
         assert torch.equal(relaid(t), before)
+
+
+# ---- the model cache never executes code --------------------------------------------------------------
+class _Payload:
+    """Unpickling this creates ``marker``: proof that a pickle in the cache was executed."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _plant(path, marker):
+    """Overwrite ``path`` with a pickle (torch.save's format for ``.pt``) that creates ``marker`` when loaded."""
+    import pickle
+
+    if path.suffix == ".pt":
+        torch.save({"cfg": _Payload(marker), "state_dict": {}}, path)
+    else:
+        path.write_bytes(pickle.dumps(_Payload(marker)))
+
+
+def _tiny_tokenizer(folder):
+    """A word-level fast tokenizer over 60 ids, saved to ``folder`` and read back (as a real one is)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, 60)}}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(
+        tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    ).save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+@pytest.fixture
+def fake_gguf(tmp_path, monkeypatch):
+    """A private cache and a "GGUF file" whose conversion gives a tiny HF Llama and tokenizer (no real GGUF)."""
+    monkeypatch.setenv("ROPE_INTERP_CACHE", str(tmp_path / "cache"))
+    hf = _tiny_llama_dir(tmp_path / "hf_src")
+    tok = _tiny_tokenizer(tmp_path / "tok_src")
+    calls = []
+
+    def convert(path, dtype=torch.float32):
+        calls.append(path)
+        return hf, tok
+
+    monkeypatch.setattr(models_mod, "load_hf_from_gguf", convert)
+    path = tmp_path / "tiny.gguf"
+    path.write_bytes(b"GGUF")
+    return path, calls
+
+
+def _logits(model, vocab=60):
+    tokens = torch.arange(12).remainder(vocab)[None]
+    with torch.no_grad():
+        return model(tokens)
+
+
+def test_cache_round_trip_is_bit_identical(tmp_path):
+    from rope_interp.model.load import load_cached, save_cached
+    from rope_interp.model.testing import tiny_model
+
+    model = tiny_model(gated_mlp=True)
+    save_cached(model, tmp_path / "c", source="k")
+    again = load_cached(tmp_path / "c", "cpu", torch.float32, source="k")
+    assert torch.equal(_logits(again, 50), _logits(model, 50))
+    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    assert again.cfg.to_dict() == model.cfg.to_dict()
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [
+        "config.json",
+        "manifest.json",
+        "weights.safetensors",
+    ]
+
+
+def test_gguf_cache_round_trip_keeps_the_config_types(fake_gguf):
+    """The second load reads the cache (no conversion), with bit-identical logits and the same config types."""
+    import numpy as np
+
+    path, calls = fake_gguf
+    first = models_mod._load_gguf(path, torch.device("cpu"), torch.float32, True, label="tiny")
+    second = models_mod._load_gguf(path, torch.device("cpu"), torch.float32, True, label="tiny")
+    assert len(calls) == 1
+    assert torch.equal(_logits(first), _logits(second))
+    a, b = first.cfg.to_dict(), second.cfg.to_dict()
+    assert a == b
+    for k, v in a.items():  # numpy scalars (np.float64 attn_scale) come back as the plain Python number
+        assert type(b[k]) is type(v.item() if isinstance(v, np.generic) else v), k
+    assert second.to_tokens("w3 w4", prepend_bos=False).tolist() == [[3, 4]]
+
+
+_PLANTS = [
+    "every-file",
+    "config.json",
+    "weights.safetensors",
+    "tokenizer/tokenizer.json",
+    "weights-float32.pt",
+]
+
+
+@pytest.mark.parametrize("forge", [False, True], ids=["hashes-kept", "hashes-forged"])
+@pytest.mark.parametrize("plant", _PLANTS)
+def test_pickles_planted_in_the_cache_are_never_executed(fake_gguf, tmp_path, caplog, plant, forge):
+    """A pickle in the cache folder (in every file, plus an old-style ``weights-float32.pt``; or in one
+    file) is never unpickled: the cache is rebuilt with a warning naming the folder, and the model equals a
+    fresh one. With ``hashes-forged`` the manifest is rewritten to match the planted files (whoever can
+    write the folder can do that too): the loader still reads nothing but JSON, safetensors and tokenizers."""
+    import json
+    import pickle
+
+    from rope_interp.model.load import _sha256
+
+    path, calls = fake_gguf
+    fresh = models_mod._load_gguf(path, torch.device("cpu"), torch.float32, True, label="tiny")
+    (folder,) = (tmp_path / "cache").glob("tiny-*/hooked-float32")
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    names = {p.relative_to(folder).as_posix() for p in files}
+    assert names >= {"config.json", "weights.safetensors", "manifest.json", "tokenizer/tokenizer.json"}
+
+    probe = tmp_path / "probe"
+    pickle.loads(pickle.dumps(_Payload(probe)))
+    assert probe.exists()  # the payload works when unpickled
+
+    marker = tmp_path / "executed"
+    if plant == "every-file":
+        targets = [*files, folder / "weights-float32.pt", folder.parent / "weights-float32.pt"]
+    else:
+        targets = [folder / plant]
+    for p in targets:
+        _plant(p, marker)
+    if forge:
+        listed = {p.relative_to(folder).as_posix(): _sha256(p) for p in folder.rglob("*") if p.is_file()}
+        listed.pop("manifest.json", None)
+        manifest = dict(format=models_mod._FORMAT, source=folder.parent.name.split("-")[-1], files=listed)
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    with caplog.at_level("WARNING", logger=models_mod.__name__):
+        again = models_mod._load_gguf(path, torch.device("cpu"), torch.float32, True, label="tiny")
+    assert not marker.exists()
+    assert len(calls) == 2  # rebuilt
+    assert any(
+        "rebuilding the rope_interp cache" in r.message and str(folder) in r.message for r in caplog.records
+    )
+    assert torch.equal(_logits(again), _logits(fresh))
+    assert not (folder / "weights-float32.pt").exists()
+    # the rebuilt cache is whole again: the next load reads it without converting, and without a warning
+    caplog.clear()
+    third = models_mod._load_gguf(path, torch.device("cpu"), torch.float32, True, label="tiny")
+    assert len(calls) == 2 and not caplog.records and torch.equal(_logits(third), _logits(fresh))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["hash", "unknown-file", "bad-json", "old-format", "foreign-source"])
+def test_a_damaged_cache_is_refused(tmp_path, damage):
+    import json
+
+    from rope_interp.model.load import CacheError, load_cached, save_cached
+    from rope_interp.model.testing import tiny_model
+
+    folder = tmp_path / "c"
+    save_cached(tiny_model(), folder, source="k")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if damage == "hash":
+        (folder / "config.json").write_text((folder / "config.json").read_text().replace("2", "3", 1))
+    elif damage == "unknown-file":
+        (folder / "extra.json").write_text("{}")
+    elif damage == "bad-json":
+        (folder / "manifest.json").write_text("{not json")
+    elif damage == "old-format":
+        (folder / "manifest.json").write_text(json.dumps({**manifest, "format": 1}))
+    source = "other" if damage == "foreign-source" else "k"
+    with pytest.raises(CacheError):
+        load_cached(folder, "cpu", torch.float32, source=source)
+
+
+def test_bridge_cache_reads_safetensors_only(fake_gguf, tmp_path, caplog):
+    """The bridge's cached HF dir: a pickled ``pytorch_model.bin`` in place of the safetensors (manifest
+    forged to list it) is never loaded; the dir is rebuilt with a warning."""
+    import json
+
+    from rope_interp.model.load import _sha256
+
+    path, calls = fake_gguf
+    hf, _ = models_mod._hf_from_gguf_cached(path, "tiny", True)
+    (folder,) = (tmp_path / "cache").glob("tiny-*/hf")
+    assert (folder / "model.safetensors").is_file() and (folder / "manifest.json").is_file()
+    hf2, tok2 = models_mod._hf_from_gguf_cached(path, "tiny", True)
+    assert len(calls) == 1 and hf2 is not hf and tok2.convert_tokens_to_ids("w5") == 5
+    tokens = torch.arange(10)[None]
+    with torch.no_grad():
+        assert torch.equal(hf2(tokens).logits, hf(tokens).logits)
+
+    marker = tmp_path / "executed"
+    (folder / "model.safetensors").unlink()
+    _plant(folder / "pytorch_model.bin", marker)
+    listed = {p.name: _sha256(p) for p in folder.iterdir() if p.name != "manifest.json"}
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "files": listed}))
+    with caplog.at_level("WARNING", logger=models_mod.__name__):
+        hf3, _ = models_mod._hf_from_gguf_cached(path, "tiny", True)
+    assert not marker.exists() and len(calls) == 2
+    assert any(str(folder) in r.message for r in caplog.records)
+    assert (folder / "model.safetensors").is_file() and not (folder / "pytorch_model.bin").exists()
+
+
+@pytest.mark.slow
+def test_embedded_cache_with_planted_pickles_is_rebuilt(smol, tmp_path, monkeypatch, caplog):
+    """The embedded model in a private cache: pickles planted in every cache file are never executed."""
+    monkeypatch.setenv("ROPE_INTERP_CACHE", str(tmp_path / "cache"))
+    load_model("smollm2-135m")
+    (folder,) = (tmp_path / "cache").glob("smollm2-135m-*/hooked-float32")
+    marker = tmp_path / "executed"
+    for p in [*(p for p in folder.rglob("*") if p.is_file()), folder / "weights-float32.pt"]:
+        _plant(p, marker)
+    with caplog.at_level("WARNING", logger=models_mod.__name__):
+        again = load_model("smollm2-135m")
+    assert not marker.exists()
+    assert any(str(folder) in r.message for r in caplog.records)
+    tokens = smol.to_tokens("The capital of France is")
+    with torch.no_grad():
+        assert torch.equal(again(tokens), smol(tokens))

@@ -7,7 +7,9 @@ package is located with ``importlib.util.find_spec`` and never imported.
 
 Conversion (GGUF → transformers → TransformerLens) takes ~25 s; the converted
 weights are cached under ``$ROPE_INTERP_CACHE`` (default ``~/.cache/rope_interp``)
-so later loads take a few seconds.
+so later loads take a few seconds. The cache holds no pickle and nothing read back executes
+code (JSON config, safetensors weights, a manifest of sha256 hashes; see :func:`save_cached`);
+a folder that fails its checks is rebuilt, never trusted.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -41,7 +44,7 @@ EMBEDDED_ALIASES = {
     "smollm2-135m-instruct": "smollm2-135m",
     "huggingfacetb/smollm2-135m-instruct": "smollm2-135m",
 }
-_FORMAT = 1  # bump when the cache layout changes
+_FORMAT = 2  # bump when the cache layout changes (2: JSON + safetensors + manifest, no pickle)
 
 
 def cache_dir() -> Path:
@@ -389,25 +392,13 @@ def load_hf_from_gguf(path: Path, dtype: torch.dtype = torch.float32):
 
 
 def _load_gguf(path: Path, device: torch.device, dtype: torch.dtype, cache: bool, label: str):
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    target = cache_dir() / f"{label}-{_file_key(path)}"
-    weights = target / f"weights-{str(dtype).replace('torch.', '')}.pt"
-    if cache and weights.is_file():
+    key = _file_key(path)
+    folder = cache_dir() / f"{label}-{key}" / f"hooked-{str(dtype).replace('torch.', '')}"
+    if cache and folder.exists():
         try:
-            from transformers import AutoTokenizer
-
-            blob = torch.load(weights, map_location="cpu", weights_only=False)
-            cfg_dict = blob["cfg"]
-            cfg_dict["device"] = str(device)
-            cfg_dict["dtype"] = dtype
-            cfg = HookedTransformerConfig(**cfg_dict)
-            tok = AutoTokenizer.from_pretrained(str(target / "tokenizer"))
-            model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
-            model.load_state_dict(blob["state_dict"])
-            return _quiet_to(model, device)
-        except Exception as err:  # a stale or partial cache: rebuild it
-            log.warning("ignoring unreadable rope_interp cache %s (%s)", weights, err)
+            return load_cached(folder, device, dtype, source=key)
+        except CacheError as err:
+            log.warning("rebuilding the rope_interp cache %s: %s", folder, err)
 
     hf, tok = load_hf_from_gguf(path, dtype=torch.float32)
     arch = (getattr(hf.config, "model_type", "") or "").lower()
@@ -419,18 +410,214 @@ def _load_gguf(path: Path, device: torch.device, dtype: torch.dtype, cache: bool
     model.cfg.model_name = label
     if cache:
         try:
-            target.mkdir(parents=True, exist_ok=True)
-            tok.save_pretrained(str(target / "tokenizer"))
-            cfg_dict = {k: v for k, v in model.cfg.to_dict().items() if k not in ("n_params",)}
-            tmp_file = weights.with_suffix(".tmp")
-            torch.save(
-                {"cfg": cfg_dict, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}, tmp_file
-            )
-            tmp_file.replace(weights)
-            (target / "source.json").write_text(json.dumps({"gguf": str(path)}))
-        except OSError as err:
-            log.warning("could not write rope_interp cache at %s: %s", target, err)
+            save_cached(model, folder, tokenizer=tok, source=key)
+        except (OSError, ValueError, TypeError) as err:
+            log.warning("could not write rope_interp cache at %s: %s", folder, err)
     return model
+
+
+# ---- the model cache: JSON + safetensors + a manifest; nothing read back executes code ------------------
+_MANIFEST = "manifest.json"
+_CONFIG = "config.json"
+_WEIGHTS = "weights.safetensors"
+_TOKENIZER = "tokenizer"
+# file types a cache folder may hold (HF tokenizer and model files included): none of them is a pickle
+_SAFE_SUFFIXES = (".json", ".safetensors", ".jinja", ".txt", ".model")
+
+
+class CacheError(Exception):
+    """A cache folder that is missing, old, unreadable, foreign or tampered with: it is rebuilt, never trusted."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _files_of(folder: Path) -> dict[str, Path]:
+    """Every file under ``folder`` (recursively) by its ``/``-separated relative name."""
+    return {
+        p.relative_to(folder).as_posix(): p
+        for p in sorted(folder.rglob("*"))
+        if p.is_symlink() or not p.is_dir()  # a symlink is listed (and refused), never followed
+    }
+
+
+def _write_manifest(folder: Path, source: str | None) -> None:
+    files = {name: _sha256(p) for name, p in _files_of(folder).items() if name != _MANIFEST}
+    manifest = {"format": _FORMAT, "source": source, "files": files}
+    (folder / _MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+
+
+def _verify(folder: Path, source: str | None) -> None:
+    """Raise :class:`CacheError` unless ``folder`` holds exactly the files its manifest lists, with their hashes.
+
+    The manifest must have this version's format and (when given) the source key; every file must have a
+    suffix of a non-executable format (:data:`_SAFE_SUFFIXES`); symlinks are refused.
+    """
+    if not folder.is_dir() or folder.is_symlink():
+        raise CacheError("not a folder")
+    try:
+        manifest = json.loads((folder / _MANIFEST).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CacheError(f"no readable {_MANIFEST} ({type(err).__name__})") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != _FORMAT:
+        raise CacheError(f"not a format-{_FORMAT} cache")
+    if source is not None and manifest.get("source") != source:
+        raise CacheError(f"built from another source ({manifest.get('source')!r}, expected {source!r})")
+    listed = manifest.get("files")
+    if not isinstance(listed, dict):
+        raise CacheError(f"{_MANIFEST} lists no files")
+    present = _files_of(folder)
+    present.pop(_MANIFEST)
+    if set(present) != set(listed):
+        extra, missing = sorted(set(present) - set(listed)), sorted(set(listed) - set(present))
+        raise CacheError(f"unknown files {extra}, missing files {missing}")
+    for name, p in present.items():
+        if p.is_symlink() or not name.endswith(_SAFE_SUFFIXES):
+            raise CacheError(f"{name!r} is not a plain file of a safe format")
+        if _sha256(p) != listed[name]:
+            raise CacheError(f"{name!r} does not match its hash in {_MANIFEST}")
+
+
+def _write_atomic(folder: Path, write: Callable[[Path], None], source: str | None) -> None:
+    """Run ``write(tmp)`` in a fresh temporary sibling of ``folder``, add the manifest, then rename it into place.
+
+    A reader never sees a half-written cache: the folder appears whole or not at all. A folder already there
+    (an old or tampered cache) is moved aside first and deleted after.
+    """
+    import shutil
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        write(tmp)
+        _write_manifest(tmp, source)
+        old = None
+        if folder.exists() or folder.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+            folder.rename(old / "x")
+        tmp.rename(folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _to_json(value: Any) -> Any:
+    """A config value as plain JSON (numpy scalars, torch dtypes and devices included); TypeError otherwise."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):  # numpy's float64 is a float: store the plain number
+        return float(value)
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():  # numpy / torch scalars
+        return _to_json(value.item())
+    if isinstance(value, torch.dtype):
+        return str(value).replace("torch.", "")
+    if isinstance(value, torch.device):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _to_json(v) for k, v in value.items()}
+    raise TypeError(f"cannot store a config value of type {type(value).__name__} in the cache")
+
+
+def save_cached(model: HookedTransformer, folder: Path, *, tokenizer: Any = None, source: str | None = None):
+    """Write ``model`` to the cache folder ``folder`` (atomically; replaces what is there).
+
+    The folder holds ``config.json`` (the HookedTransformer config as plain JSON), ``weights.safetensors``
+    (the state dict), ``tokenizer/`` (``tokenizer``, default ``model.tokenizer``, if any) and
+    ``manifest.json`` (the cache format, the ``source`` key and the sha256 of every file). Nothing
+    in it is a pickle: :func:`load_cached` reads it back without executing code.
+
+    >>> import tempfile
+    >>> from rope_interp.model.testing import tiny_model
+    >>> folder = Path(tempfile.mkdtemp()) / "tiny"
+    >>> save_cached(tiny_model(), folder)
+    >>> sorted(p.name for p in folder.iterdir())
+    ['config.json', 'manifest.json', 'weights.safetensors']
+    """
+    from safetensors.torch import save_file
+
+    tokenizer = model.tokenizer if tokenizer is None else tokenizer
+    cfg = {k: _to_json(v) for k, v in model.cfg.to_dict().items() if k != "n_params"}
+    state, seen = {}, set()
+    for name, t in model.state_dict().items():
+        t = t.detach().to("cpu").contiguous()
+        if t.untyped_storage().data_ptr() in seen:  # safetensors refuses shared storage
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        state[name] = t
+
+    def write(tmp: Path) -> None:
+        (tmp / _CONFIG).write_text(json.dumps(cfg, indent=1))
+        save_file(state, str(tmp / _WEIGHTS), metadata={"format": str(_FORMAT)})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp / _TOKENIZER))
+
+    _write_atomic(folder, write, source)
+
+
+def load_cached(
+    folder: Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    *,
+    source: str | None = None,
+) -> HookedTransformer:
+    """The model :func:`save_cached` wrote to ``folder``, on ``device`` in ``dtype``.
+
+    Reads only JSON, safetensors and tokenizer files (no pickle, no remote code), after checking them
+    against the manifest: raises :class:`CacheError` for a folder that is old, unreadable, foreign (another
+    ``source`` key), has unknown or missing files, or a file whose hash does not match.
+
+    >>> import tempfile
+    >>> from rope_interp.model.testing import tiny_model
+    >>> folder = Path(tempfile.mkdtemp()) / "tiny"
+    >>> save_cached(tiny_model(), folder)
+    >>> load_cached(folder).cfg.n_layers
+    2
+    >>> (folder / "weights-float32.pt").write_bytes(b"old")
+    3
+    >>> load_cached(folder)
+    Traceback (most recent call last):
+    ...
+    rope_interp.model.load.CacheError: unknown files ['weights-float32.pt'], missing files []
+    """
+    from safetensors.torch import load_file
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    folder = Path(folder)
+    device = torch.device(device)
+    _verify(folder, source)
+    try:
+        cfg_dict = json.loads((folder / _CONFIG).read_text())
+        if not isinstance(cfg_dict, dict):
+            raise CacheError(f"{_CONFIG} is not a JSON object")
+        cfg_dict.update(device=str(device), dtype=dtype)
+        cfg = HookedTransformerConfig(**cfg_dict)
+        tok = None
+        if (folder / _TOKENIZER).is_dir():
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(str(folder / _TOKENIZER), trust_remote_code=False)
+        else:
+            cfg.tokenizer_name = None  # otherwise HookedTransformer tries to fetch one
+        state = load_file(str(folder / _WEIGHTS))
+        model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
+        model.load_state_dict(state)
+    except CacheError:
+        raise
+    except Exception as err:  # tokenizers and safetensors raise their own types for a bad file
+        raise CacheError(f"unreadable ({type(err).__name__}: {err})") from err
+    return _quiet_to(model, device)
 
 
 def _load_hf_dir(path: Path, device: torch.device, dtype: torch.dtype):
@@ -470,27 +657,33 @@ def _load_bridge(name: str, device: torch.device, dtype: torch.dtype, cache: boo
 
 
 def _hf_from_gguf_cached(path: Path, label: str, cache: bool):
-    """(HF model, tokenizer) of a GGUF file, float32, without quantizer state; cached as a HF model dir."""
+    """(HF model, tokenizer) of a GGUF file, float32, without quantizer state; cached as a HF model dir.
+
+    The cached dir is checked against its manifest like :func:`load_cached`'s and read with
+    ``use_safetensors=True`` and ``trust_remote_code=False``: never a pickle, never remote code.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target = cache_dir() / f"{label}-{_file_key(path)}" / "hf"
-    if cache and (target / "config.json").is_file():
+    key = _file_key(path)
+    target = cache_dir() / f"{label}-{key}" / "hf"
+    if cache and target.exists():
         try:
-            hf = AutoModelForCausalLM.from_pretrained(str(target), dtype=torch.float32).eval()
-            return hf, AutoTokenizer.from_pretrained(str(target))
-        except Exception as err:  # a stale or partial cache: rebuild it
-            log.warning("ignoring unreadable rope_interp cache %s (%s)", target, err)
+            _verify(target, key)
+            hf = AutoModelForCausalLM.from_pretrained(
+                str(target), dtype=torch.float32, use_safetensors=True, trust_remote_code=False
+            ).eval()
+            return hf, AutoTokenizer.from_pretrained(str(target), trust_remote_code=False)
+        except Exception as err:  # CacheError or an unreadable file: rebuild it
+            log.warning("rebuilding the rope_interp cache %s: %s", target, err)
     hf, tok = load_hf_from_gguf(path, dtype=torch.float32)
     if cache:
-        try:
-            tmp = target.with_name("hf.tmp")
-            hf.save_pretrained(str(tmp))
-            tok.save_pretrained(str(tmp))
-            if target.exists():
-                import shutil
 
-                shutil.rmtree(target)
-            tmp.replace(target)
+        def write(tmp: Path) -> None:
+            hf.save_pretrained(str(tmp))  # transformers 5 writes safetensors only
+            tok.save_pretrained(str(tmp))
+
+        try:
+            _write_atomic(target, write, key)
         except (OSError, ValueError) as err:
             log.warning("could not write rope_interp cache at %s: %s", target, err)
     return hf, tok
