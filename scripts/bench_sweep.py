@@ -25,6 +25,7 @@ exact values. Absolute times are noisy on a shared machine; compare ratios withi
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from functools import partial
 
@@ -164,7 +165,12 @@ def main() -> None:
     )
     print(f"total benchmark time {time.perf_counter() - t0:.1f} s")
     if args.json:
-        results.update(direct_effect_ms=t_de * 1e3, total_seconds=time.perf_counter() - t0)
+        keys = ("prompt", "kind", "tier", "seconds", "rho_signed", "rho_abs", "top_recall")
+        results = {
+            "rows": [dict(zip(keys, (*row[:3], *map(float, row[3:])), strict=True)) for row in summary],
+            "direct_effect_ms": t_de * 1e3,
+            "total_seconds": time.perf_counter() - t0,
+        }
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
 
