@@ -33,7 +33,7 @@ FIXED_SECTIONS = ("bands", "views")
 """Report sections that are not analyses: the band table (first) and the interactive views (last)."""
 
 SUMMARY_DOC = {
-    "schema": "format tag, 'rope_interp.analyses.report/1'",
+    "schema": "format tag, 'rope_interp.report/1'",
     "model": "model name",
     "tokens": "tokens analysed",
     "source": "where the text came from",
@@ -183,7 +183,7 @@ def build_summary(
     run: ReportRun, chosen: list[Analysis], sentences: list[str], total: float
 ) -> dict[str, Any]:
     return {
-        "schema": "rope_interp.analyses.report/1",
+        "schema": "rope_interp.report/1",
         "model": run.spec.model_name,
         "tokens": int(run.tokens.shape[1]),
         "source": run.source,
