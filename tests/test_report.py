@@ -111,6 +111,7 @@ def test_report_reads_like_a_report(tmp_path):
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     validate_summary(summary)
     assert summary["tokens"] == 120 and len(summary["findings"]) >= 5
+    assert summary["schema"] == "rope_interp.report/1"  # a format tag: unchanged by moving the module
     heads = summary["analyses"]["heads"]
     assert all(isinstance(r, dict) for r in heads["positional_heads"])  # named records, not float lists
     assert {r["layer"] for r in summary["analyses"]["usage"]["per_layer"]} == {0, 1}
