@@ -412,9 +412,9 @@ def tokens_and_mask(model: Model, tokens: Any, what: str = "tokens") -> tuple[Te
         if getattr(model, "tokenizer", None) is None:
             raise TokenError("model has no tokenizer: pass token ids instead of text")
         texts = [tokens] if isinstance(tokens, str) else list(tokens)
-        ids = model.to_tokens(texts)
+        ids = model.to_tokens(texts, truncate=False)  # a text longer than n_ctx is refused below, never cut
         if len(texts) > 1:
-            lengths = [int(model.to_tokens(t).shape[1]) for t in texts]
+            lengths = [int(model.to_tokens(t, truncate=False).shape[1]) for t in texts]
             n = ids.shape[1]
             if min(lengths) != n:
                 pos = torch.arange(n)[None, :]
