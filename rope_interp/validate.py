@@ -153,6 +153,37 @@ def positive_int(name: str, value: Any, *, allow_none: bool = False, minimum: in
     return int(value)
 
 
+def token_id(what: str, value: Any, d_vocab: int | None = None) -> int:
+    """One token id: an integer (not a float, bool or string) ``>= 0`` and, given ``d_vocab``, ``< d_vocab``.
+
+    A negative id is refused (it would silently index the vocabulary from the end).
+
+    >>> token_id("answer", 5, 10)
+    5
+    >>> token_id("answer", 5.9)
+    Traceback (most recent call last):
+    ...
+    rope_interp.errors.TokenError: answer must be an integer token id, got 5.9 (float)
+    >>> token_id("answer", -1)
+    Traceback (most recent call last):
+    ...
+    rope_interp.errors.TokenError: answer must be a token id >= 0, got -1 (a negative id would index the vocabulary from the end)
+    """
+    try:
+        v = _as_int(what, value)
+    except LayerError:
+        raise TokenError(
+            f"{what} must be an integer token id, got {value!r} ({type(value).__name__})"
+        ) from None
+    if v < 0:
+        raise TokenError(
+            f"{what} must be a token id >= 0, got {v} (a negative id would index the vocabulary from the end)"
+        )
+    if d_vocab is not None and v >= d_vocab:
+        raise TokenError(f"{what} = {v} is outside the vocabulary (d_vocab = {d_vocab})")
+    return v
+
+
 def token_ids(tokens: Tensor, d_vocab: int, what: str = "tokens") -> Tensor:
     """Refuse token ids outside ``0..d_vocab-1`` (negative ids would silently index from the end).
 

@@ -39,9 +39,11 @@ def test_a_long_text_is_refused_not_cut(hooked):
 
 
 def test_a_spec_with_a_long_text_is_refused(hooked):
-    spec = SweepSpec(tokens=hooked.to_tokens(LONG, truncate=False).tolist(), metric={"name": "loss"})
-    with pytest.raises(ContextLengthError):
-        spec.run(hooked, progress=False)
+    from_ids = SweepSpec(tokens=hooked.to_tokens(LONG, truncate=False).tolist(), metric={"name": "loss"})
+    from_text = SweepSpec(text=LONG, metric={"name": "loss"})  # was read as its first n_ctx tokens
+    for spec in (from_ids, from_text):
+        with pytest.raises(ContextLengthError):
+            spec.run(hooked, progress=False)
 
 
 def test_short_texts_are_unchanged(hooked):

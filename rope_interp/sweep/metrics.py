@@ -15,12 +15,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import RopeInterpError
+from ..errors import RopeInterpError, TokenError
 from ..model import adapter
 from ..model.hooks import FwdHooks, HookSet, attn_hook
 from ..model.kind import Model
+from ..validate import _as_int, token_id
 
 Metric = Callable[[Tensor], Tensor]
+
+
+def _token_ids(what: str, ids: int | Tensor) -> Tensor:
+    """Token ids as a 1-d integer tensor: floats, bools, strings and negative ids are refused."""
+    if isinstance(ids, Tensor) and ids.ndim > 0:
+        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+            raise TokenError(f"logit_diff: {what} must hold integer token ids, got dtype {ids.dtype}")
+        if bool((ids < 0).any()):
+            raise TokenError(f"logit_diff: {what} holds a negative token id (it would index from the end)")
+        return ids.reshape(-1)
+    return torch.tensor([token_id(f"logit_diff: {what}", ids)])
 
 
 def logit_diff(answer: int | Tensor, wrong: int | Tensor, pos: int = -1) -> Metric:
@@ -30,9 +42,15 @@ def logit_diff(answer: int | Tensor, wrong: int | Tensor, pos: int = -1) -> Metr
     >>> m(torch.tensor([[[1.0, 0.0, 3.0]]])).item()
     2.0
     """
-    a, w = torch.as_tensor(answer).reshape(-1), torch.as_tensor(wrong).reshape(-1)
+    a, w = _token_ids("answer", answer), _token_ids("wrong", wrong)
+    pos = _as_int("pos", pos)  # negative positions count from the end, as in Python
 
     def metric(logits: Tensor) -> Tensor:
+        top = int(max(a.max(), w.max()))
+        if top >= logits.shape[-1]:
+            raise TokenError(
+                f"logit_diff: token id {top} is outside the vocabulary (d_vocab = {logits.shape[-1]})"
+            )
         last = logits[:, pos]
         ai, wi = a.to(last.device).expand(last.shape[0]), w.to(last.device).expand(last.shape[0])
         rows = torch.arange(last.shape[0], device=last.device)

@@ -215,9 +215,11 @@ class SweepSpec(_JsonSpec):
             )
         if ids is not None:
             return adapter.to_tokens(model, torch.tensor(ids, dtype=torch.long))
-        return model.to_tokens(text)
+        return adapter.to_tokens(model, text)  # a text longer than the context is refused, never cut
 
     def _metric(self, model: Model, tokens: torch.Tensor):
+        from ..model import adapter
+        from ..validate import indices, token_id
         from .metrics import logit_diff, loss_metric
 
         m = dict(self.metric)
@@ -232,10 +234,16 @@ class SweepSpec(_JsonSpec):
                 f"metric 'logit_diff' needs answer and wrong (and optional pos), got {sorted(m)}"
             )
 
-        def tok(v: Any) -> int:
-            return int(model.to_single_token(v)) if isinstance(v, str) else int(v)
+        d_vocab = int(adapter.config(model).d_vocab)
 
-        return logit_diff(tok(m["answer"]), tok(m["wrong"]), int(m.get("pos", -1)))
+        def tok(key: str) -> int:
+            v = m[key]
+            if isinstance(v, str):
+                return int(model.to_single_token(v))
+            return token_id(f"metric {key!r}", v, d_vocab)  # 5.9, true or -1 are refused, not coerced
+
+        pos = indices("metric 'pos'", [m.get("pos", -1)], int(tokens.shape[-1]), "the spec's tokens")[0]
+        return logit_diff(tok("answer"), tok("wrong"), pos)
 
     def run(self, model: Model, progress: bool = False) -> SweepResult:
         """Run the sweep on ``model``; the result carries this spec in ``extra["spec"]``."""
