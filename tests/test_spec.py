@@ -136,3 +136,35 @@ def test_cli_refuses_bad_mode_parameters_before_loading(monkeypatch, tmp_path):
         ["patch", "--clean", "a"],
     ):
         assert cli.main([*argv, "--out", str(tmp_path)]) != 0, argv
+
+
+@pytest.mark.parametrize("version", [True, 1.0, "1"])
+def test_spec_version_must_be_the_integer(version):
+    d = SweepSpec(tokens=TOKENS, metric={"name": "loss"}).to_dict()
+    d["version"] = version
+    with pytest.raises(ParameterError, match="spec version must be an integer"):
+        SweepSpec.from_dict(d)
+
+
+def test_a_spec_built_with_a_tuple_per_round_trips():
+    spec = SweepSpec(tokens=TOKENS, metric={"name": "loss"}, per=("layer", "head", "band"))
+    back = SweepSpec.from_dict(spec.to_dict())
+    assert back.per == ["layer", "head", "band"]
+    assert SweepSpec.from_dict(back.to_dict()) == back
+
+
+def test_cli_sweep_prints_where_its_files_are_and_takes_no_abbreviations(tmp_path, monkeypatch, capsys):
+    from rope_interp import cli
+
+    model = tiny_layout_model("gqa")
+    monkeypatch.setattr(cli.common, "load_from_args", lambda args: model)
+    monkeypatch.setattr(cli.common, "tokens_from_args", lambda m, args: torch.tensor(TOKENS))
+    out = tmp_path / "a"
+    capsys.readouterr()
+    assert cli.main(["sweep", "--bands", "0", "--no-progress", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out / 'sweep.csv'}" in printed and ".partial" not in printed  # not the staging folder
+    assert (out / "sweep.csv").is_file()
+    with pytest.raises(SystemExit):  # `--mode` of `patch` would otherwise be read as --model
+        cli.main(["patch", "--mode", "shift"])
+    assert "unrecognized arguments: --mode shift" in capsys.readouterr().err

@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="See and change what a rotary TransformerLens model does with each RoPE band.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     parents = [common_parser()]

@@ -45,7 +45,8 @@ class Command:
 
 
 def _parser(sub: Any, parents: Parents, cmd: Command, help: str, description: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(cmd.name, parents=parents, help=help, description=description)
+    # allow_abbrev=False: `patch --mode shift` must not be read as --model
+    p = sub.add_parser(cmd.name, parents=parents, help=help, description=description, allow_abbrev=False)
     p.set_defaults(command_obj=cmd)
     return p
 

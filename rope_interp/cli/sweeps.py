@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..intervene.modes import METHODS, MODES, TARGETS
@@ -171,7 +172,10 @@ def _write(result: Any, args: argparse.Namespace, name: str, title: str) -> None
     order = df["effect"].abs().sort_values(ascending=False).index[: args.top]
     print(f"base metric {result.base:.4f}; strongest {len(order)} conditions ({result.method}):")
     print(df.loc[order].to_string(index=False, float_format="{:.4f}".format))
-    print(f"wrote {folder / (name + '.csv')}, {name}.png and {name}.spec.json")
+    final = Path(
+        args.out or f"rope-interp-{name}"
+    )  # where the files are once the run commits (not the staging folder)
+    print(f"wrote {final / (name + '.csv')}, {name}.png and {name}.spec.json")
 
 
 def _run(args: argparse.Namespace, check: Callable[[], None], build: Callable[[Any], Any]) -> tuple[Any, Any]:

@@ -56,6 +56,11 @@ def _check_keys(cls: type, d: dict[str, Any]) -> dict[str, Any]:
     if kind != cls.__name__:
         raise ParameterError(f"this is a {kind} spec, not a {cls.__name__}")
     version = d.pop("version", SPEC_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int):  # True == 1 and 1.0 == 1 in Python
+        raise ParameterError(
+            f"spec version must be an integer (this rope_interp reads {SPEC_VERSION}), "
+            f"got {version!r} ({type(version).__name__})"
+        )
     if version != SPEC_VERSION:
         raise ParameterError(
             f"spec version {version} is not supported (this rope_interp reads {SPEC_VERSION})"
@@ -173,8 +178,9 @@ class SweepSpec(_JsonSpec):
         if d.get("target") is not None:
             check_target(d["target"])
         per = d.get("per", ["layer", "band"])
-        if not isinstance(per, list) or any(a not in AXES for a in per):
+        if not isinstance(per, (list, tuple)) or any(a not in AXES for a in per):
             raise ParameterError(f"per must be a list of axes from {AXES}, got {per!r}")
+        d["per"] = list(per)  # a spec built with a tuple round-trips
         for k in ("layers", "heads", "bands", "positions"):
             d[k] = _ints(k, d.get(k))
         for k in ("tokens", "clean_tokens"):
