@@ -173,8 +173,8 @@ def _write(result: Any, args: argparse.Namespace, name: str, title: str) -> None
     print(f"base metric {result.base:.4f}; strongest {len(order)} conditions ({result.method}):")
     print(df.loc[order].to_string(index=False, float_format="{:.4f}".format))
     final = Path(
-        args.out or f"rope-interp-{name}"
-    )  # where the files are once the run commits (not the staging folder)
+        args.command_obj.out_for(args)
+    )  # where the files are after the commit, not the staging folder
     print(f"wrote {final / (name + '.csv')}, {name}.png and {name}.spec.json")
 
 

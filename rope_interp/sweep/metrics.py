@@ -45,8 +45,9 @@ def logit_diff(answer: int | Tensor, wrong: int | Tensor, pos: int = -1) -> Metr
     a, w = _token_ids("answer", answer), _token_ids("wrong", wrong)
     pos = _as_int("pos", pos)  # negative positions count from the end, as in Python
 
+    top = int(max(a.max(), w.max()))  # once here: no host sync per call
+
     def metric(logits: Tensor) -> Tensor:
-        top = int(max(a.max(), w.max()))
         if top >= logits.shape[-1]:
             raise TokenError(
                 f"logit_diff: token id {top} is outside the vocabulary (d_vocab = {logits.shape[-1]})"

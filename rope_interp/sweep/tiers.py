@@ -90,16 +90,6 @@ def naive_sweep(
     torch.Size([1, 8])
     """
     sel = Selection.build(model, tokens, per, selection, where="naive_sweep")
-    return _naive_sweep(model, sel, metric, progress=progress)
-
-
-def _naive_sweep(
-    model: Model,
-    sel: Selection,
-    metric: Metric,
-    *,
-    progress: bool = True,
-) -> SweepResult:
     tokens, grid, op = sel.tokens, sel.grid, sel.op
     dev, cells = adapter.device(model), grid.cells()
     todo = [(L, cell) for L in grid.coords["layer"] for cell in cells]
@@ -248,20 +238,6 @@ def exact_sweep(
     ('k', torch.Size([2, 8]))
     """
     sel = Selection.build(model, tokens, per, selection, where="exact_sweep")
-    return _exact_sweep(
-        model, sel, metric, batch_size=batch_size, max_batch_tokens=max_batch_tokens, progress=progress
-    )
-
-
-def _exact_sweep(
-    model: Model,
-    sel: Selection,
-    metric: Metric,
-    *,
-    batch_size: int | None = None,
-    max_batch_tokens: int = 1024,
-    progress: bool = True,
-) -> SweepResult:
     tokens, grid, op = sel.tokens, sel.grid, sel.op
     bs = _batch_size(batch_size, max_batch_tokens, tokens)
     n_cells = len(grid.cells())
@@ -488,31 +464,6 @@ def refine_sweep(
     True
     """
     sel = Selection.build(model, tokens, per, selection, where="refine_sweep")
-    return _refine_sweep(
-        model,
-        sel,
-        metric,
-        top=top,
-        estimate=estimate,
-        max_exact=max_exact,
-        batch_size=batch_size,
-        max_batch_tokens=max_batch_tokens,
-        progress=progress,
-    )
-
-
-def _refine_sweep(
-    model: Model,
-    sel: Selection,
-    metric: Metric,
-    *,
-    top: int = 20,
-    estimate: Method = "qk_attribution",
-    max_exact: int | None = None,
-    batch_size: int | None = None,
-    max_batch_tokens: int = 1024,
-    progress: bool = True,
-) -> SweepResult:
     top = int(positive_int("top", top))  # type: ignore[arg-type]
     max_exact = positive_int("max_exact", max_exact, allow_none=True)
     if estimate not in ("attribution", "qk_attribution"):
