@@ -60,3 +60,7 @@ class PaddingError(RopeInterpError):
 
 class UselessInterventionError(RopeInterpError):
     """An intervention that provably changes nothing (e.g. the same shift on q and k)."""
+
+
+class ModelMismatchError(RopeInterpError):
+    """A saved spec replayed on a model other than the one it records (name, config, weights or dtype)."""

@@ -207,4 +207,47 @@ def token_ids(tokens: Tensor, d_vocab: int, what: str = "tokens") -> Tensor:
     return tokens
 
 
-__all__ = ["RopeInterpError", "finite", "indices", "positive_int", "token_ids"]
+def device(value: Any) -> torch.device:
+    """A device this torch build can use: ``cpu``, ``cuda[:i]`` (CUDA available, index in range) or ``mps``.
+
+    Checked before any model loads (torch would fail later with an AssertionError or a long dump).
+
+    >>> device("cpu")
+    device(type='cpu')
+    >>> device("gpu")
+    Traceback (most recent call last):
+    ...
+    rope_interp.errors.ParameterError: device 'gpu' is not a torch device (expected cpu, cuda, cuda:N or mps)
+    """
+    if value is None:
+        return torch.device("cpu")
+    if isinstance(value, torch.device):
+        dev = value
+    elif isinstance(value, str):
+        try:
+            dev = torch.device(value)
+        except (RuntimeError, ValueError):
+            raise ParameterError(
+                f"device {value!r} is not a torch device (expected cpu, cuda, cuda:N or mps)"
+            ) from None
+    else:
+        raise ParameterError(f"device must be a string or torch.device, got {value!r} ({type(value).__name__})")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ParameterError(
+                f"device {str(dev)!r}: this torch build has no usable CUDA (torch.cuda.is_available() is "
+                "False); use --device cpu"
+            )
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise ParameterError(f"device {str(dev)!r}: only {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ParameterError(f"device {str(dev)!r}: MPS is not available in this torch build; use cpu")
+    elif dev.type not in ("cpu", "meta"):
+        raise ParameterError(f"device {str(dev)!r} is not supported (expected cpu, cuda, cuda:N or mps)")
+    return dev
+
+
+__all__ = ["RopeInterpError", "device", "finite", "indices", "positive_int", "token_ids"]

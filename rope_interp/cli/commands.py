@@ -198,7 +198,6 @@ class AnalysisCommand(Command):
         p.add_argument(
             "--window", type=window_size, default=512, help="tokens per window (default %(default)s)"
         )
-        p.add_argument("--no-progress", action="store_true", help="hide progress bars")
         g = p.add_argument_group(f"{a.name} options")
         for opt in a.options:
             opt.add_to(g)
@@ -277,7 +276,6 @@ class ReportCommand(Command):
             default=None,
             help="layers for the spectral section (default: first, middle, last)",
         )
-        p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     def run(self, args: argparse.Namespace) -> int:
         from ..analyses.report import ReportConfig, build_report

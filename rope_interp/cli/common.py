@@ -69,6 +69,7 @@ def common_parser() -> argparse.ArgumentParser:
         default=None,
         help="output directory; files are written to a temporary folder and moved there at the end",
     )
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
     g.add_argument("--traceback", action="store_true", help="show full tracebacks on error")
     return p
 
@@ -80,9 +81,22 @@ def note(message: str) -> None:
 
 
 def check_common(args: argparse.Namespace) -> None:
-    """Validate the shared options that need no model (text source, output folder); before any work."""
+    """Validate the shared options that need no model (device, text source, output folder); before any work."""
+    from ..validate import device
+
+    if getattr(args, "device", None) is not None:
+        try:
+            device(args.device)
+        except RopeInterpError as err:
+            raise ParameterError(f"--device: {err}") from None
+    for name in ("layers", "bands", "spectra_layers", "sections"):
+        if getattr(args, name, None) == []:  # nargs="*" given bare: an empty selection, refused before any work
+            flag = "--" + name.replace("_", "-")
+            raise ParameterError(f"{flag} was given without any value: name at least one, or leave it out")
     if getattr(args, "text", None) is not None:
-        _text_source(args.text)
+        kind, path = _text_source(args.text)
+        if path is not None:
+            _read_text_file(path)  # a binary or non-UTF-8 file is refused now, not after the model loads
     out = getattr(args, "out", None)
     if out is not None:
         path = Path(out)
@@ -118,7 +132,19 @@ def text_from_args(args: argparse.Namespace) -> str:
     if args.text is None:
         return load_text()
     kind, path = _text_source(args.text)
-    return path.read_text(encoding="utf-8") if path is not None else load_text(args.text)
+    return _read_text_file(path) if path is not None else load_text(args.text)
+
+
+def _read_text_file(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ParameterError(
+            f"--text {str(path)!r} is not UTF-8 text (byte {err.start} cannot be decoded): give a text file"
+        ) from None
+    if "\x00" in text:
+        raise ParameterError(f"--text {str(path)!r} holds NUL bytes (a binary file?): give a text file")
+    return text
 
 
 def tokens_from_args(model: Model, args: argparse.Namespace, windowed: bool = False):

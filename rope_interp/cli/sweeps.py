@@ -44,20 +44,19 @@ def _selection_options(p: argparse.ArgumentParser) -> None:
         help="change queries, keys or both (default: qk; k for --mode shift)",
     )
     p.add_argument(
-        "--per", choices=sorted(PER), default="layer-band", help="grid of conditions (default: %(default)s)"
+        "--per", choices=sorted(PER), default=None, help="grid of conditions (default: layer-band)"
     )
     p.add_argument(
         "--method",
         choices=METHODS,
-        default="exact",
+        default=None,
         help="exact: prefix reuse + batching; naive: one forward per condition; attribution: gradient "
         "estimate; qk_attribution: exact pattern change × gradient (AtP*); refine: estimates with the "
-        "top cells exact (default: %(default)s)",
+        "top cells exact (default: exact)",
     )
     p.add_argument("--batch-size", type=int, default=None, help="conditions per forward (exact, refine)")
-    p.add_argument("--refine-top", type=int, default=20, help="cells the refine tier makes exact")
+    p.add_argument("--refine-top", type=int, default=None, help="cells the refine tier makes exact (default: 20)")
     p.add_argument("--top", type=int, default=10, help="print this many strongest conditions")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 class SweepCommand(Command):
@@ -67,6 +66,7 @@ class SweepCommand(Command):
     >>> parser = argparse.ArgumentParser()
     >>> SweepCommand().add_to(parser.add_subparsers(dest="command"), [common_parser()])
     >>> args = parser.parse_args(["sweep", "--layers", "0", "3", "--per", "layer-head-band", "--mode", "no_rotation"])
+    >>> _check_args(args)  # fills in the defaults (None until then: a flag beside --spec is refused)
     >>> args.layers, PER[args.per], args.method, args.mode, args.command_obj.out_for(args)
     ([0, 3], ('layer', 'head', 'band'), 'exact', 'no_rotation', 'rope-interp-sweep')
     """
@@ -84,7 +84,7 @@ class SweepCommand(Command):
             "change of next-token loss on the text. Writes sweep.csv, sweep.png and sweep.spec.json.",
         )
         p.add_argument(
-            "--mode", choices=MODES, default="zero", help="what each cell gets (default: %(default)s)"
+            "--mode", choices=MODES, default=None, help="what each cell gets (default: zero)"
         )
         p.add_argument("--delta", type=float, default=None, help="shift: positions")
         p.add_argument("--phase", type=float, default=None, help="shift: radians")
@@ -123,22 +123,43 @@ class PatchCommand(Command):
         return _cmd_patch(args)
 
 
+DEFAULTS = {"per": "layer-band", "method": "exact", "refine_top": 20, "mode": "zero"}
+"""The selection flags' defaults, filled in by :func:`_check_args` (they parse as None)."""
+
+SELECTION = (
+    "layers", "bands", "target", "per", "method", "batch_size", "refine_top", "mode", "delta", "phase",
+    "factor", "clean", "corrupted", "answer", "wrong", "text", "max_tokens",
+)  # fmt: skip
+"""Flags that say what to run: a ``--spec`` says that itself, so they are refused beside it."""
+
+
 def _check_args(args: argparse.Namespace) -> None:
-    """Validate options before any model is loaded or file written."""
+    """Validate options before any model is loaded or file written; fill in the defaults."""
     from ..errors import ParameterError
     from ..validate import finite, positive_int
 
+    if args.spec is not None:
+        given = [
+            "--" + k.replace("_", "-") for k in SELECTION if getattr(args, k, None) not in (None, False)
+        ]
+        if given:
+            raise ParameterError(
+                f"--spec says what to run; {', '.join(given)} cannot change it: leave them out, or drop --spec "
+                "and give the whole sweep as flags"
+            )
+        from pathlib import Path
+
+        if not Path(args.spec).is_file():
+            raise ParameterError(f"--spec {args.spec!r} is not a file")
+    for k, v in DEFAULTS.items():
+        if hasattr(args, k) and getattr(args, k) is None:
+            setattr(args, k, v)
     for name in ("batch_size", "refine_top", "top"):
         positive_int("--" + name.replace("_", "-"), getattr(args, name), allow_none=True)
     for name in ("delta", "phase", "factor"):
         v = getattr(args, name, None)
         if v is not None:
             finite("--" + name, v)
-    if args.spec is not None:
-        from pathlib import Path
-
-        if not Path(args.spec).is_file():
-            raise ParameterError(f"--spec {args.spec!r} is not a file")
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
@@ -194,6 +215,7 @@ def _run(args: argparse.Namespace, check: Callable[[], None], build: Callable[[A
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from ..intervene.modes import row
+    from ..model.fingerprint import fingerprint
     from ..sweep.spec import SweepSpec
     from .common import tokens_from_args
 
@@ -215,6 +237,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             layers=args.layers,
             bands=args.bands,
             options=_options(args),
+            model=fingerprint(model),
         )
 
     spec, result = _run(args, check, build)
@@ -225,6 +248,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _cmd_patch(args: argparse.Namespace) -> int:
     from ..errors import ParameterError
+    from ..model.fingerprint import fingerprint
     from ..sweep.spec import SweepSpec
 
     def check() -> None:
@@ -244,6 +268,7 @@ def _cmd_patch(args: argparse.Namespace) -> int:
             layers=args.layers,
             bands=args.bands,
             options=_options(args),
+            model=fingerprint(model),
         )
 
     _, result = _run(args, check, build)

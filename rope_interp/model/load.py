@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
 
+from .. import validate
 from ..errors import ModelNotAvailableError, NotRotaryError
 from .kind import Model
 
@@ -181,6 +182,7 @@ def load_model(
     means a HookedTransformer where TransformerLens has one (3.x) and a bridge on 4.x,
     which removed HookedTransformer.
     """
+    device = validate.device(device)  # a device this torch build has, before anything loads
     if bridge is None:
         bridge = not has_hooked_transformer()
     elif not bridge and not has_hooked_transformer():
