@@ -170,3 +170,89 @@ def test_cli_sweep_prints_where_its_files_are_and_takes_no_abbreviations(tmp_pat
     with pytest.raises(SystemExit):  # `--mode` of `patch` would otherwise be read as --model
         cli.main(["patch", "--mode", "shift"])
     assert "unrecognized arguments: --mode shift" in capsys.readouterr().err
+
+
+# ---- a spec records its model (issue 22, item 4) -------------------------------------------------------
+def _recorded(model):
+    return SweepSpec(tokens=TOKENS, mode="no_rotation", layers=[1]).run(model).extra["spec"]
+
+
+def test_a_result_spec_records_the_model_and_replays_on_it():
+    model = tiny_layout_model("gqa")
+    d = _recorded(model)
+    assert d["model"] == fingerprint(model) and set(d["model"]) == {
+        "name", "config", "weights", "dtype", "transformer_lens", "transformers"
+    }  # fmt: skip
+    assert SweepSpec.from_dict(d).run(model).extra["spec"] == d  # the same model: replays, same record
+
+
+@pytest.mark.parametrize(
+    ("other", "field"),
+    [
+        (lambda m: tiny_layout_model("gptj"), "config"),  # another layout: another config
+        (lambda m: _perturbed(m), "weights"),  # the same config, one weight moved
+        (lambda m: _renamed(m), "name"),
+        (lambda m: tiny_layout_model("gqa").to(torch.float64), "dtype"),
+    ],
+)
+def test_replay_on_another_model_is_refused_naming_the_field(other, field):
+    from rope_interp.errors import ModelMismatchError
+
+    model = tiny_layout_model("gqa")
+    spec = SweepSpec.from_dict(_recorded(model))
+    with pytest.raises(ModelMismatchError, match=f"differs in its {field}"):
+        spec.run(other(model))
+
+
+def _perturbed(model):
+    m = tiny_layout_model("gqa")
+    with torch.no_grad():
+        next(iter(m.parameters())).view(-1)[0] += 1.0  # the first element is always sampled
+    return m
+
+
+def _renamed(model):
+    m = tiny_layout_model("gqa")
+    m.cfg.model_name = "another-name"
+    return m
+
+
+def test_library_version_mismatch_warns_but_replays():
+    model = tiny_layout_model("gqa")
+    d = _recorded(model)
+    d["model"]["transformer_lens"] = "0.0.1"
+    with pytest.warns(UserWarning, match="made with transformer_lens 0.0.1"):
+        SweepSpec.from_dict(d).run(model)
+
+
+def test_a_spec_file_without_a_model_record_replays_with_a_warning(tmp_path):
+    d = SweepSpec(tokens=TOKENS, mode="no_rotation").to_dict()
+    assert d["model"] is None
+    path = tmp_path / "old.spec.json"
+    path.write_text(json.dumps(d))
+    with pytest.warns(UserWarning, match="records no model"):
+        spec = SweepSpec.from_file(path)
+    assert spec.run(tiny_layout_model("gqa")).extra["spec"]["model"] is not None
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ({"options": {"source": [[1, 2]]}}, r"\['source'\] are not options of method 'exact'"),
+        ({"method": "naive", "options": {"batch_size": 2}}, "not options of method 'naive'"),
+        ({"options": {"progress": True}}, "not options"),
+        ({"options": {"batch_size": 0}}, "batch_size"),
+        ({"method": "refine", "options": {"estimate": "naive"}}, "estimate"),
+        ({"options": [1]}, "must be an object"),
+    ],
+)
+def test_options_are_checked_against_the_tier(extra, match):
+    with pytest.raises(ParameterError, match=match):
+        SweepSpec.from_dict({"tokens": TOKENS, **extra})
+
+
+def test_an_ablation_spec_cannot_become_a_patch_sweep_through_options():
+    d = SweepSpec(tokens=TOKENS, mode="zero").to_dict()
+    d["options"] = {"source": CORRUPT}  # before: run as a patch sweep from CORRUPT, silently
+    with pytest.raises(ParameterError, match="source"):
+        SweepSpec.from_dict(d)

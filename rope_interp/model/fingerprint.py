@@ -5,7 +5,7 @@
 * ``name`` — the config's ``model_name``;
 * ``config`` — sha256 over the config fields that change what a forward computes
   (:data:`CONFIG_FIELDS`, those the config has), as sorted JSON;
-* ``weights`` — sha256 over every parameter's name, shape, dtype and a fixed sample of its values:
+* ``weights`` — sha256 over every parameter's name, shape and a fixed sample of its values:
   the first and last :data:`SAMPLE` elements and :data:`SAMPLE` evenly strided ones of the flattened
   tensor, cast to float32. Every parameter is touched, so a different checkpoint (or a fine-tune
   that moved any sampled entry) differs; an edit to an unsampled entry alone is not seen. Cost on
@@ -13,7 +13,8 @@
 * ``dtype`` — the parameters' dtype;
 * ``transformer_lens`` / ``transformers`` — the installed versions (a mismatch is only warned about).
 
-:func:`compare` names the first field that differs.
+:func:`compare` names the first field that differs (name, config, dtype, weights: a model in another
+dtype is reported as such, though its rounded weights differ too).
 
 >>> from rope_interp.model.testing import tiny_model
 >>> a, b = fingerprint(tiny_model()), fingerprint(tiny_model())
@@ -64,7 +65,7 @@ CONFIG_FIELDS = (
 )
 """Config fields hashed into ``config`` (missing ones are skipped)."""
 
-FIELDS = ("name", "config", "weights", "dtype")
+FIELDS = ("name", "config", "dtype", "weights")
 """The fields a replay must match; versions are compared separately (warned, not refused)."""
 
 
@@ -108,7 +109,7 @@ def fingerprint(model: Model) -> dict[str, Any]:
     dtypes = set()
     for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
         dtypes.add(str(p.dtype).removeprefix("torch."))
-        h.update(f"{name}:{tuple(p.shape)}:{p.dtype};".encode())
+        h.update(f"{name}:{tuple(p.shape)};".encode())  # the dtype is its own field
         if p.device.type != "meta":
             h.update(_sample(p).numpy().tobytes())
     return {

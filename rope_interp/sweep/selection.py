@@ -86,6 +86,16 @@ class Selection:
         if unknown:
             raise TypeError(f"{where}() got an unexpected keyword argument {unknown[0]!r}")
         s: dict[str, Any] = {k: selection.get(k) for k in SelectionArgs.__annotations__}
+        for k in ("layers", "heads", "bands", "positions"):
+            try:
+                empty = s[k] is not None and not isinstance(s[k], (str, bytes)) and len(s[k]) == 0
+            except TypeError:  # an int or a 0-d tensor: one index, checked with the others later
+                empty = False
+            if empty:
+                raise ParameterError(
+                    f"{where}: {k}= is empty, an empty grid would return no numbers; pass at least one "
+                    f"index, or None for all"
+                )
         tokens = adapter.to_tokens(model, tokens)
         spec = RotaryBands.from_model(model)
         dims = grid_dims(per)
