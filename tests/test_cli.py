@@ -36,7 +36,14 @@ def test_shared_options_on_every_subcommand():
     sub = next(a for a in parser._actions if a.dest == "command")
     for name, p in sub.choices.items():
         opts = {o for a in p._actions for o in a.option_strings}
-        assert {"--model", "--text", "--device", "--dtype", "--out"} <= opts, name
+        shared = {"--model", "--text", "--max-tokens", "--device", "--dtype", "--out", "--no-progress"}
+        assert shared | {"--traceback"} <= opts, name
+
+
+def test_summary_and_bands_accept_no_progress():
+    # issue 22 item 15: `summary --no-progress` was an argparse error
+    for name in ("summary", "bands", "report", "sweep"):
+        assert build_parser().parse_args([name, "--no-progress"]).no_progress is True
 
 
 def test_errors_are_one_line(capsys, tmp_path):
@@ -249,3 +256,105 @@ def test_analysis_command_writes_tables_figure_and_summary(tmp_path, monkeypatch
     assert "finite" in capsys.readouterr().err and not (tmp_path / "x").exists()
     assert main(["heads", "--layers", "0", "0", "--out", str(tmp_path / "x")]) == 1
     assert "more than once" in capsys.readouterr().err
+
+
+# ---- raw errors before the model loads (issue 22, items 4 and 8) -------------------------------------------
+@pytest.fixture
+def no_model(monkeypatch):
+    """The model must not be loaded: a call that would load it fails the test."""
+    import rope_interp.model.load as models
+
+    def boom(*a, **k):
+        raise AssertionError("the model was loaded before a bad option was refused")
+
+    monkeypatch.setattr(models, "load_model", boom)
+
+
+def _one_line_error(capsys, argv, match):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.count("\n") == 0 and "Traceback" not in err, err
+    assert match in err, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("cmd", "opt"),
+    [("summary", "--layers"), ("usage", "--layers"), ("report", "--layers"), ("report", "--spectra-layers"),
+     ("sweep", "--layers"), ("sweep", "--bands"), ("patch", "--bands")],
+)  # fmt: skip
+def test_empty_selection_is_refused_before_the_model_loads(no_model, capsys, tmp_path, cmd, opt):
+    # before: sweep --bands (nothing) ran the sweep and died in a RuntimeError
+    _one_line_error(capsys, [cmd, opt, "--out", str(tmp_path / "o")], f"{opt} was given without any value")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "mps", "gpu"])
+def test_unavailable_device_is_a_one_line_error(no_model, capsys, monkeypatch, device):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU build, wherever this runs
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    _one_line_error(capsys, ["bands", "--device", device], "--device")
+
+
+def test_load_model_refuses_an_unavailable_device_before_loading(monkeypatch):
+    import torch
+
+    from rope_interp.errors import ParameterError
+    from rope_interp.model.load import load_model
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ParameterError, match="no usable CUDA"):
+        load_model("/nonexistent/model.gguf", device="cuda")  # refused before the path is even looked at
+
+
+def test_binary_text_file_is_a_one_line_error_naming_the_file(no_model, capsys, tmp_path):
+    binary = tmp_path / "weights.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    err = _one_line_error(capsys, ["summary", "--text", str(binary)], "is not UTF-8 text")
+    assert str(binary) in err
+    nul = tmp_path / "nul.txt"
+    nul.write_bytes(b"abc\x00def")
+    _one_line_error(capsys, ["summary", "--text", str(nul)], "NUL bytes")
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--layers", "0"], ["--bands", "1"], ["--method", "exact"], ["--mode", "zero"], ["--per", "layer-band"],
+     ["--delta", "3"], ["--text", "corpus"], ["--max-tokens", "5"]],
+)  # fmt: skip
+def test_spec_with_selection_flags_is_refused(no_model, capsys, tmp_path, flags):
+    spec = tmp_path / "s.spec.json"
+    spec.write_text('{"spec": "SweepSpec", "version": 1, "tokens": [[1, 2, 3]]}')
+    # even a flag equal to its default: it would have been ignored silently
+    _one_line_error(capsys, ["sweep", "--spec", str(spec), *flags], "--spec says what to run")
+
+
+def test_bad_spec_fields_are_refused_before_the_model_loads(no_model, capsys, tmp_path):
+    spec = tmp_path / "s.spec.json"
+    for body, match in (
+        ('{"tokens": [[1, 2], [3]]}', "rows of one non-zero length"),
+        ('{"tokens": [[1, 2]], "options": {"source": [[1, 2]]}}', "not options of method"),
+        ('{"tokens": [[1, 2]], "params": [1]}', "params"),
+        ('{"tokens": [[1, -2]]}', "token id >= 0"),
+    ):
+        spec.write_text(body)
+        _one_line_error(capsys, ["sweep", "--spec", str(spec)], match)
+
+
+def test_cli_spec_replay_on_another_model_is_refused(monkeypatch, capsys, tmp_path):
+    import torch
+
+    from rope_interp import cli
+    from rope_interp.model.testing import tiny_layout_model
+
+    models = {"a": tiny_layout_model("gqa"), "b": tiny_layout_model("gptj")}
+    monkeypatch.setattr(cli.common, "load_from_args", lambda args: models[args.model])
+    monkeypatch.setattr(cli.common, "tokens_from_args", lambda m, args: torch.tensor([[3, 1, 4, 1, 5, 9]]))
+    out = tmp_path / "a"
+    assert main(["sweep", "--model", "a", "--bands", "0", "--no-progress", "--out", str(out)]) == 0
+    spec = str(out / "sweep.spec.json")
+    _one_line_error(capsys, ["sweep", "--model", "b", "--spec", spec, "--out", str(tmp_path / "b")], "config")
+    assert not (tmp_path / "b").exists()
+    assert main(["sweep", "--model", "a", "--spec", spec, "--out", str(tmp_path / "c"), "--no-progress"]) == 0
