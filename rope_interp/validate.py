@@ -214,10 +214,10 @@ def device(value: Any) -> torch.device:
 
     >>> device("cpu")
     device(type='cpu')
-    >>> device("gpu")
+    >>> device("tpu")
     Traceback (most recent call last):
     ...
-    rope_interp.errors.ParameterError: device 'gpu' is not a torch device (expected cpu, cuda, cuda:N or mps)
+    rope_interp.errors.ParameterError: device 'tpu' is not a torch device (expected cpu, cuda, cuda:N or mps)
     """
     if value is None:
         return torch.device("cpu")

@@ -289,7 +289,7 @@ def test_empty_selection_is_refused_before_the_model_loads(no_model, capsys, tmp
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("device", ["cuda", "cuda:0", "mps", "gpu"])
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "mps", "tpu"])
 def test_unavailable_device_is_a_one_line_error(no_model, capsys, monkeypatch, device):
     import torch
 

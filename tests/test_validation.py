@@ -619,8 +619,9 @@ def test_composing_different_models_is_an_error(model):
 
 # ---- the CLI: every subcommand, every bad option value it has --------------------------------------------
 CLI_BAD: dict[str, list[list[str]]] = {
-    "--layers": [["99"], ["-99"], ["0", "0"], ["1.5"]],
-    "--bands": [["99"], ["1", "1"], ["x"]],
+    "--layers": [["99"], ["-99"], ["0", "0"], ["1.5"], []],  # []: the bare flag, an empty selection
+    "--bands": [["99"], ["1", "1"], ["x"], []],
+    "--device": [["tpu"], ["cuda:x"]],
     "--layer": [["99"], ["-99"]],
     "--max-tokens": [["-5"], ["0"]],
     "--window": [["0"], ["-3"]],
@@ -634,7 +635,7 @@ CLI_BAD: dict[str, list[list[str]]] = {
     "--n-control": [["-1"]],
     "--ablate-k": [["-1"]],
     "--causal-windows": [["-1"]],
-    "--spectra-layers": [["99"]],
+    "--spectra-layers": [["99"], []],
 }
 CLI_OWNED: dict[str, str] = {}  # every area fixed at merge: no known failures left
 
@@ -697,3 +698,91 @@ def test_cli_bad_option_is_a_nonzero_exit_with_one_line(cli_env, cmd, bad, tmp_p
     out = tmp_path / "out"
     written = sorted(p.name for p in out.rglob("*")) if out.exists() else []
     assert not written, f"{argv} wrote {written} before refusing a bad option (validate before any work)"
+
+
+# ---- saved specs: every field of SweepSpec.from_dict, refused before any model exists ---------------------
+_GOOD_MODEL = {"name": "m", "config": "c", "weights": "w", "dtype": "float32", "transformer_lens": "3.9.0",
+               "transformers": None}  # fmt: skip
+SPEC_FIELD_BAD: dict[str, list[Any]] = {
+    "metric": [{"name": "acc"}, "loss", {"name": "loss", "pos": 1}, {"name": "logit_diff", "answer": 1},
+               {"name": "logit_diff", "answer": 1.5, "wrong": 2}, {"name": "logit_diff", "answer": 1, "wrong": -3},
+               {"name": "logit_diff", "answer": 1, "wrong": 2, "pos": "last"}],
+    "tokens": [[], [[]], [1, 2], [[1, 2], [3]], [[1.0, 2]], [[True, 2]], [[-1, 2]], [["a"]], "1 2", {"0": [1]}],
+    "text": ["", "  ", 5, ["a"]],
+    "clean_tokens": [[], [[1, 2], [3]], [[0.5]], 7],
+    "clean_text": ["", 3],
+    "per": [[], ["band", "band"], ["layer", "time"], "layer", [1], None],
+    "method": ["fast", 1, None],
+    "mode": ["erase", 0],
+    "params": [[1], "delta", {"colour": 1}, {1: 2}],
+    "target": ["v", 1],
+    "layers": [[], [1.5], [0, 0], "0", 1, [True]],
+    "heads": [[], [0.5], [1, 1]],
+    "bands": [[], ["x"], [2, 2], 2.0],
+    "positions": [[], [1.0]],
+    "options": [[], {"source": [[1, 2]]}, {"progress": True}, {"batch_size": 0}, {"max_batch_tokens": 1.5},
+                {"layers": [0]}],
+    "model": ["smollm2", {"name": "m"}, {**_GOOD_MODEL, "extra": 1}, {**_GOOD_MODEL, "weights": 5},
+              {**_GOOD_MODEL, "transformers": 4}],
+}  # fmt: skip
+
+
+def _spec_cases():
+    from dataclasses import fields
+
+    for f in fields(ri.SweepSpec):
+        for i, v in enumerate(SPEC_FIELD_BAD.get(f.name, [])):
+            d: dict[str, Any] = {"tokens": [[1, 2, 3]], f.name: v}
+            if f.name == "text":
+                d.pop("tokens")
+            yield pytest.param(d, id=f"{f.name}-{i}")
+    yield pytest.param({}, id="missing-tokens-and-text")
+    yield pytest.param({"tokens": [[1, 2]], "text": "a b"}, id="both-tokens-and-text")
+    yield pytest.param({"tokens": [[1, 2]], "clean_tokens": [[1, 2]], "clean_text": "a"}, id="both-clean")
+    yield pytest.param({"tokens": [[1, 2]], "clean_tokens": [[1, 2]], "mode": "zero"}, id="patch-with-mode")
+    yield pytest.param({"tokens": [[1, 2]], "mode": "shift"}, id="shift-without-delta")
+    yield pytest.param({"tokens": [[1, 2]], "colour": "red"}, id="extra-key")
+    yield pytest.param([["tokens", [[1]]]], id="not-an-object")
+
+
+def test_every_spec_field_has_bad_values():
+    from dataclasses import fields
+
+    assert {f.name for f in fields(ri.SweepSpec)} == set(SPEC_FIELD_BAD), "a new field needs bad values here"
+
+
+@pytest.mark.parametrize("d", list(_spec_cases()))
+def test_bad_spec_field_is_refused_by_from_dict(d):
+    with pytest.raises(RopeInterpError):  # never TypeError/IndexError/AssertionError later, in a forward
+        ri.SweepSpec.from_dict(d)
+
+
+def test_good_spec_fields_are_accepted():
+    d = {"tokens": [[1, 2, 3]], "per": ["layer", "head", "band"], "method": "refine", "mode": "shift",
+         "params": {"delta": 2}, "target": "k", "layers": [0], "heads": [1], "bands": [0, 3],
+         "options": {"top": 2, "batch_size": None, "estimate": "attribution"}, "model": _GOOD_MODEL,
+         "metric": {"name": "logit_diff", "answer": " Paris", "wrong": 7, "pos": -1}}  # fmt: skip
+    spec = ri.SweepSpec.from_dict(d)
+    assert ri.SweepSpec.from_dict(spec.to_dict()) == spec
+
+
+# ---- empty selections in the Python sweep API, and devices ---------------------------------------------
+@pytest.mark.parametrize("method", ["naive", "exact", "attribution", "qk_attribution", "refine"])
+@pytest.mark.parametrize("axis", ["layers", "heads", "bands", "positions"])
+def test_empty_selection_is_refused_by_every_tier(model, method, axis):
+    per = {"heads": ("layer", "head", "band"), "positions": ("layer", "band", "pos")}.get(axis, ("layer", "band"))
+    from rope_interp.sweep.metrics import loss_metric
+
+    # before: layers=[] returned a [0, n_bands] grid, heads=[] died in torch.meshgrid
+    with pytest.raises(ParameterError, match=f"{axis}= is empty"):
+        ri.run_sweep(model, TOKS, loss_metric(TOKS), per, method, progress=False, **{axis: []})
+
+
+@pytest.mark.parametrize("bad", ["tpu", "cuda:x", 3, "cuda", "cuda:7", "mps"])
+def test_bad_device_is_refused(monkeypatch, bad):
+    from rope_interp.validate import device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ParameterError):
+        device(bad)
