@@ -231,7 +231,9 @@ def device(value: Any) -> torch.device:
                 f"device {value!r} is not a torch device (expected cpu, cuda, cuda:N or mps)"
             ) from None
     else:
-        raise ParameterError(f"device must be a string or torch.device, got {value!r} ({type(value).__name__})")
+        raise ParameterError(
+            f"device must be a string or torch.device, got {value!r} ({type(value).__name__})"
+        )
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ParameterError(

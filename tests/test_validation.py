@@ -770,7 +770,9 @@ def test_good_spec_fields_are_accepted():
 @pytest.mark.parametrize("method", ["naive", "exact", "attribution", "qk_attribution", "refine"])
 @pytest.mark.parametrize("axis", ["layers", "heads", "bands", "positions"])
 def test_empty_selection_is_refused_by_every_tier(model, method, axis):
-    per = {"heads": ("layer", "head", "band"), "positions": ("layer", "band", "pos")}.get(axis, ("layer", "band"))
+    per = {"heads": ("layer", "head", "band"), "positions": ("layer", "band", "pos")}.get(
+        axis, ("layer", "band")
+    )
     from rope_interp.sweep.metrics import loss_metric
 
     # before: layers=[] returned a [0, n_bands] grid, heads=[] died in torch.meshgrid

@@ -90,7 +90,7 @@ def check_common(args: argparse.Namespace) -> None:
         except RopeInterpError as err:
             raise ParameterError(f"--device: {err}") from None
     for name in ("layers", "bands", "spectra_layers", "sections"):
-        if getattr(args, name, None) == []:  # nargs="*" given bare: an empty selection, refused before any work
+        if getattr(args, name, None) == []:  # nargs="*" given bare: refused before any work
             flag = "--" + name.replace("_", "-")
             raise ParameterError(f"{flag} was given without any value: name at least one, or leave it out")
     if getattr(args, "text", None) is not None:

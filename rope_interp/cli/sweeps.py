@@ -55,7 +55,9 @@ def _selection_options(p: argparse.ArgumentParser) -> None:
         "top cells exact (default: exact)",
     )
     p.add_argument("--batch-size", type=int, default=None, help="conditions per forward (exact, refine)")
-    p.add_argument("--refine-top", type=int, default=None, help="cells the refine tier makes exact (default: 20)")
+    p.add_argument(
+        "--refine-top", type=int, default=None, help="cells the refine tier makes exact (default: 20)"
+    )
     p.add_argument("--top", type=int, default=10, help="print this many strongest conditions")
 
 
@@ -83,9 +85,7 @@ class SweepCommand(Command):
             "Intervene on one RoPE band at a time (per layer, optionally per head / position) and measure the "
             "change of next-token loss on the text. Writes sweep.csv, sweep.png and sweep.spec.json.",
         )
-        p.add_argument(
-            "--mode", choices=MODES, default=None, help="what each cell gets (default: zero)"
-        )
+        p.add_argument("--mode", choices=MODES, default=None, help="what each cell gets (default: zero)")
         p.add_argument("--delta", type=float, default=None, help="shift: positions")
         p.add_argument("--phase", type=float, default=None, help="shift: radians")
         p.add_argument(
@@ -139,9 +139,7 @@ def _check_args(args: argparse.Namespace) -> None:
     from ..validate import finite, positive_int
 
     if args.spec is not None:
-        given = [
-            "--" + k.replace("_", "-") for k in SELECTION if getattr(args, k, None) not in (None, False)
-        ]
+        given = ["--" + k.replace("_", "-") for k in SELECTION if getattr(args, k, None) not in (None, False)]
         if given:
             raise ParameterError(
                 f"--spec says what to run; {', '.join(given)} cannot change it: leave them out, or drop --spec "

@@ -9,8 +9,15 @@ carries it in ``result.extra["spec"]``, the CLI writes it beside its CSV
 * :class:`SweepSpec` — the input tokens, the metric, the grid, the mode or patch source and the
   tier (``.run(model)``).
 
-Both have ``to_dict`` / ``from_dict`` and ``to_json`` / ``from_json``; ``from_dict`` refuses
-unknown keys, modes, targets, tiers and axes with a :class:`~rope_interp.errors.ParameterError`.
+Both have ``to_dict`` / ``from_dict`` and ``to_json`` / ``from_json``; ``from_dict`` validates every
+field (types, shapes, unknown keys, modes, targets, tiers, axes, the tier's ``options``, the ``model``
+record) with a :class:`~rope_interp.errors.ParameterError` before any model is needed.
+
+A :class:`SweepSpec` run records its model (``model``: name, config and weight hashes, dtype, library
+versions; :mod:`rope_interp.model.fingerprint`); replaying it on a model that differs in any of the first
+four raises :class:`~rope_interp.errors.ModelMismatchError` naming the field, other library versions only
+warn. The format stays ``version: 1``: a spec without a ``model`` record (written before it existed)
+still reads, and :meth:`SweepSpec.from_file` warns that its replay is unchecked.
 A ``mean`` reference (a tensor or BandStats) cannot be serialised and is refused.
 
 >>> spec = InterventionSpec(mode="shift", bands=[3], layers=[1], params={"delta": 5})
@@ -131,7 +138,9 @@ def _options(method: str, opts: Any) -> dict[str, Any]:
         if k in opts:
             positive_int(f"spec option {k!r}", opts[k])
     if "estimate" in opts and opts["estimate"] not in ("attribution", "qk_attribution"):
-        raise ParameterError(f"spec option 'estimate' must be 'attribution' or 'qk_attribution', got {opts['estimate']!r}")
+        raise ParameterError(
+            f"spec option 'estimate' must be 'attribution' or 'qk_attribution', got {opts['estimate']!r}"
+        )
     return dict(opts)
 
 
@@ -143,7 +152,9 @@ def _model_record(v: Any) -> dict[str, Any] | None:
     if v is None:
         return None
     if not isinstance(v, dict) or set(v) != set(MODEL_KEYS):
-        raise ParameterError(f"spec field 'model' must be an object with exactly the keys {list(MODEL_KEYS)}, got {v!r}")
+        raise ParameterError(
+            f"spec field 'model' must be an object with exactly the keys {list(MODEL_KEYS)}, got {v!r}"
+        )
     for k in ("name", "config", "weights", "dtype"):
         if not isinstance(v[k], str):
             raise ParameterError(f"spec field 'model.{k}' must be a string, got {v[k]!r}")
@@ -247,6 +258,9 @@ class InterventionSpec(_JsonSpec):
             check_target(d["target"])
         for k in ("bands", "layers", "heads", "kv_heads"):
             d[k] = _ints(k, d.get(k))
+        params = d.get("params", {})
+        if not isinstance(params, dict) or any(not isinstance(k, str) for k in params):
+            raise ParameterError(f"spec field 'params' must be an object of named parameters, got {params!r}")
         return cls(**d)
 
     def build(self, model: Model):
