@@ -4,7 +4,7 @@ Subcommands are :class:`~rope_interp.cli.commands.Command` objects (:func:`all_c
 ``bands``, ``summary``, one per registered analysis (:mod:`rope_interp.analyses.registry`;
 an analysis registered at run time gets its command too), ``report``, and ``sweep`` /
 ``patch`` from :mod:`rope_interp.cli.sweeps`. Shared options (``--model``, ``--text``,
-``--max-tokens``, ``--device``, ``--dtype``, ``--out``) live in
+``--max-tokens``, ``--device``, ``--dtype``, ``--out``, ``--no-progress``, ``--traceback``) live in
 :func:`~rope_interp.cli.common.common_parser` and are validated before any work.
 Files go to a staging folder moved into ``--out`` only when the command succeeds
 (:mod:`rope_interp.view.output`). Errors print one line, not a traceback

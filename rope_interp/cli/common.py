@@ -2,7 +2,7 @@
 
 Options are validated by argparse types (a bad ``--max-tokens`` or ``--window`` stops
 the run before anything is loaded) and by :func:`check_common` before any
-computation. Text is never truncated silently: ``--max-tokens`` cuts it with a note
+computation (a device this torch lacks, a text file that is not UTF-8 text, a bare ``--layers``). Text is never truncated silently: ``--max-tokens`` cuts it with a note
 on stderr, and commands that need the whole text in one forward (``sweep``) get the
 first ``n_ctx`` tokens with a warning saying how to choose.
 """
