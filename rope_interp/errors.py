@@ -62,5 +62,5 @@ class UselessInterventionError(RopeInterpError):
     """An intervention that provably changes nothing (e.g. the same shift on q and k)."""
 
 
-class ModelMismatchError(RopeInterpError):
+class ReplayMismatchError(RopeInterpError):
     """A saved spec replayed on a model other than the one it records (name, config, weights or dtype)."""

@@ -196,11 +196,11 @@ def test_a_result_spec_records_the_model_and_replays_on_it():
     ],
 )
 def test_replay_on_another_model_is_refused_naming_the_field(other, field):
-    from rope_interp.errors import ModelMismatchError
+    from rope_interp.errors import ReplayMismatchError
 
     model = tiny_layout_model("gqa")
     spec = SweepSpec.from_dict(_recorded(model))
-    with pytest.raises(ModelMismatchError, match=f"differs in its {field}"):
+    with pytest.raises(ReplayMismatchError, match=f"differs in its {field}"):
         spec.run(other(model))
 
 

@@ -15,7 +15,7 @@ record) with a :class:`~rope_interp.errors.ParameterError` before any model is n
 
 A :class:`SweepSpec` run records its model (``model``: name, config and weight hashes, dtype, library
 versions; :mod:`rope_interp.model.fingerprint`); replaying it on a model that differs in any of the first
-four raises :class:`~rope_interp.errors.ModelMismatchError` naming the field, other library versions only
+four raises :class:`~rope_interp.errors.ReplayMismatchError` naming the field, other library versions only
 warn. The format stays ``version: 1``: a spec without a ``model`` record (written before it existed)
 still reads, and :meth:`SweepSpec.from_file` warns that its replay is unchecked.
 A ``mean`` reference (a tensor or BandStats) cannot be serialised and is refused.
@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelMismatchError, ParameterError, TokenError
+from ..errors import ParameterError, ReplayMismatchError, TokenError
 from ..intervene.modes import METHODS, MODES, Method, Mode, Target, check_target, json_params
 from ..model.kind import Model
 from ..validate import positive_int, token_id
@@ -167,7 +167,7 @@ def _model_record(v: Any) -> dict[str, Any] | None:
 def check_model(record: dict[str, Any] | None, model: Model) -> dict[str, Any]:
     """``model``'s fingerprint, after checking it matches ``record`` (a spec's ``model`` field).
 
-    A different name, config, weights or dtype raises :class:`~rope_interp.errors.ModelMismatchError`
+    A different name, config, weights or dtype raises :class:`~rope_interp.errors.ReplayMismatchError`
     naming the field; different TransformerLens / transformers versions only warn. ``record=None``
     (a spec that records no model) checks nothing.
     """
@@ -180,7 +180,7 @@ def check_model(record: dict[str, Any] | None, model: Model) -> dict[str, Any]:
         return actual
     differs = compare(record, actual)
     if differs is not None:
-        raise ModelMismatchError(
+        raise ReplayMismatchError(
             f"this spec was made on model {record['name']!r} and this model differs in its {differs} "
             f"(recorded {record[differs]!r}, this model {actual[differs]!r}); load the model the spec "
             "records (rope-interp: --model NAME, --dtype) to replay it"
