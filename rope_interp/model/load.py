@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
+from torch import Tensor
 
 from ..errors import ModelNotAvailableError, NotRotaryError
 from .kind import Model
@@ -373,6 +374,123 @@ def _hooked_from_hf(hf_model: Any, tokenizer: Any, device: torch.device, dtype: 
     return _quiet_to(model, device)
 
 
+# ---- the load-time check: a loaded model is the network of its source, or an error --------------------
+class ModelMismatchError(ModelNotAvailableError):
+    """A converted model that would compute something other than its source checkpoint."""
+
+
+_PROBE = 8  # tokens of the load-time probe
+_FIX_BRIDGE = (
+    "TransformerLens' HookedTransformer conversion does not reproduce it (it drops some rope scalings); "
+    "load it with load_model(..., bridge=True), which runs transformers' own modules"
+)
+_FIX_NONE = "no model class of this TransformerLens reproduces it; rope_interp cannot load it exactly"
+
+
+def source_rotary(hf: Any) -> tuple[Tensor, Tensor, list[float | None]]:
+    """Per-layer rotary facts of an HF model, from its own modules: ``(freqs, amplitude, scale)``.
+
+    ``freqs``/``amplitude``: float64 ``[n_layers, n_bands]`` (radians per token at position 1 and the
+    table's value at position 0) from the model's rotary module (called with each layer's
+    ``layer_type``; GPT-J: its ``embed_positions`` table); a NoPE layer (``no_rope_layers[i] == 0``)
+    has frequencies 0. ``scale``: each layer's divisor of ``q·k`` (None where the attention module
+    does not say).
+    """
+    import inspect
+
+    cfg = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
+    attns = [m for m in hf.modules() if type(m).__name__.endswith("Attention")]
+    rot = next((m for m in hf.modules() if type(m).__name__.endswith("RotaryEmbedding")), None)
+    n_layers = int(getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", len(attns)))
+    nope = getattr(cfg, "no_rope_layers", None)
+    types = getattr(cfg, "layer_types", None)
+    freqs, amps, scales = [], [], []
+    for layer in range(n_layers):
+        attn = attns[layer] if len(attns) == n_layers else None
+        if rot is not None:
+            kwargs = {}
+            if types is not None and "layer_type" in inspect.signature(rot.forward).parameters:
+                kwargs["layer_type"] = types[layer]
+            with torch.no_grad():
+                cos, sin = rot(torch.zeros(1, 1, 1, dtype=torch.float64), torch.arange(2)[None], **kwargs)
+            cos, sin = cos.reshape(2, -1).double(), sin.reshape(2, -1).double()
+            half = cos.shape[-1] // 2
+            cos, sin = cos[:, :half], sin[:, :half]
+        elif attn is not None and hasattr(attn, "embed_positions"):  # GPT-J: cat(sin, cos), un-duplicated
+            table = attn.embed_positions[:2].double()
+            half = table.shape[-1] // 2
+            sin, cos = table[:, :half], table[:, half:]
+        else:
+            raise ModelMismatchError(
+                f"found no rotary module in this {type(hf).__name__}: rope_interp cannot check what it loaded"
+            )
+        f = torch.atan2(sin[1], cos[1])
+        if nope is not None and not nope[layer]:
+            f = torch.zeros_like(f)
+        freqs.append(f)
+        amps.append(cos[0])
+        scaling = getattr(attn, "scaling", None)
+        if scaling is not None:
+            scales.append(1.0 / float(scaling))
+        elif attn is not None and getattr(attn, "scale_attn", None) is not None:
+            scales.append(float(attn.scale_attn))
+        else:
+            scales.append(None)
+    return torch.stack(freqs), torch.stack(amps), scales
+
+
+def check_against_source(model: Model, hf: Any, where: str, *, fix: str) -> None:
+    """Raise :class:`ModelMismatchError` unless ``model`` computes what its HF source ``hf`` computes.
+
+    Compared on a probe of 8 tokens: each layer's rotary frequencies and amplitudes as rope_interp reads
+    them (:class:`~rope_interp.model.layout.RotaryBands`) against the source's own rotary module
+    (relative 1e-5), each layer's ``q·k`` divisor (relative 1e-6), and the logits (relative to the
+    largest logit: 1e-4 in float32/float64, 2e-2 in half precision). ``fix`` is what the message offers.
+    """
+    from . import adapter
+    from .layout import RotaryBands
+
+    what = getattr(getattr(hf, "config", None), "model_type", "?")
+    rope = getattr(hf.config, "rope_parameters", None) or getattr(hf.config, "rope_scaling", None) or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+    head = f"{where}: the loaded model is not the {what!r} checkpoint's network (rope_type {rope_type!r})"
+    freqs, amps, scales = source_rotary(hf)
+    rb = RotaryBands.from_model(model)
+    if rb.freqs.shape != freqs.shape:
+        raise ModelMismatchError(
+            f"{head}: {tuple(rb.freqs.shape)} (layers, bands) read, the source has {tuple(freqs.shape)}; {fix}"
+        )
+    for name, ours, theirs in (("rotary frequencies", rb.freqs, freqs), ("table amplitudes", rb.amplitude, amps)):
+        err = (ours - theirs).abs() / theirs.abs().clamp_min(1e-30)
+        err = torch.where(theirs == 0, (ours - theirs).abs(), err)
+        if err.max() > 1e-5:
+            layer, band = divmod(int(err.argmax()), err.shape[1])
+            raise ModelMismatchError(
+                f"{head}: its {name} differ (layer {layer} band {band}: {ours[layer, band].item():.6g}, the "
+                f"source's own rotary module gives {theirs[layer, band].item():.6g}); {fix}"
+            )
+    for layer, s in enumerate(scales):
+        if s is not None and abs(rb.attn_scale[layer].item() - s) > 1e-6 * s:
+            raise ModelMismatchError(
+                f"{head}: layer {layer} divides q·k by {rb.attn_scale[layer].item():.6g}, the source by {s:.6g}; {fix}"
+            )
+    cfg = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
+    vocab = int(cfg.vocab_size)
+    dev = next(hf.parameters()).device
+    tokens = (torch.arange(_PROBE) * 7 + 1).remainder(vocab)[None].to(dev)
+    with torch.no_grad():
+        ref = hf(tokens).logits.float().cpu()
+        ours = model(tokens.to(adapter.device(model))).float().cpu()
+    dtype = next(model.parameters()).dtype
+    tol = 1e-4 if dtype in (torch.float32, torch.float64) else 2e-2
+    rel = ((ours - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+    if not rel <= tol:
+        raise ModelMismatchError(
+            f"{head}: its logits differ from transformers' by {rel:.2g} of the largest logit on an "
+            f"{_PROBE}-token probe (tolerance {tol:g}); {fix}"
+        )
+
+
 def load_hf_from_gguf(path: Path, dtype: torch.dtype = torch.float32):
     """(transformers model, tokenizer) dequantized from a GGUF file (needs the ``gguf`` package)."""
     if importlib.util.find_spec("gguf") is None:
@@ -408,6 +526,7 @@ def _load_gguf(path: Path, device: torch.device, dtype: torch.dtype, cache: bool
         )
     model = _hooked_from_hf(hf, tok, device, dtype, str(path))
     model.cfg.model_name = label
+    check_against_source(model, hf, str(path), fix=_FIX_BRIDGE)  # a cached model passed it when built
     if cache:
         try:
             save_cached(model, folder, tokenizer=tok, source=key)
@@ -620,18 +739,23 @@ def load_cached(
     return _quiet_to(model, device)
 
 
+def _has_tokenizer_files(path: Path) -> bool:
+    return any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+
+
 def _load_hf_dir(path: Path, device: torch.device, dtype: torch.dtype):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     check_hf_rotary(AutoConfig.from_pretrained(str(path)), str(path))  # before loading any weights
     hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
     tok = None
-    if any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+    if _has_tokenizer_files(path):
         tok = AutoTokenizer.from_pretrained(str(path))
     else:
         log.warning("%s has no tokenizer files: the model will take token ids only", path)
     model = _hooked_from_hf(hf, tok, device, dtype, str(path))
     model.cfg.model_name = path.name
+    check_against_source(model, hf, str(path), fix=_FIX_BRIDGE)
     return model
 
 
@@ -649,8 +773,17 @@ def _load_bridge(name: str, device: torch.device, dtype: torch.dtype, cache: boo
 
         path = Path(source.where)
         check_hf_rotary(AutoConfig.from_pretrained(str(path)), str(path))
+        if not _has_tokenizer_files(path):
+            raise ModelNotAvailableError(
+                f"{path} has no tokenizer files (tokenizer.json, tokenizer_config.json or tokenizer.model), and a "
+                "TransformerBridge needs a tokenizer; save the checkpoint's tokenizer into the directory "
+                "(tokenizer.save_pretrained(path)), or load it as a HookedTransformer (load_model(path), "
+                "token ids only)"
+            )
         hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
-        return boot(hf, AutoTokenizer.from_pretrained(str(path)), source.label, device=device, dtype=dtype)
+        model = boot(hf, AutoTokenizer.from_pretrained(str(path)), source.label, device=device, dtype=dtype)
+        check_against_source(model, hf, str(path), fix=_FIX_NONE)
+        return model
     from transformer_lens.model_bridge import TransformerBridge
 
     return TransformerBridge.boot_transformers(name, device=device, dtype=dtype, **boot_kwargs).eval()
