@@ -460,7 +460,10 @@ def check_against_source(model: Model, hf: Any, where: str, *, fix: str) -> None
         raise ModelMismatchError(
             f"{head}: {tuple(rb.freqs.shape)} (layers, bands) read, the source has {tuple(freqs.shape)}; {fix}"
         )
-    for name, ours, theirs in (("rotary frequencies", rb.freqs, freqs), ("table amplitudes", rb.amplitude, amps)):
+    for name, ours, theirs in (
+        ("rotary frequencies", rb.freqs, freqs),
+        ("table amplitudes", rb.amplitude, amps),
+    ):
         err = (ours - theirs).abs() / theirs.abs().clamp_min(1e-30)
         err = torch.where(theirs == 0, (ours - theirs).abs(), err)
         if err.max() > 1e-5:

@@ -274,7 +274,10 @@ HF_FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
     "gptj": ("GPTJConfig", dict(rotary_dim=4)),
     "codegen": ("CodeGenConfig", dict(rotary_dim=4)),
     "stablelm": ("StableLmConfig", dict(num_key_value_heads=2, partial_rotary_factor=0.5)),
-    "smollm3": ("SmolLM3Config", dict(num_key_value_heads=2, pad_token_id=0, no_rope_layers=[1, 0])),  # layer 1: NoPE
+    "smollm3": (
+        "SmolLM3Config",
+        dict(num_key_value_heads=2, pad_token_id=0, no_rope_layers=[1, 0]),
+    ),  # layer 1: NoPE
 }
 
 
