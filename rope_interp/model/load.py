@@ -494,6 +494,96 @@ def check_against_source(model: Model, hf: Any, where: str, *, fix: str) -> None
         )
 
 
+_GGUF_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
+
+
+def gguf_metadata(path: Path, keys: tuple[str, ...] = ("general.architecture",)) -> dict[str, Any]:
+    """The scalar metadata of a GGUF file's header whose key is in ``keys`` or contains ``.rope.``.
+
+    Reads the key/value section only (not the tensor infos, unlike ``gguf.GGUFReader``, which takes
+    seconds on a 100 MB file); raises :class:`ModelMismatchError` for a file that is no GGUF.
+    """
+    import struct
+
+    def read(f: Any, fmt: str) -> Any:
+        size = struct.calcsize(fmt)
+        raw = f.read(size)
+        if len(raw) != size:
+            raise EOFError
+        return struct.unpack(fmt, raw)[0]
+
+    def value(f: Any, kind: int) -> Any:
+        if kind in _GGUF_SCALARS:
+            return read(f, _GGUF_SCALARS[kind])
+        if kind == 8:
+            return f.read(read(f, "<Q")).decode("utf-8", "replace")
+        if kind == 9:
+            item, count = read(f, "<I"), read(f, "<Q")
+            if item in _GGUF_SCALARS:  # skip a numeric array
+                f.seek(count * struct.calcsize(_GGUF_SCALARS[item]), 1)
+            else:
+                for _ in range(count):
+                    value(f, item)
+            return None
+        raise ValueError(f"unknown GGUF value type {kind}")
+
+    out: dict[str, Any] = {}
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise ValueError("no GGUF magic")
+            read(f, "<I")  # version
+            read(f, "<Q")  # tensor count
+            for _ in range(read(f, "<Q")):
+                key = f.read(read(f, "<Q")).decode("utf-8", "replace")
+                v = value(f, read(f, "<I"))
+                if key in keys or ".rope." in key:
+                    out[key] = v
+    except (OSError, EOFError, ValueError, struct.error) as err:
+        raise ModelMismatchError(
+            f"cannot read the GGUF header of {path} ({type(err).__name__}: {err})"
+        ) from err
+    return out
+
+
+def check_against_gguf(model: Model, path: Path) -> None:
+    """Raise :class:`ModelMismatchError` unless ``model``'s band frequencies are those its GGUF header says.
+
+    For a cached model (built and checked against transformers when first converted): the frequencies
+    rope_interp reads from every layer must be ``freq_base ** (-2i / dimension_count)`` (relative 1e-6),
+    with no rope scaling in the header. Costs one header read.
+    """
+    from .layout import RotaryBands
+
+    meta = gguf_metadata(path)
+    arch = meta.get("general.architecture", "?")
+    base, dim = meta.get(f"{arch}.rope.freq_base", 10000.0), meta.get(f"{arch}.rope.dimension_count")
+    scaling = meta.get(f"{arch}.rope.scaling.type", "none")
+    rb = RotaryBands.from_model(model)
+    head = f"the cached model of {path} does not match the file's header"
+    if scaling not in ("none", None):
+        raise ModelMismatchError(f"{head}: it has rope scaling {scaling!r}; {_FIX_BRIDGE}")
+    dim = int(dim or rb.rotary_dim)
+    want = float(base) ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    if want.shape[0] != rb.n_bands or ((rb.freqs - want).abs() / want).max() > 1e-6:
+        raise ModelMismatchError(
+            f"{head}: band frequencies {rb.freqs[0, :3].tolist()}..., the header says rope base {base} over "
+            f"{dim} dims ({want[:3].tolist()}...); delete the cache folder to rebuild it"
+        )
+
+
 def load_hf_from_gguf(path: Path, dtype: torch.dtype = torch.float32):
     """(transformers model, tokenizer) dequantized from a GGUF file (needs the ``gguf`` package)."""
     if importlib.util.find_spec("gguf") is None:
@@ -517,9 +607,12 @@ def _load_gguf(path: Path, device: torch.device, dtype: torch.dtype, cache: bool
     folder = cache_dir() / f"{label}-{key}" / f"hooked-{str(dtype).replace('torch.', '')}"
     if cache and folder.exists():
         try:
-            return load_cached(folder, device, dtype, source=key)
+            model = load_cached(folder, device, dtype, source=key)
         except CacheError as err:
             log.warning("rebuilding the rope_interp cache %s: %s", folder, err)
+        else:
+            check_against_gguf(model, path)
+            return model
 
     hf, tok = load_hf_from_gguf(path, dtype=torch.float32)
     arch = (getattr(hf.config, "model_type", "") or "").lower()
