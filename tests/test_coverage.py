@@ -147,3 +147,24 @@ def test_readme_support_table_is_the_matrix(matrix):
     found = re.search(r"\| family \(tiny test model\).*?(?=\n\n)", text, re.S)
     table = render_table(matrix)
     assert found is not None and found.group(0) == table, "README support table is stale:\n" + table
+
+
+@pytest.mark.parametrize("damage", ["weights", "scale"])
+def test_the_load_check_sees_logits_and_scale(matrix, damage):
+    """``check_against_source`` refuses a model whose weights (logits) or ``q·k`` divisor differ from its
+    source's, even when every rotary frequency agrees."""
+    import copy
+
+    from rope_interp.model.load import check_against_source
+
+    model, hf = matrix["llama", "hooked"]
+    model = copy.deepcopy(model)
+    check_against_source(model, hf, "tiny", fix="fix")  # the loaded model passes
+    with torch.no_grad():
+        if damage == "weights":
+            model.blocks[1].mlp.W_out.mul_(1.01)
+        else:
+            model.blocks[0].attn.attn_scale = model.blocks[0].attn.attn_scale * 1.01
+    match = "logits differ" if damage == "weights" else "layer 0 divides q·k"
+    with pytest.raises(ModelMismatchError, match=match):
+        check_against_source(model, hf, "tiny", fix="fix")
