@@ -3,7 +3,8 @@
 A tiny random model of each family (built offline from its transformers config, saved to a temporary
 dir) is loaded both ways, ``load_model(dir)`` (HookedTransformer) and ``load_model(dir, bridge=True)``.
 An *exact* pair matches transformers' own forward (logits within 1e-4 of the largest logit) and its
-rotary frequencies are the source's ``inv_freq`` (relative 1e-6); every other pair raises a
+rotary frequencies are the source's ``inv_freq`` (relative 1e-6), and a band ablation equals the same
+ablation done in the family's own rotary function (1e-3); every other pair raises a
 ``RopeInterpError`` that says why. The README's support table is rendered from this matrix.
 """
 
@@ -168,3 +169,46 @@ def test_the_load_check_sees_logits_and_scale(matrix, damage):
     match = "logits differ" if damage == "weights" else "layer 0 divides q·k"
     with pytest.raises(ModelMismatchError, match=match):
         check_against_source(model, hf, "tiny", fix="fix")
+
+
+def _unrotated_source(hf, band):
+    """A copy of ``hf`` whose own rotary function leaves ``band`` unrotated: its ``inv_freq`` entry (every
+    per-layer-type buffer) set to 0, or for GPT-J its ``embed_positions`` sin column 0 and cos column 1."""
+    import copy
+
+    hf = copy.deepcopy(hf)
+    rot = next((m for m in hf.modules() if type(m).__name__.endswith("RotaryEmbedding")), None)
+    with torch.no_grad():
+        if rot is not None:
+            for name, buf in rot.named_buffers():
+                if name.endswith("inv_freq"):
+                    buf[band] = 0.0
+        else:
+            for m in hf.modules():
+                if hasattr(m, "embed_positions"):
+                    half = m.embed_positions.shape[1] // 2
+                    m.embed_positions[:, band] = 0.0
+                    m.embed_positions[:, half + band] = 1.0
+    return hf
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("family", list(HF_FAMILIES))
+def test_band_ablation_matches_the_family_rotary_function(matrix, family, cls):
+    """rope_interp's ``no_rotation`` of band 1 on every layer (q and k) equals the source model run with
+    that band's frequency set to 0 in its own rotary function: logits within 1e-3 of the largest and within
+    1% of the ablation's own effect."""
+    from rope_interp import ablate_bands
+
+    model, hf = matrix[family, cls]
+    if isinstance(model, RopeInterpError):
+        pytest.skip(f"refused: {_reason(model)}")
+    tokens = (torch.arange(40) * 5 + 3).remainder(hf.config.vocab_size)[None]
+    with torch.no_grad():
+        ref = _unrotated_source(hf, 1)(tokens).logits
+        base = hf(tokens).logits
+        with ablate_bands(model, [1], mode="no_rotation"):
+            ours = model(tokens)
+    effect, err = (base - ref).abs().max().item(), (ours - ref).abs().max().item()
+    assert effect > 1e-5 * ref.abs().max().item()  # the ablation changes the output
+    assert err <= 1e-3 * ref.abs().max().item() and err <= 1e-2 * effect
