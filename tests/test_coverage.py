@@ -202,7 +202,7 @@ def test_band_ablation_matches_the_family_rotary_function(matrix, family, cls):
 
     model, hf = matrix[family, cls]
     if isinstance(model, RopeInterpError):
-        pytest.skip(f"refused: {_reason(model)}")
+        return  # refused: test_every_pair_is_exact_or_refused checks the reason
     tokens = (torch.arange(40) * 5 + 3).remainder(hf.config.vocab_size)[None]
     with torch.no_grad():
         ref = _unrotated_source(hf, 1)(tokens).logits

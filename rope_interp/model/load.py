@@ -863,7 +863,9 @@ def _load_bridge(name: str, device: torch.device, dtype: torch.dtype, cache: boo
     source = resolve_name(name)
     if source.kind == "gguf":
         hf, tok = _hf_from_gguf_cached(Path(source.where), source.label, cache)
-        return boot(hf, tok, source.label, device=device, dtype=dtype)
+        model = boot(hf, tok, source.label, device=device, dtype=dtype)
+        check_against_source(model, hf, str(source.where), fix=_FIX_NONE)
+        return model
     if source.kind == "hf_dir":
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
