@@ -210,8 +210,52 @@ def fake_gguf(tmp_path, monkeypatch):
 
     monkeypatch.setattr(models_mod, "load_hf_from_gguf", convert)
     path = tmp_path / "tiny.gguf"
-    path.write_bytes(b"GGUF")
+    _write_gguf_header(path, {"general.architecture": "llama", "llama.rope.freq_base": 10000.0})
     return path, calls
+
+
+def _write_gguf_header(path, meta):
+    """A GGUF file holding only a header with these metadata (strings and float32s), no tensors."""
+    import struct
+
+    def text(s):
+        return struct.pack("<Q", len(s.encode())) + s.encode()
+
+    out = b"GGUF" + struct.pack("<IQQ", 3, 0, len(meta))
+    for key, value in meta.items():
+        if isinstance(value, str):
+            out += text(key) + struct.pack("<I", 8) + text(value)
+        else:
+            out += text(key) + struct.pack("<If", 6, value)
+    path.write_bytes(out)
+
+
+def test_cached_gguf_model_is_checked_against_the_header(fake_gguf):
+    """A cached HookedTransformer whose frequencies disagree with its GGUF header (rope base, or a rope
+    scaling the header declares) is refused, not returned."""
+    import json
+    import shutil
+
+    from rope_interp.model.load import ModelMismatchError, gguf_metadata
+
+    path, calls = fake_gguf
+    models_mod._load_gguf(path, torch.device("cpu"), torch.float32, True, label="tiny")
+    models_mod._load_gguf(path, torch.device("cpu"), torch.float32, True, label="tiny")  # cached: passes
+    assert len(calls) == 1 and gguf_metadata(path)["llama.rope.freq_base"] == 10000.0
+    for meta, match in (
+        ({"llama.rope.freq_base": 500000.0}, "header says rope base 500000"),
+        ({"llama.rope.freq_base": 10000.0, "llama.rope.scaling.type": "linear"}, "rope scaling 'linear'"),
+    ):
+        _write_gguf_header(path, {"general.architecture": "llama", **meta})
+        key = models_mod._file_key(path)
+        for folder in path.parent.glob("cache/tiny-*"):  # the same cache folder under the new file key
+            if folder.name != f"tiny-{key}":
+                shutil.copytree(folder, path.parent / "cache" / f"tiny-{key}", dirs_exist_ok=True)
+        manifest = path.parent / "cache" / f"tiny-{key}" / "hooked-float32" / "manifest.json"
+        m = json.loads(manifest.read_text())
+        manifest.write_text(json.dumps({**m, "source": key}))
+        with pytest.raises(ModelMismatchError, match=match):
+            models_mod._load_gguf(path, torch.device("cpu"), torch.float32, True, label="tiny")
 
 
 def _logits(model, vocab=60):

@@ -97,6 +97,14 @@ def check_rot_hooks(model: Model) -> None:
     from .compat import warn_known_breaks
 
     warn_known_breaks(bridge=True)
+    nope = getattr(hf_config(model), "no_rope_layers", None)
+    if nope is not None and not all(nope):
+        skipped = [i for i, use in enumerate(nope) if not use]
+        raise BridgeRotaryHooksError(
+            f"this {type(hf_model(model)).__name__} skips rotary embeddings on layers {skipped[:6]}"
+            f"{'...' if len(skipped) > 6 else ''} (NoPE: no_rope_layers), which rope_interp's band tables would "
+            "report as rotating; rope_interp does not support models with NoPE layers yet"
+        )
     silent = [i for i in range(len(model.blocks)) if not fires_rot_hooks(model, i)]
     if silent:
         arch = getattr(model.cfg, "architecture", None) or type(hf_attention(model, silent[0])).__name__

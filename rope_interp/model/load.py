@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
+from torch import Tensor
 
 from .. import validate
 from ..errors import ModelNotAvailableError, NotRotaryError
@@ -375,6 +376,216 @@ def _hooked_from_hf(hf_model: Any, tokenizer: Any, device: torch.device, dtype: 
     return _quiet_to(model, device)
 
 
+# ---- the load-time check: a loaded model is the network of its source, or an error --------------------
+class ModelMismatchError(ModelNotAvailableError):
+    """A converted model that would compute something other than its source checkpoint."""
+
+
+_PROBE = 8  # tokens of the load-time probe
+_FIX_BRIDGE = (
+    "TransformerLens' HookedTransformer conversion does not reproduce it (it drops some rope scalings); "
+    "load it with load_model(..., bridge=True), which runs transformers' own modules"
+)
+_FIX_NONE = "no model class of this TransformerLens reproduces it; rope_interp cannot load it exactly"
+
+
+def source_rotary(hf: Any) -> tuple[Tensor, Tensor, list[float | None]]:
+    """Per-layer rotary facts of an HF model, from its own modules: ``(freqs, amplitude, scale)``.
+
+    ``freqs``/``amplitude``: float64 ``[n_layers, n_bands]`` (radians per token at position 1 and the
+    table's value at position 0) from the model's rotary module (called with each layer's
+    ``layer_type``; GPT-J: its ``embed_positions`` table); a NoPE layer (``no_rope_layers[i] == 0``)
+    has frequencies 0. ``scale``: each layer's divisor of ``q·k`` (None where the attention module
+    does not say).
+    """
+    import inspect
+
+    cfg = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
+    attns = [m for m in hf.modules() if type(m).__name__.endswith("Attention")]
+    rot = next((m for m in hf.modules() if type(m).__name__.endswith("RotaryEmbedding")), None)
+    n_layers = int(getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", len(attns)))
+    nope = getattr(cfg, "no_rope_layers", None)
+    types = getattr(cfg, "layer_types", None)
+    freqs, amps, scales = [], [], []
+    for layer in range(n_layers):
+        attn = attns[layer] if len(attns) == n_layers else None
+        if rot is not None:
+            kwargs = {}
+            if types is not None and "layer_type" in inspect.signature(rot.forward).parameters:
+                kwargs["layer_type"] = types[layer]
+            with torch.no_grad():
+                cos, sin = rot(torch.zeros(1, 1, 1, dtype=torch.float64), torch.arange(2)[None], **kwargs)
+            cos, sin = cos.reshape(2, -1).double(), sin.reshape(2, -1).double()
+            half = cos.shape[-1] // 2
+            cos, sin = cos[:, :half], sin[:, :half]
+        elif attn is not None and hasattr(attn, "embed_positions"):  # GPT-J: cat(sin, cos), un-duplicated
+            table = attn.embed_positions[:2].double()
+            half = table.shape[-1] // 2
+            sin, cos = table[:, :half], table[:, half:]
+        else:
+            raise ModelMismatchError(
+                f"found no rotary module in this {type(hf).__name__}: rope_interp cannot check what it loaded"
+            )
+        f = torch.atan2(sin[1], cos[1])
+        if nope is not None and not nope[layer]:
+            f = torch.zeros_like(f)
+        freqs.append(f)
+        amps.append(cos[0])
+        scaling = getattr(attn, "scaling", None)
+        if scaling is not None:
+            scales.append(1.0 / float(scaling))
+        elif attn is not None and getattr(attn, "scale_attn", None) is not None:
+            scales.append(float(attn.scale_attn))
+        else:
+            scales.append(None)
+    return torch.stack(freqs), torch.stack(amps), scales
+
+
+def check_against_source(model: Model, hf: Any, where: str, *, fix: str) -> None:
+    """Raise :class:`ModelMismatchError` unless ``model`` computes what its HF source ``hf`` computes.
+
+    Compared on a probe of 8 tokens: each layer's rotary frequencies and amplitudes as rope_interp reads
+    them (:class:`~rope_interp.model.layout.RotaryBands`) against the source's own rotary module
+    (relative 1e-5), each layer's ``q·k`` divisor (relative 1e-6), and the logits (relative to the
+    largest logit: 1e-4 in float32/float64, 2e-2 in half precision). ``fix`` is what the message offers.
+    """
+    from . import adapter
+    from .layout import RotaryBands
+
+    what = getattr(getattr(hf, "config", None), "model_type", "?")
+    rope = getattr(hf.config, "rope_parameters", None) or getattr(hf.config, "rope_scaling", None) or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+    head = f"{where}: the loaded model is not the {what!r} checkpoint's network (rope_type {rope_type!r})"
+    freqs, amps, scales = source_rotary(hf)
+    rb = RotaryBands.from_model(model)
+    if rb.freqs.shape != freqs.shape:
+        raise ModelMismatchError(
+            f"{head}: {tuple(rb.freqs.shape)} (layers, bands) read, the source has {tuple(freqs.shape)}; {fix}"
+        )
+    for name, ours, theirs in (
+        ("rotary frequencies", rb.freqs, freqs),
+        ("table amplitudes", rb.amplitude, amps),
+    ):
+        err = (ours - theirs).abs() / theirs.abs().clamp_min(1e-30)
+        err = torch.where(theirs == 0, (ours - theirs).abs(), err)
+        if err.max() > 1e-5:
+            layer, band = divmod(int(err.argmax()), err.shape[1])
+            raise ModelMismatchError(
+                f"{head}: its {name} differ (layer {layer} band {band}: {ours[layer, band].item():.6g}, the "
+                f"source's own rotary module gives {theirs[layer, band].item():.6g}); {fix}"
+            )
+    for layer, s in enumerate(scales):
+        if s is not None and abs(rb.attn_scale[layer].item() - s) > 1e-6 * s:
+            raise ModelMismatchError(
+                f"{head}: layer {layer} divides q·k by {rb.attn_scale[layer].item():.6g}, the source by {s:.6g}; {fix}"
+            )
+    cfg = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
+    vocab = int(cfg.vocab_size)
+    dev = next(hf.parameters()).device
+    tokens = (torch.arange(_PROBE) * 7 + 1).remainder(vocab)[None].to(dev)
+    with torch.no_grad():
+        ref = hf(tokens).logits.float().cpu()
+        ours = model(tokens.to(adapter.device(model))).float().cpu()
+    dtype = next(model.parameters()).dtype
+    tol = 1e-4 if dtype in (torch.float32, torch.float64) else 2e-2
+    rel = ((ours - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+    if not rel <= tol:
+        raise ModelMismatchError(
+            f"{head}: its logits differ from transformers' by {rel:.2g} of the largest logit on an "
+            f"{_PROBE}-token probe (tolerance {tol:g}); {fix}"
+        )
+
+
+_GGUF_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
+
+
+def gguf_metadata(path: Path, keys: tuple[str, ...] = ("general.architecture",)) -> dict[str, Any]:
+    """The scalar metadata of a GGUF file's header whose key is in ``keys`` or contains ``.rope.``.
+
+    Reads the key/value section only (not the tensor infos, unlike ``gguf.GGUFReader``, which takes
+    seconds on a 100 MB file); raises :class:`ModelMismatchError` for a file that is no GGUF.
+    """
+    import struct
+
+    def read(f: Any, fmt: str) -> Any:
+        size = struct.calcsize(fmt)
+        raw = f.read(size)
+        if len(raw) != size:
+            raise EOFError
+        return struct.unpack(fmt, raw)[0]
+
+    def value(f: Any, kind: int) -> Any:
+        if kind in _GGUF_SCALARS:
+            return read(f, _GGUF_SCALARS[kind])
+        if kind == 8:
+            return f.read(read(f, "<Q")).decode("utf-8", "replace")
+        if kind == 9:
+            item, count = read(f, "<I"), read(f, "<Q")
+            if item in _GGUF_SCALARS:  # skip a numeric array
+                f.seek(count * struct.calcsize(_GGUF_SCALARS[item]), 1)
+            else:
+                for _ in range(count):
+                    value(f, item)
+            return None
+        raise ValueError(f"unknown GGUF value type {kind}")
+
+    out: dict[str, Any] = {}
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise ValueError("no GGUF magic")
+            read(f, "<I")  # version
+            read(f, "<Q")  # tensor count
+            for _ in range(read(f, "<Q")):
+                key = f.read(read(f, "<Q")).decode("utf-8", "replace")
+                v = value(f, read(f, "<I"))
+                if key in keys or ".rope." in key:
+                    out[key] = v
+    except (OSError, EOFError, ValueError, struct.error) as err:
+        raise ModelMismatchError(
+            f"cannot read the GGUF header of {path} ({type(err).__name__}: {err})"
+        ) from err
+    return out
+
+
+def check_against_gguf(model: Model, path: Path) -> None:
+    """Raise :class:`ModelMismatchError` unless ``model``'s band frequencies are those its GGUF header says.
+
+    For a cached model (built and checked against transformers when first converted): the frequencies
+    rope_interp reads from every layer must be ``freq_base ** (-2i / dimension_count)`` (relative 1e-6),
+    with no rope scaling in the header. Costs one header read.
+    """
+    from .layout import RotaryBands
+
+    meta = gguf_metadata(path)
+    arch = meta.get("general.architecture", "?")
+    base, dim = meta.get(f"{arch}.rope.freq_base", 10000.0), meta.get(f"{arch}.rope.dimension_count")
+    scaling = meta.get(f"{arch}.rope.scaling.type", "none")
+    rb = RotaryBands.from_model(model)
+    head = f"the cached model of {path} does not match the file's header"
+    if scaling not in ("none", None):
+        raise ModelMismatchError(f"{head}: it has rope scaling {scaling!r}; {_FIX_BRIDGE}")
+    dim = int(dim or rb.rotary_dim)
+    want = float(base) ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    if want.shape[0] != rb.n_bands or ((rb.freqs - want).abs() / want).max() > 1e-6:
+        raise ModelMismatchError(
+            f"{head}: band frequencies {rb.freqs[0, :3].tolist()}..., the header says rope base {base} over "
+            f"{dim} dims ({want[:3].tolist()}...); delete the cache folder to rebuild it"
+        )
+
+
 def load_hf_from_gguf(path: Path, dtype: torch.dtype = torch.float32):
     """(transformers model, tokenizer) dequantized from a GGUF file (needs the ``gguf`` package)."""
     if importlib.util.find_spec("gguf") is None:
@@ -398,9 +609,12 @@ def _load_gguf(path: Path, device: torch.device, dtype: torch.dtype, cache: bool
     folder = cache_dir() / f"{label}-{key}" / f"hooked-{str(dtype).replace('torch.', '')}"
     if cache and folder.exists():
         try:
-            return load_cached(folder, device, dtype, source=key)
+            model = load_cached(folder, device, dtype, source=key)
         except CacheError as err:
             log.warning("rebuilding the rope_interp cache %s: %s", folder, err)
+        else:
+            check_against_gguf(model, path)
+            return model
 
     hf, tok = load_hf_from_gguf(path, dtype=torch.float32)
     arch = (getattr(hf.config, "model_type", "") or "").lower()
@@ -410,6 +624,7 @@ def _load_gguf(path: Path, device: torch.device, dtype: torch.dtype, cache: bool
         )
     model = _hooked_from_hf(hf, tok, device, dtype, str(path))
     model.cfg.model_name = label
+    check_against_source(model, hf, str(path), fix=_FIX_BRIDGE)  # a cached model passed it when built
     if cache:
         try:
             save_cached(model, folder, tokenizer=tok, source=key)
@@ -622,18 +837,23 @@ def load_cached(
     return _quiet_to(model, device)
 
 
+def _has_tokenizer_files(path: Path) -> bool:
+    return any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+
+
 def _load_hf_dir(path: Path, device: torch.device, dtype: torch.dtype):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     check_hf_rotary(AutoConfig.from_pretrained(str(path)), str(path))  # before loading any weights
     hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
     tok = None
-    if any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+    if _has_tokenizer_files(path):
         tok = AutoTokenizer.from_pretrained(str(path))
     else:
         log.warning("%s has no tokenizer files: the model will take token ids only", path)
     model = _hooked_from_hf(hf, tok, device, dtype, str(path))
     model.cfg.model_name = path.name
+    check_against_source(model, hf, str(path), fix=_FIX_BRIDGE)
     return model
 
 
@@ -645,14 +865,25 @@ def _load_bridge(name: str, device: torch.device, dtype: torch.dtype, cache: boo
     source = resolve_name(name)
     if source.kind == "gguf":
         hf, tok = _hf_from_gguf_cached(Path(source.where), source.label, cache)
-        return boot(hf, tok, source.label, device=device, dtype=dtype)
+        model = boot(hf, tok, source.label, device=device, dtype=dtype)
+        check_against_source(model, hf, str(source.where), fix=_FIX_NONE)
+        return model
     if source.kind == "hf_dir":
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         path = Path(source.where)
         check_hf_rotary(AutoConfig.from_pretrained(str(path)), str(path))
+        if not _has_tokenizer_files(path):
+            raise ModelNotAvailableError(
+                f"{path} has no tokenizer files (tokenizer.json, tokenizer_config.json or tokenizer.model), and a "
+                "TransformerBridge needs a tokenizer; save the checkpoint's tokenizer into the directory "
+                "(tokenizer.save_pretrained(path)), or load it as a HookedTransformer (load_model(path), "
+                "token ids only)"
+            )
         hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
-        return boot(hf, AutoTokenizer.from_pretrained(str(path)), source.label, device=device, dtype=dtype)
+        model = boot(hf, AutoTokenizer.from_pretrained(str(path)), source.label, device=device, dtype=dtype)
+        check_against_source(model, hf, str(path), fix=_FIX_NONE)
+        return model
     from transformer_lens.model_bridge import TransformerBridge
 
     return TransformerBridge.boot_transformers(name, device=device, dtype=dtype, **boot_kwargs).eval()

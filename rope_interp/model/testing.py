@@ -118,13 +118,16 @@ def tiny_hf_dir(
     n_ctx: int = 128,
     seed: int = 0,
     model_type: str = "llama",
+    tokenizer: bool = True,
+    **overrides: Any,
 ):
     """Save a tiny random HuggingFace model with a word-level tokenizer to ``path``; return the path.
 
     Offline (the tokenizer is built here from :data:`TINY_WORDS`, lower-cased; other words and
     punctuation map to ``<unk>``); 4 heads (2 kv heads) of ``d_model / 4`` dims,
     so ``load_model(str(path))`` and the CLI's ``--model`` can be tested end to end.
-    ``model_type="gpt2"`` saves a non-rotary GPT-2 instead.
+    ``model_type`` is a family of :data:`HF_FAMILIES` (``overrides`` go to its config), or ``"gpt2"``
+    for a non-rotary GPT-2; ``tokenizer=False`` saves the model without tokenizer files.
 
     >>> import tempfile
     >>> from rope_interp import load_model
@@ -136,44 +139,29 @@ def tiny_hf_dir(
     from pathlib import Path
 
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-    from transformers import (
-        GPT2Config,
-        GPT2LMHeadModel,
-        LlamaConfig,
-        LlamaForCausalLM,
-        PreTrainedTokenizerFast,
-    )
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
     path = Path(path)
     specials = ["<pad>", "<s>", "</s>", "<unk>"]
     vocab = {w: i for i, w in enumerate(specials + list(TINY_WORDS))}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
-    )
-    torch.manual_seed(seed)
     ids: dict[str, Any] = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
     if model_type == "gpt2":
+        torch.manual_seed(seed)
         cfg = GPT2Config(
             n_layer=n_layers, n_embd=32, n_head=2, vocab_size=len(vocab), n_positions=n_ctx, **ids
         )
         hf = GPT2LMHeadModel(cfg)
     else:
-        cfg = LlamaConfig(
-            hidden_size=d_model,
-            intermediate_size=2 * d_model,
-            num_hidden_layers=n_layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=len(vocab),
-            max_position_embeddings=n_ctx,
-            **ids,
-        )
-        hf = LlamaForCausalLM(cfg)
+        size = dict(n_layers=n_layers, d_model=d_model, n_ctx=n_ctx, seed=seed, vocab_size=len(vocab))
+        hf = tiny_hf_model(model_type, **size, **{**ids, **overrides})
     hf.eval().save_pretrained(path)
-    fast.save_pretrained(path)
+    if tokenizer:
+        tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+        tok.normalizer = normalizers.Lowercase()
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        PreTrainedTokenizerFast(
+            tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+        ).save_pretrained(path)
     return path
 
 
@@ -227,15 +215,108 @@ def tiny_tokenizer(vocab_size: int = 64) -> Any:
     )
 
 
-_TINY = {
+# Tiny HF configs per family: (transformers config class, its extra kwargs). Sizes (d_model 32, 2 layers,
+# 4 heads, 128 positions) are added by :func:`tiny_hf_model`; GPT-J and CodeGen name them differently.
+_LONGROPE = dict(
+    rope_type="longrope",
+    rope_theta=10000.0,
+    short_factor=[1.0, 1.1, 1.2, 1.3],
+    long_factor=[2.0, 2.5, 3.0, 3.5],
+)
+HF_FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
     "llama": ("LlamaConfig", dict(num_key_value_heads=2)),
+    "llama3": (
+        "LlamaConfig",
+        dict(
+            num_key_value_heads=2,
+            rope_parameters=dict(
+                rope_type="llama3",
+                rope_theta=500000.0,
+                factor=8.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=32,
+            ),
+        ),
+    ),
+    "llama_linear": (
+        "LlamaConfig",
+        dict(num_key_value_heads=2, rope_parameters=dict(rope_type="linear", rope_theta=10000.0, factor=4.0)),
+    ),
+    "llama_yarn": (
+        "LlamaConfig",
+        dict(
+            num_key_value_heads=2,
+            rope_parameters=dict(
+                rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=32
+            ),
+        ),
+    ),
+    "mistral": ("MistralConfig", dict(num_key_value_heads=2, sliding_window=None)),
     "qwen2": ("Qwen2Config", dict(num_key_value_heads=2)),
+    "qwen3": ("Qwen3Config", dict(num_key_value_heads=2, head_dim=8)),
+    "gemma": ("GemmaConfig", dict(num_key_value_heads=2, head_dim=8)),
     "gemma2": ("Gemma2Config", dict(num_key_value_heads=2, head_dim=8, sliding_window=4)),
+    "gemma3": ("Gemma3TextConfig", dict(num_key_value_heads=2, head_dim=8, sliding_window=4)),
+    "olmo2": ("Olmo2Config", dict(num_key_value_heads=2)),
     "phi": ("PhiConfig", dict(partial_rotary_factor=0.5)),
+    "phi3": ("Phi3Config", dict(num_key_value_heads=2, pad_token_id=0)),
+    "phi3_longrope": (
+        "Phi3Config",
+        dict(
+            num_key_value_heads=2,
+            pad_token_id=0,
+            original_max_position_embeddings=32,
+            rope_parameters=_LONGROPE,
+        ),
+    ),
     "neox": ("GPTNeoXConfig", dict(rotary_pct=0.5)),
     "gptj": ("GPTJConfig", dict(rotary_dim=4)),
     "codegen": ("CodeGenConfig", dict(rotary_dim=4)),
+    "stablelm": ("StableLmConfig", dict(num_key_value_heads=2, partial_rotary_factor=0.5)),
+    "smollm3": (
+        "SmolLM3Config",
+        dict(num_key_value_heads=2, pad_token_id=0, no_rope_layers=[1, 0]),
+    ),  # layer 1: NoPE
 }
+
+
+def tiny_hf_model(
+    family: str = "llama",
+    *,
+    n_layers: int = 2,
+    d_model: int = 32,
+    vocab_size: int = 64,
+    n_ctx: int = 128,
+    seed: int = 0,
+    **overrides: Any,
+) -> Any:
+    """A small random HF causal LM of ``family`` (a key of :data:`HF_FAMILIES`), float32, eval mode, offline.
+
+    4 attention heads; ``overrides`` go to the HF config.
+
+    >>> tiny_hf_model("llama_linear").config.rope_parameters["factor"]
+    4.0
+    """
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    if family not in HF_FAMILIES:
+        raise ValueError(f"unknown tiny model family {family!r}; expected one of {sorted(HF_FAMILIES)}")
+    cls_name, extra = HF_FAMILIES[family]
+    if family in ("gptj", "codegen"):
+        size: dict[str, Any] = dict(n_embd=d_model, n_layer=n_layers, n_head=4, n_positions=n_ctx)
+    else:
+        size = dict(
+            hidden_size=d_model,
+            intermediate_size=2 * d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=4,
+            max_position_embeddings=n_ctx,
+        )
+    kwargs = {**size, "vocab_size": vocab_size, **extra, **overrides}
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(getattr(transformers, cls_name)(**kwargs)).eval()
 
 
 def tiny_bridge(
@@ -253,18 +334,6 @@ def tiny_bridge(
     >>> tuple(bs.per_band.shape), bs.softcap, bs.window
     ((1, 4, 4, 6, 6), 50.0, 4)
     """
-    import transformers
-    from transformers import AutoModelForCausalLM
-
-    if arch not in _TINY:
-        raise ValueError(f"unknown tiny bridge architecture {arch!r}; expected one of {sorted(_TINY)}")
-    cls_name, extra = _TINY[arch]
-    if arch in ("gptj", "codegen"):
-        size = dict(n_embd=32, n_layer=2, n_head=4, n_positions=128)
-    else:
-        size = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
-        size["max_position_embeddings"] = 128
-    kwargs = {**size, "vocab_size": 64, **extra, **overrides}
-    torch.manual_seed(seed)
-    hf = AutoModelForCausalLM.from_config(getattr(transformers, cls_name)(**kwargs)).eval()
-    return boot(hf, tiny_tokenizer(kwargs["vocab_size"]), f"tiny-{arch}", dtype=dtype)
+    vocab = int(overrides.pop("vocab_size", 64))
+    hf = tiny_hf_model(arch, seed=seed, vocab_size=vocab, **overrides)
+    return boot(hf, tiny_tokenizer(vocab), f"tiny-{arch}", dtype=dtype)
