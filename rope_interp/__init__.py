@@ -15,11 +15,13 @@ from .errors import (
     HookStateError,
     LayerError,
     MergeError,
+    ModelMismatchError,
     ModelNotAvailableError,
     NotAModelError,
     NotRotaryError,
     PaddingError,
     ParameterError,
+    ReplayMismatchError,
     RopeInterpError,
     SiteError,
     TokenError,
@@ -61,6 +63,8 @@ from .sweep.tiers import (
 
 __all__ = [
     "StackWarning",
+    "ModelMismatchError",
+    "ReplayMismatchError",
     "TokenError",
     "SiteError",
     "PaddingError",

@@ -64,3 +64,8 @@ class UselessInterventionError(RopeInterpError):
 
 class ReplayMismatchError(RopeInterpError):
     """A saved spec replayed on a model other than the one it records (name, config, weights or dtype)."""
+
+
+class ModelMismatchError(ModelNotAvailableError):
+    """A converted model that would compute something other than its source checkpoint (e.g. a rope scaling
+    TransformerLens drops); raised by ``load_model`` instead of returning a different network."""

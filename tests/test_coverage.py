@@ -17,8 +17,7 @@ import pytest
 import torch
 
 from rope_interp import RotaryBands, load_model
-from rope_interp.errors import RopeInterpError
-from rope_interp.model.load import ModelMismatchError
+from rope_interp.errors import ModelMismatchError, RopeInterpError
 from rope_interp.model.testing import HF_FAMILIES, tiny_hf_dir
 
 CLASSES = ("hooked", "bridge")

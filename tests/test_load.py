@@ -236,7 +236,8 @@ def test_cached_gguf_model_is_checked_against_the_header(fake_gguf):
     import json
     import shutil
 
-    from rope_interp.model.load import ModelMismatchError, gguf_metadata
+    from rope_interp.errors import ModelMismatchError
+    from rope_interp.model.load import gguf_metadata
 
     path, calls = fake_gguf
     models_mod._load_gguf(path, torch.device("cpu"), torch.float32, True, label="tiny")

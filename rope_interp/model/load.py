@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .. import validate
-from ..errors import ModelNotAvailableError, NotRotaryError
+from ..errors import ModelMismatchError, ModelNotAvailableError, NotRotaryError
 from .kind import Model
 
 if TYPE_CHECKING:
@@ -377,10 +377,6 @@ def _hooked_from_hf(hf_model: Any, tokenizer: Any, device: torch.device, dtype: 
 
 
 # ---- the load-time check: a loaded model is the network of its source, or an error --------------------
-class ModelMismatchError(ModelNotAvailableError):
-    """A converted model that would compute something other than its source checkpoint."""
-
-
 _PROBE = 8  # tokens of the load-time probe
 _FIX_BRIDGE = (
     "TransformerLens' HookedTransformer conversion does not reproduce it (it drops some rope scalings); "
