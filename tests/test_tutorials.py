@@ -193,8 +193,88 @@ def test_notebook_runs_in_a_kernel(path, tmp_path, record_property):
     executable, cpu_seconds = probe_out.split()
     assert executable == sys.executable, "the kernel must be this interpreter"
     record_property("kernel_cpu_seconds", float(cpu_seconds))  # its work, whatever the machine's load
-    problems = check_views(nb, circuitsvis_bundle())
+    problems = check_views(nb, circuitsvis_bundle()) + check_figures(nb)
     assert not problems, "\n".join(problems)
     draws_a_view = "vis." in "".join(c.source for c in nb.cells)
     tagged = any("view" in c.metadata.get("tags", []) for c in nb.cells)
     assert tagged or not draws_a_view, "the notebook draws a view but no cell is tagged view"
+
+
+def check_figures(nb) -> list[str]:
+    """Problems with the notebook's figures: a cell whose value is a matplotlib Figure shown only as text."""
+    problems = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        datas = [o.get("data", {}) for o in cell.get("outputs", [])]
+        texts = "".join(str(d.get("text/plain", "")) for d in datas)
+        if "<Figure size" in texts and not any("image/png" in d for d in datas):
+            problems.append(f"cell {i} shows a figure as text only ({texts.strip()[:60]!r}), no image/png")
+    return problems
+
+
+def test_check_figures_sees_a_figure_shown_as_text():
+    import nbformat
+
+    def notebook(*outputs):
+        cell = nbformat.v4.new_code_cell("r.plot()")
+        cell.outputs = [nbformat.v4.new_output("execute_result", data=d, execution_count=1) for d in outputs]
+        return nbformat.v4.new_notebook(cells=[cell])
+
+    text = {"text/plain": "<Figure size 600x400 with 2 Axes>"}
+    assert len(check_figures(notebook(text))) == 1
+    assert check_figures(notebook({**text, "image/png": "iVBOR"})) == []
+
+
+def test_figures_show_in_a_kernel_and_leave_the_backend_alone(tmp_path):
+    """In a fresh kernel (inline backend), an analysis' ``.plot()`` and a sweep's ``.plot()`` are shown as
+    ``image/png`` exactly once each, the backend stays the kernel's, and pyplot holds none of our figures."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    cells = [
+        "import matplotlib\nbefore = matplotlib.get_backend()\n"
+        "import torch\nfrom rope_interp import analyses as A\nfrom rope_interp.model.testing import tiny_model\n"
+        "import rope_interp as ri\nm = tiny_model()\ntoks = torch.arange(1, 17)[None]",
+        "A.frequency_usage(m, toks).plot()",
+        "ri.naive_sweep(m, toks, ri.logit_diff(3, 4), per=('layer', 'band'), progress=False).plot()",
+        "import matplotlib.pyplot as plt\nprint(before == matplotlib.get_backend(), 'inline' in before,"
+        " len(plt.get_fignums()))",
+    ]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    NotebookClient(
+        nb, km=_kernel_manager(tmp_path), timeout=300, resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    assert check_figures(nb) == []
+    for cell in nb.cells[1:3]:
+        pngs = [o for o in cell.outputs if "image/png" in o.get("data", {})]
+        assert len(pngs) == 1, cell.outputs  # shown once: as the cell's value, not again by the inline flush
+    printed = "".join(o.get("text", "") for o in nb.cells[3].outputs if o.get("output_type") == "stream")
+    assert printed.split() == ["True", "True", "0"], printed
+
+
+def test_plots_do_not_switch_the_backend(tmp_path):
+    """Library code never calls matplotlib.use: a script's chosen backend survives a plot."""
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import matplotlib
+        matplotlib.use("svg")
+        import torch
+        import rope_interp as ri
+        from rope_interp import analyses as A
+        from rope_interp.model.testing import tiny_model
+        m = tiny_model()
+        toks = torch.arange(1, 17)[None]
+        fig = A.frequency_usage(m, toks).plot()
+        ri.naive_sweep(m, toks, ri.logit_diff(3, 4), per=("layer", "band"), progress=False).plot()
+        print(matplotlib.get_backend(), type(fig).__name__)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["svg", "Figure"], out.stdout

@@ -22,9 +22,6 @@
 # and keep the v3/v4 attention-row spectra (`attention_spectra`).
 
 # %%
-import matplotlib
-
-matplotlib.use("Agg")
 import torch
 
 import rope_interp as ri

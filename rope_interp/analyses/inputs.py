@@ -196,13 +196,17 @@ def heatmap(ax: Any, values: Tensor, title: str, xlabel: str, ylabel: str, cmap:
 
 
 def figure(n_axes: int = 1, width: float = 6.0, height: float = 4.0):
-    """A matplotlib Figure with ``n_axes`` side-by-side axes (Agg backend, no display needed)."""
-    import matplotlib
+    """A matplotlib Figure with ``n_axes`` side-by-side axes, detached from pyplot.
 
-    matplotlib.use("Agg", force=False)
+    The user's backend is left alone (library code never calls ``matplotlib.use``). The figure is made by
+    pyplot, so a notebook's inline backend knows how to show it, then closed at once: pyplot keeps no
+    reference (no leak over a loop, no second copy drawn at the end of a notebook cell). It shows when it
+    is a cell's value (``image/png``) and saves with ``fig.savefig``; ``plt.show()`` does not see it.
+    """
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, n_axes, figsize=(width * n_axes, height), squeeze=False)
+    plt.close(fig)
     return fig, list(axes[0])
 
 

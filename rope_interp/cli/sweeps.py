@@ -176,9 +176,6 @@ def _load_spec(args: argparse.Namespace):
 
 
 def _write(result: Any, args: argparse.Namespace, name: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     from ..sweep.spec import write_result
     from .common import out_dir
 

@@ -74,6 +74,7 @@ class SweepResult:
         elif z.ndim == 1:
             z, dims = z[None], ("", dims[0])
         fig, ax = plt.subplots(figsize=(max(4, 0.25 * z.shape[1] + 2), max(3, 0.22 * z.shape[0] + 1.5)))
+        plt.close(fig)  # detached, as analyses.inputs.figure: shown as a cell's value, saved with savefig
         lim = float(z.abs().max()) or 1.0
         im = ax.imshow(z.numpy(), aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
         ax.set_xlabel(dims[1])
