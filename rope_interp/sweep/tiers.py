@@ -390,7 +390,9 @@ def qk_attribution_sweep(
     (torch.Size([2, 8]), 'qk_attribution')
     """
     sel = Selection.build(model, tokens, per, selection, where="qk_attribution_sweep")
-    return _warn_flat(_qk_attribution_sweep(model, sel, metric, progress=progress), metric, "qk_attribution_sweep")
+    return _warn_flat(
+        _qk_attribution_sweep(model, sel, metric, progress=progress), metric, "qk_attribution_sweep"
+    )
 
 
 def _qk_attribution_sweep(
@@ -555,7 +557,9 @@ def refine_sweep(
         def evaluate(cells: list[int]) -> list[int]:
             """Evaluate ``cells`` exactly; the flat indices of the exact top-``k`` so far."""
             todo = [(grid.coords["layer"][i // n_cells], i % n_cells) for i in cells]
-            exact[cells] = _exact_cells(model, grid, op, metric, res, base_t, todo, bs, bar, across_layers=True)
+            exact[cells] = _exact_cells(
+                model, grid, op, metric, res, base_t, todo, bs, bar, across_layers=True
+            )
             done[cells] = True
             ev = done.nonzero().flatten()
             return ev[(exact[ev] - base).abs().topk(k).indices].tolist()
