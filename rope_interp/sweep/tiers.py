@@ -486,9 +486,9 @@ def refine_sweep(
     relative error ``|exact − estimate| / |estimate|`` (of the effects) among evaluated cells.
     An unevaluated cell with ``|estimate| * (1 + r) >= t`` could still enter the top, so the
     shortlist grows by those (at most doubling each round) until none is left. Then a check
-    block — the next ``top`` unevaluated cells by estimated rank — is evaluated exactly; if one
-    of them enters the exact top, the shortlist doubles (next cells by estimated rank) and the
-    rule and the check run again.
+    block — as many unevaluated cells as were evaluated so far (at least ``top``), next by
+    estimated rank — is evaluated exactly; if one of them enters the exact top, the shortlist
+    doubles again (next cells by estimated rank) and the rule and the check run again.
 
     What ``extra["stable"]`` means, precisely: True when every cell was evaluated exactly, or
     when the last check block was evaluated exactly and none of its cells entered the exact
