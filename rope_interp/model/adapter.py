@@ -51,10 +51,13 @@ class ModelAdapter(ABC):
             positions to ``start_at_layer`` runs.
         hooked_blocks: ``model.blocks[i]`` are TransformerLens' own blocks (``ln2.hook_normalized``
             fires, ``ln2``/``mlp`` can be called on a residual stream directly).
+        resumes_at_layer: ``model(residual, start_at_layer=L)`` runs blocks ``L..end`` on a kept
+            residual stream (what the prefix-reusing sweep tiers need).
     """
 
     positions_from_tables: ClassVar[bool] = False
     hooked_blocks: ClassVar[bool] = True
+    resumes_at_layer: ClassVar[bool] = True
 
     def __init__(self, model: Model) -> None:
         try:
@@ -236,6 +239,7 @@ class BridgeAdapter(ModelAdapter):
 
     positions_from_tables = True
     hooked_blocks = False
+    resumes_at_layer = False  # TransformerBridge: "start_at_layer is not supported"
 
     @classmethod
     def claims(cls, model: Model) -> bool:

@@ -27,9 +27,13 @@ The tiers (:data:`TIERS`, one per ``Method``):
   one captured forward and one backward. Only the path from the pattern onwards is
   linearised, so it is exact when the metric is linear in that layer's pattern.
 * ``"refine"`` — what users do by hand, built in: rank every cell with ``qk_attribution``,
-  run the exact tier on a growing shortlist until the exact top-``top`` is stable under the
-  estimate's observed error, and return exact values for the shortlist and estimates for
-  the rest (``result.extra["exact_mask"]`` marks which is which).
+  run the exact tier on a growing shortlist until doubling it no longer changes the exact
+  top-``top`` (``extra["stable"]``; evidence, not a proof — see :func:`refine_sweep`), and
+  return exact values for the shortlist and estimates for the rest
+  (``result.extra["exact_mask"]`` marks which is which).
+
+``"exact"`` and ``"refine"`` resume runs at a layer (``start_at_layer``), which a
+TransformerBridge cannot: they refuse one (:class:`ParameterError`) before any work.
 
 The analytic direct effect (:func:`ablated_patterns`, :func:`direct_effect_sweep`) lives in
 :mod:`rope_interp.sweep.direct` and is re-exported here.
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -213,6 +218,16 @@ def _exact_chunk(model, grid, op, metric, res, todo, chunk, *, dev, cells) -> Te
         return metric_values(metric, model(x, start_at_layer=start), len(chunk)).float().cpu()
 
 
+def _check_resumable(model: Model, where: str) -> None:
+    """Refuse, before any work, a model that cannot resume a run at a layer (the prefix-reusing tiers)."""
+    if not adapter.of(model).resumes_at_layer:
+        raise ParameterError(
+            f"{where}: this model ({type(model).__name__}) cannot resume a run at a layer (start_at_layer), "
+            "which the 'exact' and 'refine' tiers need; use method='naive' (same numbers, one full forward "
+            "per cell), or the estimates 'attribution' / 'qk_attribution'"
+        )
+
+
 def exact_sweep(
     model: Model,
     tokens: Any,
@@ -237,6 +252,7 @@ def exact_sweep(
     >>> sh.extra["target"], sh.values.shape
     ('k', torch.Size([2, 8]))
     """
+    _check_resumable(model, "exact_sweep")
     sel = Selection.build(model, tokens, per, selection, where="exact_sweep")
     tokens, grid, op = sel.tokens, sel.grid, sel.op
     bs = _batch_size(batch_size, max_batch_tokens, tokens)
@@ -278,6 +294,29 @@ def _grad_run(model, tokens, metric, hooks_at: dict[str, Any]) -> tuple[Tensor, 
     return value.detach(), {k: a.detach() for k, a in acts.items()}, grads_d
 
 
+def _flat_estimate(est: SweepResult) -> bool:
+    """Whether every estimated effect is ~0 (``<= 1e-6 * max(1, |base|)``, float32 rounding: a KL to the run
+    itself estimates ~4e-8): the metric's gradient at the base run is zero (e.g. ``kl_metric`` or
+    ``PatternDistance`` against the run itself), so the ranking is void."""
+    return float((est.values.float() - est.base).abs().max()) <= 1e-6 * max(1.0, abs(est.base))
+
+
+def _warn_flat(est: SweepResult, metric: Metric, where: str) -> SweepResult:
+    if _flat_estimate(est):
+        warnings.warn(
+            f"{where}: every estimated effect is 0 for metric {_metric_name(metric)}: its gradient at the base "
+            "run is zero (a KL or pattern distance to the run itself is minimal there), so a first-order "
+            "estimate says nothing; use method='exact'",
+            UserWarning,
+            stacklevel=3,
+        )
+    return est
+
+
+def _metric_name(metric: Any) -> str:
+    return getattr(metric, "__name__", None) or type(metric).__name__
+
+
 def attribution_sweep(
     model: Model,
     tokens: Any,
@@ -297,7 +336,7 @@ def attribution_sweep(
     (torch.Size([2, 8]), 'attribution')
     """
     sel = Selection.build(model, tokens, per, selection, where="attribution_sweep")
-    return _attribution_sweep(model, sel, metric, progress=progress)
+    return _warn_flat(_attribution_sweep(model, sel, metric, progress=progress), metric, "attribution_sweep")
 
 
 def _attribution_sweep(
@@ -351,7 +390,9 @@ def qk_attribution_sweep(
     (torch.Size([2, 8]), 'qk_attribution')
     """
     sel = Selection.build(model, tokens, per, selection, where="qk_attribution_sweep")
-    return _qk_attribution_sweep(model, sel, metric, progress=progress)
+    return _warn_flat(
+        _qk_attribution_sweep(model, sel, metric, progress=progress), metric, "qk_attribution_sweep"
+    )
 
 
 def _qk_attribution_sweep(
@@ -437,20 +478,32 @@ def refine_sweep(
     progress: bool = True,
     **selection: Unpack[SelectionArgs],
 ) -> SweepResult:
-    """Rank every cell with ``estimate``, then run the exact tier on a growing shortlist until the
-    exact top-``top`` cells (by |effect|) are stable under the estimate's observed error.
+    """Rank every cell with ``estimate``, then run the exact tier on a growing shortlist until a
+    check finds the exact top-``top`` cells (by |effect|) settled.
 
     The rule (our own): evaluate the ``2 * top`` cells with the largest estimated |effect|
     exactly; let ``t`` be the ``top``-th largest exact |effect| so far and ``r`` the largest
     relative error ``|exact − estimate| / |estimate|`` (of the effects) among evaluated cells.
     An unevaluated cell with ``|estimate| * (1 + r) >= t`` could still enter the top, so the
-    shortlist grows by those (at most doubling each round) until none is left. ``r`` is an
-    observed error, not a bound: a cell whose estimate is off by more than any evaluated
-    cell's could still be missed. ``max_exact`` caps the shortlist (then
-    ``extra["stable"]`` is False when cells that could still enter the top were left out).
+    shortlist grows by those (at most doubling each round) until none is left. Then a check
+    block — as many unevaluated cells as were evaluated so far (at least ``top``), next by
+    estimated rank — is evaluated exactly; if one of them enters the exact top, the shortlist
+    doubles again (next cells by estimated rank) and the rule and the check run again.
+
+    What ``extra["stable"]`` means, precisely: True when every cell was evaluated exactly, or
+    when the last check block was evaluated exactly and none of its cells entered the exact
+    top-``top``. That is evidence, not a proof: a cell ranked far below the check block by a
+    misleading estimate can still belong to the exact top (only the exact tier guarantees it).
+    False (with a warning) when ``max_exact`` cut the shortlist or the check short.
+    When every estimate is ~0 (the metric's gradient at the base run is zero, e.g.
+    ``kl_metric`` / ``PatternDistance`` against the run itself) the ranking is void: refine
+    warns and evaluates every cell exactly, or raises :class:`ParameterError` when that
+    exceeds ``max_exact``. Raises :class:`ParameterError` for a model that cannot resume a run at a
+    layer (a TransformerBridge), before any work.
 
     Returns exact values for the shortlist, estimates elsewhere; ``extra["exact_mask"]`` (bool,
-    grid shape) says which, ``extra["n_exact"]`` how many, ``extra["relative_error"]`` the final ``r``.
+    grid shape) says which, ``extra["n_exact"]`` how many, ``extra["relative_error"]`` the final ``r``,
+    ``extra["fallback"]`` whether the flat-estimate fallback ran.
 
     >>> from rope_interp.model.testing import tiny_model
     >>> from rope_interp.sweep.metrics import logit_diff
@@ -463,6 +516,7 @@ def refine_sweep(
     >>> torch.allclose(r.values.flatten()[top3], ex.values.flatten()[top3], atol=1e-5)
     True
     """
+    _check_resumable(model, "refine_sweep")
     sel = Selection.build(model, tokens, per, selection, where="refine_sweep")
     top = int(positive_int("top", top))  # type: ignore[arg-type]
     max_exact = positive_int("max_exact", max_exact, allow_none=True)
@@ -477,36 +531,69 @@ def refine_sweep(
     order = est_eff.argsort(descending=True).tolist()
     N, k = len(order), min(top, len(order))
     cap = N if max_exact is None else max(k, min(N, max_exact))
+    fallback = _flat_estimate(est)
+    if fallback:
+        if N > cap:
+            raise ParameterError(
+                f"refine_sweep: every {estimate} estimate is 0 for metric {_metric_name(metric)} (its gradient at "
+                f"the base run is zero), so it cannot rank the {N} cells; use method='exact' or max_exact >= {N}"
+            )
+        warnings.warn(
+            f"refine_sweep: every {estimate} estimate is 0 for metric {_metric_name(metric)} (its gradient at the "
+            f"base run is zero); evaluating all {N} cells exactly",
+            UserWarning,
+            stacklevel=2,
+        )
     exact = torch.full((N,), float("nan"))
     done = torch.zeros(N, dtype=torch.bool)
-    want = order[: min(cap, 2 * k)]
-    r, stable = float("nan"), True
+    want = order if fallback else order[: min(cap, 2 * k)]
+    r, stable = float("nan"), False
     with torch.no_grad(), model.hooks(fwd_hooks=_metric_hooks(metric)):
         res, logits = residuals(model, tokens_t, grid.coords["layer"])
-        base = metric_values(metric, logits, 1)[0]
+        base_t = metric_values(metric, logits, 1)[0]
+        base = float(base_t)
         bar = _progress(N, "refine (exact cells)", progress)
-        while want:
-            todo = [(grid.coords["layer"][i // n_cells], i % n_cells) for i in want]
-            exact[want] = _exact_cells(model, grid, op, metric, res, base, todo, bs, bar, across_layers=True)
-            done[want] = True
+
+        def evaluate(cells: list[int]) -> list[int]:
+            """Evaluate ``cells`` exactly; the flat indices of the exact top-``k`` so far."""
+            todo = [(grid.coords["layer"][i // n_cells], i % n_cells) for i in cells]
+            exact[cells] = _exact_cells(
+                model, grid, op, metric, res, base_t, todo, bs, bar, across_layers=True
+            )
+            done[cells] = True
             ev = done.nonzero().flatten()
-            ex_eff = exact - float(base)
-            t = float(ex_eff[ev].abs().topk(k).values[-1])
+            return ev[(exact[ev] - base).abs().topk(k).indices].tolist()
+
+        while want:
+            tops = evaluate(want)
+            ev = done.nonzero().flatten()
+            ex_eff = exact - base
+            t = float(ex_eff[tops].abs().min())
             err = (ex_eff[ev] - (flat_est[ev] - est.base)).abs()
             r = float((err / est_eff[ev].clamp_min(1e-12)).max())
-            could = [i for i in order if not done[i] and float(est_eff[i]) * (1 + r) >= t]
+            left = [i for i in order if not done[i]]
+            could = [i for i in left if float(est_eff[i]) * (1 + r) >= t]
             room = cap - int(done.sum())
-            if len(could) > room:
-                stable = False
-            want = could[: min(room, max(1, int(done.sum())))]
+            if not left:
+                stable = True
+                break
+            if could:  # the error rule: grow by those (at most doubling); none left to grow into: unstable
+                want = could[: min(room, int(done.sum()))]
+                continue
+            block = left[: max(k, int(done.sum()))]  # the check: as many again, next by estimated rank
+            if len(block) > room:
+                break
+            if not set(evaluate(block)) & set(block):
+                stable = True
+                break
+            want = [i for i in order if not done[i]][: min(cap - int(done.sum()), int(done.sum()))]
+        stable = stable or bool(done.all())  # exact everywhere
         bar.close()
     if not stable:
-        import warnings
-
         warnings.warn(
-            f"refine_sweep stopped at max_exact={cap} exact cells while cells that could still enter the exact "
-            f"top-{k} were left; raise max_exact (or use the exact tier) for a stable top",
-            stacklevel=3,
+            f"refine_sweep stopped at max_exact={cap} exact cells before its check of the exact top-{k} passed "
+            "(cells that could still enter it were left); raise max_exact (or use the exact tier) for a stable top",
+            stacklevel=2,
         )
     values = torch.where(done, exact, flat_est).reshape(grid.shape)
     extra = sel.extra(
@@ -514,11 +601,12 @@ def refine_sweep(
         n_exact=int(done.sum()),
         relative_error=r,
         stable=stable,
+        fallback=fallback,
         top=k,
         estimate=estimate,
         batch_size=bs,
     )
-    return SweepResult(values, grid.dims, grid.coords, float(base), "refine", extra)
+    return SweepResult(values, grid.dims, grid.coords, base, "refine", extra)
 
 
 _ESTIMATES = {"attribution": _attribution_sweep, "qk_attribution": _qk_attribution_sweep}
