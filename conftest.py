@@ -1,0 +1,44 @@
+"""Repository-wide pytest hooks (tests/ and the doctests of rope_interp/); fixtures live in tests/conftest.py."""
+
+from __future__ import annotations
+
+import doctest
+
+import pytest
+
+from rope_interp.model.compat import has_hooked_transformer
+
+HOOKED = has_hooked_transformer()  # False on TransformerLens 4 (bridge only)
+
+
+def _needs_hooked(excinfo) -> str | None:
+    """The reason to skip, when a test failed only because this TransformerLens has no HookedTransformer.
+
+    That is an ImportError (TransformerLens 4's own, or rope_interp's ModelNotAvailableError from
+    ``compat.hooked_classes``) naming HookedTransformer; anything else stays a failure.
+    """
+    err = excinfo.value
+    failures = getattr(err, "failures", None)  # pytest's MultipleDoctestFailures (--doctest-continue-on-failure)
+    if failures:
+        err = failures[0]
+    if isinstance(err, doctest.UnexpectedException):
+        err = err.exc_info[1]
+    if isinstance(err, ImportError) and "HookedTransformer" in str(err):
+        return "needs HookedTransformer, which TransformerLens 4 removed (bridge-only set): " + str(err)[:160]
+    return None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On TransformerLens 4, report HookedTransformer-only tests (and fixtures, doctests) as skipped, with why.
+
+    The one place this is decided: a test is skipped only when it actually reached for HookedTransformer.
+    """
+    outcome = yield
+    if HOOKED or call.excinfo is None:
+        return
+    reason = _needs_hooked(call.excinfo)
+    if reason is not None:
+        rep = outcome.get_result()
+        rep.outcome = "skipped"
+        rep.longrepr = (str(item.path), item.location[1] or 0, f"Skipped: {reason}")
