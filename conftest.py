@@ -9,6 +9,21 @@ import pytest
 from rope_interp.model.compat import has_hooked_transformer
 
 HOOKED = has_hooked_transformer()  # False on TransformerLens 4 (bridge only)
+NO_HOOKED_REASON = "needs HookedTransformer, which TransformerLens 4 removed (bridge-only set)"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "hooked: needs HookedTransformer (skipped on TransformerLens 4)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """On TransformerLens 4, skip the tests marked ``hooked`` (a HookedTransformer row or fixture, by design)."""
+    if HOOKED:
+        return
+    skip = pytest.mark.skip(reason=NO_HOOKED_REASON)
+    for item in items:
+        if "hooked" in item.keywords:
+            item.add_marker(skip)
 
 
 def _needs_hooked(excinfo) -> str | None:
@@ -24,7 +39,7 @@ def _needs_hooked(excinfo) -> str | None:
     if isinstance(err, doctest.UnexpectedException):
         err = err.exc_info[1]
     if isinstance(err, ImportError) and "HookedTransformer" in str(err):
-        return "needs HookedTransformer, which TransformerLens 4 removed (bridge-only set): " + str(err)[:160]
+        return f"{NO_HOOKED_REASON}: {str(err)[:160]}"
     return None
 
 
