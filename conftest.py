@@ -6,7 +6,7 @@ import doctest
 
 import pytest
 
-from rope_interp.model.compat import has_hooked_transformer
+from rope_interp.model.compat import NO_HOOKED, has_hooked_transformer
 
 HOOKED = has_hooked_transformer()  # False on TransformerLens 4 (bridge only)
 NO_HOOKED_REASON = "needs HookedTransformer, which TransformerLens 4 removed (bridge-only set)"
@@ -29,8 +29,9 @@ def pytest_collection_modifyitems(config, items):
 def _needs_hooked(excinfo) -> str | None:
     """The reason to skip, when a test failed only because this TransformerLens has no HookedTransformer.
 
-    That is an ImportError (TransformerLens 4's own, or rope_interp's ModelNotAvailableError from
-    ``compat.hooked_classes``) naming HookedTransformer; anything else stays a failure.
+    That is TransformerLens 4's own ImportError for a removed name, or rope_interp's ModelNotAvailableError
+    with ``compat.NO_HOOKED`` (``compat.hooked_classes``, ``load_model(..., bridge=False)``); anything
+    else, another ModelNotAvailableError included, stays a failure.
     """
     err = excinfo.value
     failures = getattr(err, "failures", None)  # pytest's MultipleDoctestFailures (--doctest-continue-on-failure)
@@ -38,7 +39,7 @@ def _needs_hooked(excinfo) -> str | None:
         err = failures[0]
     if isinstance(err, doctest.UnexpectedException):
         err = err.exc_info[1]
-    if isinstance(err, ImportError) and "HookedTransformer" in str(err):
+    if isinstance(err, ImportError) and (NO_HOOKED in str(err) or "removed in TransformerLens 4.0" in str(err)):
         return f"{NO_HOOKED_REASON}: {str(err)[:160]}"
     return None
 

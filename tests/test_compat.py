@@ -120,3 +120,23 @@ def test_a_bridge_on_a_broken_stack_warns(monkeypatch):
     monkeypatch.setattr(compat, "_warned", set())
     with pytest.warns(compat.StackWarning, match="KV cache"):
         RotaryBands.from_model(tiny_bridge("llama"))
+
+
+def test_bridge_refusals_never_point_to_a_missing_hooked_transformer(monkeypatch, tmp_path):
+    """Regression: on TL 4 the bridge errors said "load it as a HookedTransformer", which TL 4 does not have."""
+    from rope_interp.errors import ModelNotAvailableError
+    from rope_interp.model import bridge, load
+    from rope_interp.model.testing import tiny_bridge, tiny_hf_dir
+
+    gptj = tiny_bridge("gptj")  # its attention bridge never fires hook_rot_q/k
+    with pytest.raises(bridge.BridgeRotaryHooksError, match=r"bridge=False\)"):
+        bridge.check_rot_hooks(gptj)
+    monkeypatch.setattr(compat, "has_hooked_transformer", lambda: False)
+    monkeypatch.setattr(load, "has_hooked_transformer", lambda: False)
+    with pytest.raises(bridge.BridgeRotaryHooksError, match="TransformerLens 4 has no HookedTransformer") as err:
+        bridge.check_rot_hooks(gptj)
+    assert "bootstrap.sh" in str(err.value)
+    path = tiny_hf_dir(tmp_path / "m", tokenizer=False)
+    with pytest.raises(ModelNotAvailableError, match="no tokenizer files") as err:
+        load.load_model(str(path), bridge=True)
+    assert "HookedTransformer" not in str(err.value)

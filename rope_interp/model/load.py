@@ -864,8 +864,12 @@ def _load_bridge(name: str, device: torch.device, dtype: torch.dtype, cache: boo
             raise ModelNotAvailableError(
                 f"{path} has no tokenizer files (tokenizer.json, tokenizer_config.json or tokenizer.model), and a "
                 "TransformerBridge needs a tokenizer; save the checkpoint's tokenizer into the directory "
-                "(tokenizer.save_pretrained(path)), or load it as a HookedTransformer (load_model(path), "
-                "token ids only)"
+                "(tokenizer.save_pretrained(path))"
+                + (
+                    ", or load it as a HookedTransformer (load_model(path, bridge=False), token ids only)"
+                    if has_hooked_transformer()
+                    else ""
+                )
             )
         hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
         model = boot(hf, AutoTokenizer.from_pretrained(str(path)), source.label, device=device, dtype=dtype)
