@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         env = "ROPE_INTERP_TL=4 " if lock.name == LOCKS["4"].name else ""
         print(f"[lock] {len(bad)} package(s) differ from {lock.name}:\n" + "\n".join(bad))
-        print(f"[lock] fix: {env}bash scripts/bootstrap.sh (installs the lock), or {env}bash scripts/lock.sh to relock")
+        print(
+            f"[lock] fix: {env}bash scripts/bootstrap.sh (installs the lock), or {env}bash scripts/lock.sh to relock"
+        )
         return 1
     of = "" if lock.name == LOCK.name else f" of {lock.name}"
     print(f"[lock] all {len(pins)} locked packages{of} installed at their locked versions")

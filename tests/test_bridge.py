@@ -241,4 +241,6 @@ def test_bridge_bandstats_over_padded_strings_equal_each_string_alone(tmp_path, 
     alone = ri.BandStats(model).update(texts[0]).merge(ri.BandStats(model).update(texts[1]))
     for site in batch.sites:
         for stat in ("mean_norm", "mean_vector", "second_moment"):
-            assert torch.allclose(getattr(batch, stat)(site), getattr(alone, stat)(site), rtol=1e-4, atol=1e-5)
+            assert torch.allclose(
+                getattr(batch, stat)(site), getattr(alone, stat)(site), rtol=1e-4, atol=1e-5
+            )

@@ -133,7 +133,9 @@ def test_bridge_refusals_never_point_to_a_missing_hooked_transformer(monkeypatch
         bridge.check_rot_hooks(gptj)
     monkeypatch.setattr(compat, "has_hooked_transformer", lambda: False)
     monkeypatch.setattr(load, "has_hooked_transformer", lambda: False)
-    with pytest.raises(bridge.BridgeRotaryHooksError, match="TransformerLens 4 has no HookedTransformer") as err:
+    with pytest.raises(
+        bridge.BridgeRotaryHooksError, match="TransformerLens 4 has no HookedTransformer"
+    ) as err:
         bridge.check_rot_hooks(gptj)
     assert "bootstrap.sh" in str(err.value)
     path = tiny_hf_dir(tmp_path / "m", tokenizer=False)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import importlib.metadata
 import warnings
 from dataclasses import dataclass
-
 from typing import Any
 
 from packaging.specifiers import SpecifierSet
