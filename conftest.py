@@ -18,6 +18,10 @@ NO_HOOKED_REASON = "needs HookedTransformer, which TransformerLens 4 removed (br
 HOOKED_ONLY = {
     "tests/test_distributed.py": "its torchrun ranks build tiny HookedTransformers",
     "tests/test_scripts.py::test_bench_distributed_tiny": "bench_distributed.py builds a tiny HookedTransformer",
+    "tests/test_load.py::test_local_hf_directory_matches_transformers": "a directory without tokenizer files "
+    "loads only as a HookedTransformer (a bridge needs a tokenizer)",
+    "tests/test_load.py::test_local_dir_named_llama_is_read_from_its_own_config": "a directory without "
+    "tokenizer files loads only as a HookedTransformer (a bridge needs a tokenizer)",
     "tests/test_types.py": "the type check is of the TransformerLens 3 set (pyright on TL 4 sees no HookedTransformer)",
 }
 
