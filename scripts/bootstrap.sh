@@ -4,9 +4,16 @@
 #   bash scripts/bootstrap.sh            # package + embedded model + test tools
 #   bash scripts/bootstrap.sh --browser  # also Debian's chromium (browser tests; needs root/apt)
 # ROPE_INTERP_UNLOCKED=1 installs the newest versions pyproject.toml allows instead (see scripts/check_latest.sh).
+# ROPE_INTERP_TL=4 installs the TransformerLens 4 set (requirements-tl4.lock; bridge only) into ./.venv-tl4.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=${VENV:-.venv}
+TL=${ROPE_INTERP_TL:-3}
+case "$TL" in
+  3) LOCKFILE=requirements.lock; VENV=${VENV:-.venv} ;;
+  4) LOCKFILE=requirements-tl4.lock; VENV=${VENV:-.venv-tl4} ;;
+  *) echo "[bootstrap] ROPE_INTERP_TL=$TL: use 3 (requirements.lock, the default) or 4 (requirements-tl4.lock)" >&2; exit 2 ;;
+esac
+export ROPE_INTERP_TL="$TL"  # scripts/check_lock.py checks the matching lock
 PY=${PYTHON:-python3}
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[bootstrap] creating $VENV"
@@ -14,7 +21,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 pip() { "$VENV/bin/python" -m pip "$@"; }
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-LOCK=(-c requirements.lock)
+LOCK=(-c "$LOCKFILE")
 [ "${ROPE_INTERP_UNLOCKED:-0}" = 1 ] && LOCK=()
 # The CPU build of torch first: a bare 'torch' requirement would pull a multi-GB CUDA build.
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then

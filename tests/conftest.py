@@ -7,6 +7,8 @@ import torch
 
 from rope_interp.model.testing import LAYOUTS, tiny_layout_model
 
+# HookedTransformer-only tests skip on TransformerLens 4: ../conftest.py (it covers the doctests too).
+
 
 def pytest_collection_modifyitems(config, items):
     """Skip ``gpu``-marked tests where there is no CUDA device (they compare CPU with CUDA)."""

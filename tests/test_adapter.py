@@ -52,6 +52,7 @@ def test_short_texts_are_unchanged(hooked):
     assert ri.band_scores(hooked, "the capital of france", 0).per_band.shape[-1] == 5  # BOS + 4 words
 
 
+@pytest.mark.hooked
 def test_the_kind_is_chosen_once_per_model(hooked):
     a = adapter.of(hooked)
     assert a is adapter.of(hooked) and type(a).__name__ == "HookedAdapter" and not adapter.is_bridge(hooked)

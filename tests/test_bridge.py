@@ -225,3 +225,22 @@ def test_not_rotary_still_detected():
     )
     with pytest.raises(NotRotaryError):
         RotaryBands.from_model(HookedTransformer(cfg))
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_bridge_bandstats_over_padded_strings_equal_each_string_alone(tmp_path, side):
+    """Regression: a bridge ran a padded batch without its attention mask, so a left-padded string's
+    q/k were rotated at shifted positions (rot_q mean norm off by 1e-2); now equal to each string alone."""
+    import rope_interp as ri
+    from rope_interp.model.testing import tiny_hf_dir
+
+    model = ri.load_model(str(tiny_hf_dir(tmp_path / "tiny-llama")), bridge=True)
+    model.tokenizer.padding_side = side
+    texts = ["the king", "the capital of france is paris and the old city of rome is in italy"]
+    batch = ri.BandStats(model).update(texts)
+    alone = ri.BandStats(model).update(texts[0]).merge(ri.BandStats(model).update(texts[1]))
+    for site in batch.sites:
+        for stat in ("mean_norm", "mean_vector", "second_moment"):
+            assert torch.allclose(
+                getattr(batch, stat)(site), getattr(alone, stat)(site), rtol=1e-4, atol=1e-5
+            )

@@ -457,6 +457,20 @@ def tokens_and_mask(model: Model, tokens: Any, what: str = "tokens") -> tuple[Te
     return tokens.to(dev), None if mask is None else mask.to(dev)
 
 
+def padding_kwargs(model: Model, mask: Tensor | None) -> dict[str, Any]:
+    """Keyword arguments for ``model(tokens, ...)`` that make a padded batch run as each row alone.
+
+    A HookedTransformer computes the attention mask (and left padding's position offsets) from the
+    tokens itself: ``{}``. A TransformerBridge does not: without ``attention_mask`` a left-padded row's
+    tokens sit at shifted positions (rotated by the wrong angles) and attend to the padding, so it
+    gets ``{"attention_mask": mask}`` (the bridge derives the positions from it). ``mask``: bool
+    ``[batch, pos]``, True on real tokens, as :func:`tokens_and_mask` returns it; None: ``{}``.
+    """
+    if mask is None or not is_bridge(model):
+        return {}
+    return {"attention_mask": mask.long()}
+
+
 def to_tokens(model: Model, tokens: Any, what: str = "tokens") -> Tensor:
     """Accept a string, list of strings, or integer ids [pos] / [batch, pos]; return [batch, pos].
 

@@ -40,10 +40,22 @@ from ..errors import RopeInterpError
 from .kind import Model
 
 WORKAROUND = (
-    "load the model as a HookedTransformer instead (rope_interp.load_model(name) or "
+    "load the model as a HookedTransformer instead (rope_interp.load_model(name, bridge=False) or "
     "transformer_lens.HookedTransformer.from_pretrained(name)), which fires hook_rot_q/hook_rot_k "
     "for every rotary architecture"
 )
+WORKAROUND_TL4 = (  # TransformerLens 4 has no HookedTransformer
+    "TransformerLens 4 has no HookedTransformer, which fires hook_rot_q/hook_rot_k for every rotary "
+    "architecture: install the TransformerLens 3 set (bash scripts/bootstrap.sh, requirements.lock) and "
+    "load the model with rope_interp.load_model(name, bridge=False)"
+)
+
+
+def workaround() -> str:
+    """What to do about a bridge rope_interp cannot read, for the installed TransformerLens."""
+    from .compat import has_hooked_transformer
+
+    return WORKAROUND if has_hooked_transformer() else WORKAROUND_TL4
 
 
 class BridgeRotaryHooksError(RopeInterpError, NotImplementedError):
@@ -112,7 +124,7 @@ def check_rot_hooks(model: Model) -> None:
         raise BridgeRotaryHooksError(
             f"this TransformerBridge ({arch}, attention {kind}) never fires hook_rot_q/hook_rot_k "
             f"(layers {silent[:3]}{'...' if len(silent) > 3 else ''}), so rope_interp cannot see the "
-            f"rotated queries and keys; {WORKAROUND}"
+            f"rotated queries and keys; {workaround()}"
         )
 
 
@@ -131,7 +143,7 @@ def _rotary_module(model: Model, layer: int) -> tuple[Any, dict[str, Any]]:
         mod = found[0] if found else None
     if mod is None:
         raise BridgeRotaryHooksError(
-            f"found no rotary embedding module for block {layer} of this bridge; {WORKAROUND}"
+            f"found no rotary embedding module for block {layer} of this bridge; {workaround()}"
         )
     mod = getattr(mod, "original_component", None) or mod  # the HF module, so no bridge hook fires
     kwargs: dict[str, Any] = {}
@@ -152,7 +164,7 @@ def _hf_tables(model: Model, layer: int, n_pos: int, dtype: torch.dtype) -> tupl
         out = mod(x, pos, **kwargs)
     if not isinstance(out, (tuple, list)) or len(out) != 2:
         raise BridgeRotaryHooksError(
-            f"the rotary module {type(mod).__name__} does not return (cos, sin) tables; {WORKAROUND}"
+            f"the rotary module {type(mod).__name__} does not return (cos, sin) tables; {workaround()}"
         )
     cos, sin = out
     return cos.reshape(n_pos, -1), sin.reshape(n_pos, -1)

@@ -1,4 +1,12 @@
-"""Known-bad combinations of upstream versions, checked when rope_interp meets a model.
+"""Upstream version differences: TransformerLens 3 vs 4, and known-bad combinations of releases.
+
+TransformerLens 4 removed ``HookedTransformer`` (and ``HookedTransformerConfig``); only
+``TransformerBridge`` is left. :func:`has_hooked_transformer` says which world this is, and
+:func:`hooked_classes` is the one place rope_interp imports the HookedTransformer classes: on
+TransformerLens 4 it raises :class:`~rope_interp.errors.ModelNotAvailableError` whose message
+(:data:`NO_HOOKED`) says to use a bridge. ``load_model(name)`` loads a bridge there by default.
+
+Known-bad combinations of upstream versions are checked when rope_interp meets a model.
 
 rope_interp is tested on the set pinned in ``requirements.lock`` (see the README's
 compatibility table). Upstream releases move every few weeks; where a released
@@ -17,9 +25,36 @@ from __future__ import annotations
 import importlib.metadata
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
+
+from ..errors import ModelNotAvailableError
+
+NO_HOOKED = (
+    "HookedTransformer is not in TransformerLens 4 (removed in 4.0; only TransformerBridge is left): "
+    "use load_model(..., bridge=True) (the default there), or install the TransformerLens 3 set "
+    "(bash scripts/bootstrap.sh, requirements.lock) for HookedTransformer"
+)
+
+
+def has_hooked_transformer() -> bool:
+    """True when the installed TransformerLens provides ``HookedTransformer`` (3.x; False on 4.x)."""
+    try:
+        from transformer_lens import HookedTransformer  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def hooked_classes() -> tuple[Any, Any]:
+    """``(HookedTransformer, HookedTransformerConfig)``; raises ModelNotAvailableError on TransformerLens 4."""
+    try:
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+    except ImportError as err:
+        raise ModelNotAvailableError(NO_HOOKED) from err
+    return HookedTransformer, HookedTransformerConfig
 
 
 class StackWarning(UserWarning):

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from .. import validate
 from ..errors import ModelMismatchError, ModelNotAvailableError, NotRotaryError
+from .compat import NO_HOOKED, has_hooked_transformer, hooked_classes
 from .kind import Model
 
 if TYPE_CHECKING:
@@ -187,9 +188,7 @@ def load_model(
     if bridge is None:
         bridge = not has_hooked_transformer()
     elif not bridge and not has_hooked_transformer():
-        raise ModelNotAvailableError(
-            "this TransformerLens has no HookedTransformer (removed in 4.0): use load_model(..., bridge=True)"
-        )
+        raise ModelNotAvailableError(f"load_model({name!r}, bridge=False): {NO_HOOKED}")
     if bridge:
         return _load_bridge(
             name, torch.device(device or "cpu"), _dtype(dtype), cache, **from_pretrained_kwargs
@@ -201,7 +200,7 @@ def load_model(
         return _load_gguf(Path(source.where), device, dtype, cache, label=source.label)
     if source.kind == "hf_dir":
         return _load_hf_dir(Path(source.where), device, dtype)
-    from transformer_lens import HookedTransformer
+    HookedTransformer, _ = hooked_classes()
 
     kwargs: dict[str, Any] = dict(
         fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False
@@ -244,15 +243,6 @@ def linear_layout(model: Model) -> Any:
                 if isinstance(p, torch.nn.Parameter) and p.dim() == 2 and not p.T.is_contiguous():
                     p.data = p.data.T.contiguous().T
     return model
-
-
-def has_hooked_transformer() -> bool:
-    """True when the installed TransformerLens provides ``HookedTransformer`` (3.x)."""
-    try:
-        from transformer_lens import HookedTransformer  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -353,8 +343,8 @@ def _hooked_from_hf(hf_model: Any, tokenizer: Any, device: torch.device, dtype: 
     """
     import shutil
 
+    HookedTransformer, _ = hooked_classes()  # before TL 3's loading_from_pretrained (not in TL 4)
     import transformer_lens.loading_from_pretrained as loading
-    from transformer_lens import HookedTransformer
 
     tmp = _neutral_dir()
     try:
@@ -805,7 +795,8 @@ def load_cached(
     rope_interp.model.load.CacheError: unknown files ['weights-float32.pt'], missing files []
     """
     from safetensors.torch import load_file
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    HookedTransformer, HookedTransformerConfig = hooked_classes()
 
     folder = Path(folder)
     device = torch.device(device)
@@ -873,8 +864,12 @@ def _load_bridge(name: str, device: torch.device, dtype: torch.dtype, cache: boo
             raise ModelNotAvailableError(
                 f"{path} has no tokenizer files (tokenizer.json, tokenizer_config.json or tokenizer.model), and a "
                 "TransformerBridge needs a tokenizer; save the checkpoint's tokenizer into the directory "
-                "(tokenizer.save_pretrained(path)), or load it as a HookedTransformer (load_model(path), "
-                "token ids only)"
+                "(tokenizer.save_pretrained(path))"
+                + (
+                    ", or load it as a HookedTransformer (load_model(path, bridge=False), token ids only)"
+                    if has_hooked_transformer()
+                    else ""
+                )
             )
         hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
         model = boot(hf, AutoTokenizer.from_pretrained(str(path)), source.label, device=device, dtype=dtype)

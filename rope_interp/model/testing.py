@@ -69,8 +69,11 @@ def tiny_model(
 
     ``cfg_kwargs`` go straight to ``HookedTransformerConfig`` (e.g. scaling options;
     ``positional_embedding_type="standard"`` builds a non-rotary model, for error tests).
+    TransformerLens 4 has no HookedTransformer: there this raises ModelNotAvailableError (use :func:`tiny_bridge`).
     """
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from .compat import hooked_classes
+
+    HookedTransformer, HookedTransformerConfig = hooked_classes()
 
     cfg = HookedTransformerConfig(
         n_layers=n_layers,

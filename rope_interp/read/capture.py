@@ -327,7 +327,12 @@ class BandStats(HookSet):
         self._mask = None if mask is None else mask.to(tokens.device)  # once here, not in every hook
         try:
             with self:
-                self.model(tokens, stop_at_layer=max(self.layers) + 1)
+                # text_mask only: a caller's own mask= selects what is counted, the model sees every token
+                self.model(
+                    tokens,
+                    stop_at_layer=max(self.layers) + 1,
+                    **adapter.padding_kwargs(self.model, text_mask),
+                )
         finally:
             self._mask = None
         return self
