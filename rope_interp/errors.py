@@ -60,3 +60,7 @@ class PaddingError(RopeInterpError):
 
 class UselessInterventionError(RopeInterpError):
     """An intervention that provably changes nothing (e.g. the same shift on q and k)."""
+
+
+class OutputError(RopeInterpError):
+    """An output folder that cannot be written safely (a file there that rope_interp did not write)."""
