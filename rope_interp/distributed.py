@@ -44,7 +44,7 @@ import io
 import os
 import pickle
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -441,22 +441,128 @@ def reduce_accumulators(accs: Sequence[Any], what: str = "merging the accumulato
 
 
 def map_shard(
-    items: Sequence[Any] | Callable[[], Sequence[Any]], fn: Callable[[list[Any]], Any], what: str
+    items: Sequence[Any] | Callable[[], Sequence[Any]],
+    fn: Callable[[list[Any]], Any],
+    what: str,
+    inputs: Mapping[str, Any] | None = None,
 ) -> list[Any]:
     """Run ``fn`` on this rank's contiguous block of ``items``; returns every rank's result, in rank order.
 
     ``items`` may be a function that builds them (run inside the guard: a failure there is reported
-    too). A failure on any rank raises :class:`RankFailedError` on every rank (:func:`exchange`). In a
-    single process: ``[fn(all items)]``.
+    too). Under ``torchrun`` the ranks first check that they hold the same ``items`` and ``inputs``
+    (:func:`same_inputs`), then run their blocks. A failure on any rank raises :class:`RankFailedError`
+    on every rank (:func:`exchange`). In a single process: ``[fn(all items)]``.
 
     >>> map_shard(lambda: [1, 2, 3], sum, "a sum")
     [6]
     """
-    error, out = None, None
+    w = world()
+    error, out, every = None, None, []
     try:
-        out = fn(shard(items() if callable(items) else items))
+        every = list(items() if callable(items) else items)
+    except Exception as err:  # reported to every rank at the input check
+        if w is None:
+            raise
+        error = err
+    if w is not None:
+        same_inputs(what, {"items": every, **(inputs or {})}, error)
+    try:
+        out = fn(shard(every))
     except Exception as err:  # reported to every rank at the exchange
-        if world() is None:
+        if w is None:
             raise
         error = err
     return exchange(out, error, what)
+
+
+# ---- the ranks' inputs -----------------------------------------------------------------------------------
+def _canon(obj: Any, contents: bool = True, depth: int = 0) -> Any:
+    """A picklable, rank-independent description of ``obj`` (what :func:`fingerprint` hashes).
+
+    Tensors: shape, dtype and (``contents``) a hash of their values on the CPU — never their device;
+    numbers, strings, None: themselves; lists, tuples, dicts: element by element; a function: its module
+    and qualname and the values its closure holds (so ``logit_diff(answer, wrong, pos)`` is covered by
+    its ``answer``, ``wrong`` and ``pos``); ``functools.partial``: its function and arguments; another
+    object: its type and public attributes. Modules and devices are left out (each rank has its own);
+    anything deeper than 4 levels is described by its type alone.
+    """
+    import functools
+    import hashlib
+
+    if isinstance(obj, (bool, int, float, str, bytes, type(None))):
+        return obj
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach()
+        digest = hashlib.sha256(t.cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+        return ("tensor", tuple(t.shape), str(t.dtype), digest[:16] if contents else None)
+    if isinstance(obj, (torch.nn.Module, torch.device)):
+        return (type(obj).__qualname__,)
+    if depth > 4:
+        return (type(obj).__qualname__,)
+    sub = functools.partial(_canon, contents=contents, depth=depth + 1)
+    if isinstance(obj, (list, tuple)):
+        return [sub(x) for x in obj]
+    if isinstance(obj, Mapping):
+        return sorted((str(k), sub(v)) for k, v in obj.items())
+    if isinstance(obj, functools.partial):
+        return ("partial", sub(obj.func), sub(obj.args), sub(obj.keywords))
+    if callable(obj) and hasattr(obj, "__code__"):
+        cells = [c.cell_contents for c in (getattr(obj, "__closure__", None) or ()) if _filled(c)]
+        return ("function", getattr(obj, "__module__", ""), obj.__qualname__, sub(cells))
+    public = {k: v for k, v in vars(obj).items() if not k.startswith("_")} if hasattr(obj, "__dict__") else {}
+    return ("object", type(obj).__module__, type(obj).__qualname__, sub(public))
+
+
+def _filled(cell: Any) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
+
+
+def fingerprint(obj: Any, contents: bool = True) -> str:
+    """A short hash of ``obj``'s rank-independent description (see :func:`_canon` for what is covered).
+
+    >>> fingerprint([1, torch.arange(3)]) == fingerprint([1, torch.arange(3)]), fingerprint(1) == fingerprint(2)
+    (True, False)
+    """
+    import hashlib
+
+    return hashlib.sha256(repr(_canon(obj, contents)).encode()).hexdigest()[:12]
+
+
+def same_inputs(what: str, parts: Mapping[str, Any], error: BaseException | None = None) -> None:
+    """Every rank sends the :func:`fingerprint` of each of ``parts`` (tokens, options, metric...); raises
+    :class:`RankFailedError` on every rank, naming the ranks and the parts that differ, unless all agree.
+
+    rope_interp splits the work itself: every rank must be given the full data and the same options
+    (the usual DDP idiom of passing each rank its own shard would shard it again). ``error`` (this rank
+    failed before the check) is reported instead. A no-op in a single process (``error`` re-raised).
+    """
+    mine = {k: fingerprint(v) for k, v in parts.items()} if error is None else None
+    everyone = exchange(mine, error, f"checking the ranks' inputs for {what}")
+    w = world()
+    if w is None:
+        return
+    differ = sorted({k for fp in everyone for k in fp if len({str(f.get(k)) for f in everyone}) > 1})
+    if not differ:
+        return
+    groups: dict[str, list[int]] = {}
+    for r, fp in enumerate(everyone):
+        groups.setdefault(repr([fp.get(k) for k in differ]), []).append(r)
+    ranks = " vs ".join(f"rank{'s' if len(g) > 1 else ''} {', '.join(map(str, g))}" for g in groups.values())
+    detail = "; ".join(
+        f"rank {r}: " + ", ".join(f"{k} {fp.get(k)}" for k in differ) for r, fp in enumerate(everyone)
+    )
+    raise RankFailedError(
+        f"the ranks were given different {' and '.join(differ)} for {what} ({ranks}; fingerprints: {detail}): "
+        "every rank must pass the full data, the same options and the same metric — rope_interp splits the "
+        "work over the ranks itself (README, 'Scaling out')",
+        w.rank,
+        {
+            r: f"different {', '.join(differ)} from rank 0"
+            for r, fp in enumerate(everyone)
+            if r not in groups[repr([everyone[0].get(k) for k in differ])]
+        },
+    )

@@ -69,3 +69,7 @@ class ReplayMismatchError(RopeInterpError):
 class ModelMismatchError(ModelNotAvailableError):
     """A converted model that would compute something other than its source checkpoint (e.g. a rope scaling
     TransformerLens drops); raised by ``load_model`` instead of returning a different network."""
+
+
+class OutputError(RopeInterpError):
+    """An output folder that cannot be written safely (a file there that rope_interp did not write)."""

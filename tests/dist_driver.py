@@ -3,6 +3,7 @@
     python tests/dist_driver.py stats OUT      # registry.run over the report's statistics; rank 0 saves them
     python tests/dist_driver.py sweep OUT      # naive + exact layer x band sweeps; rank 0 saves them
     python tests/dist_driver.py bandstats OUT  # BandStats on each rank's share, reduce_accumulators
+    python tests/dist_driver.py mismatch WHAT  # each rank given its own tokens (WHAT: sweep, stats or metric)
     python tests/dist_driver.py cli ARGS...    # rope_interp.cli.main(ARGS) with the test analyses registered
 
 Without WORLD_SIZE it runs as a single process (the reference).
@@ -84,6 +85,23 @@ def bandstats(out: str) -> None:
         )
 
 
+def mismatch(what: str) -> None:
+    """The DDP idiom rope_interp must refuse: every rank passes different data (or another metric)."""
+    from rope_interp.sweep.metrics import logit_diff, loss_metric
+    from rope_interp.sweep.tiers import run_sweep
+
+    rank = distributed.world().rank  # type: ignore[union-attr]
+    model = tiny_model(n_layers=3)
+    t = data()[rank : rank + 1, :24]  # each rank its own row
+    if what == "sweep":
+        run_sweep(model, t, loss_metric(t), method="exact", mode="zero", progress=False)
+    elif what == "metric":  # same tokens, logit_diff with another answer on each rank
+        t = data()[:1, :24]
+        run_sweep(model, t, logit_diff(1 + rank, 7), method="naive", progress=False)
+    else:
+        registry.run(model, data()[rank : rank + 1], {"usage": {}}, window=40, progress=False)
+
+
 # ---- analyses that fail on one rank's shard (registered for the cli mode) ----------------------------
 class Boom(Accumulator):
     """Fails (or kills its process) on a window holding the word "five" (the test puts it in the last window)."""
@@ -141,6 +159,13 @@ if __name__ == "__main__":
     elif mode == "sweep":
         distributed.init()
         sweep(rest[0])
+    elif mode == "mismatch":
+        distributed.init()
+        try:
+            mismatch(rest[0])
+        except distributed.RankFailedError as err:
+            print(f"RankFailedError: {err} failed={sorted(err.failed)}", file=sys.stderr)
+            sys.exit(3)
     elif mode == "cli":
         sys.exit(cli(rest))
     else:

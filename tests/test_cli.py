@@ -229,6 +229,7 @@ def test_rerun_replaces_the_whole_report(tmp_path, monkeypatch):
     assert rc == 0
     names = sorted(p.name for p in (tmp_path / "r").iterdir())
     assert names == [
+        ".rope-interp-complete",
         ".rope-interp-files.json",
         "bands.csv",
         "my_notes.txt",

@@ -130,6 +130,19 @@ def test_sharded_sweeps_equal_one_process(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7, msg=k)
 
 
+@pytest.mark.parametrize(
+    ("what", "differ"), [("sweep", "metric and tokens"), ("metric", "metric"), ("stats", "items")]
+)
+def test_ranks_given_different_inputs_fail_naming_both(what, differ):
+    """The DDP idiom (each rank passes its own shard, or its own metric) is refused on every rank before the
+    work: RankFailedError naming both ranks and what differs."""
+    res = launch(["mismatch", what])
+    assert [rc for rc, *_ in res] == [3, 3], [e[-2000:] for _, e, _ in res]
+    for _, err, _ in res:
+        assert f"the ranks were given different {differ}" in err and "(rank 0 vs rank 1;" in err, err[-2000:]
+        assert "failed=[1]" in err and "every rank must pass the full data" in err
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     from rope_interp.model.testing import tiny_hf_dir
@@ -147,6 +160,7 @@ def _text(tmp_path: Path) -> Path:
 
 def _no_output(out: Path) -> None:
     assert not (out / "summary.json").exists() and not (out / "report.html").exists()
+    assert not out.exists() or not list(out.glob(".rope-interp-staging-*"))  # no staging folder left
     assert not any(p.name.startswith(f".{out.name}.partial-") for p in out.parent.iterdir())
 
 
@@ -182,7 +196,7 @@ def test_command_on_two_ranks_counts_both_shards_and_writes_once(tmp_path, tiny_
     import json
 
     assert json.loads((out / "boom-raise.json").read_text()) == {"n": 181}  # 180 words + BOS, both shards
-    assert not list(tmp_path.glob("rope-interp-rank-*"))
+    assert not list(out.glob(".rope-interp-staging-*")) and (out / ".rope-interp-complete").is_file()
 
 
 @pytest.mark.skipif(

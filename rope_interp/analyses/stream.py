@@ -167,6 +167,20 @@ def forward_window(model: Model, tokens: Tensor, accs: Sequence[Accumulator]) ->
         a.observe_loss(tokens, loss)
 
 
+def _options_of(acc: Accumulator) -> tuple[str, dict[str, Any]]:
+    """An accumulator's kind and its numeric options (public int / float / bool attributes and lists of
+    ints, e.g. ``layers``) — compared across ranks; strings and tensors are left out (devices differ)."""
+
+    def simple(v: Any) -> bool:
+        if isinstance(v, (list, tuple)):
+            return all(isinstance(x, int) for x in v)
+        return v is None or isinstance(v, (bool, int, float))
+
+    return type(acc).__qualname__, {
+        k: v for k, v in getattr(acc, "__dict__", {}).items() if not k.startswith("_") and simple(v)
+    }
+
+
 def run_pass(
     model: Model,
     data: Any,
@@ -210,6 +224,8 @@ def run_pass(
             forward_window(model, tokens, accs)
         return len(mine)
 
-    n = sum(distributed.map_shard(every_window, feed, f"the shared pass ({desc})"))
+    # the ranks check first that they stream the same windows into the same kinds of accumulators
+    kinds = {"analyses": [_options_of(a) for a in accs]}
+    n = sum(distributed.map_shard(every_window, feed, f"the shared pass ({desc})", inputs=kinds))
     distributed.reduce_accumulators(accs, what=f"merging the shared pass ({desc})")
     return n

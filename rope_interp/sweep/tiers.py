@@ -641,6 +641,8 @@ def run_sweep(
     """
     if not isinstance(method, str) or method not in TIERS:
         raise ParameterError(f"unknown method {method!r}; expected one of {METHODS}")
+    options = {"per": per, "method": method, **{k: v for k, v in kwargs.items() if k != "progress"}}
+    distributed.same_inputs(f"the {method} sweep", {"tokens": tokens, "metric": metric, "options": options})
     return TIERS[method](model, tokens, metric, per, **kwargs)
 
 
