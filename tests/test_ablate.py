@@ -149,7 +149,9 @@ def test_huge_finite_parameters_whose_angles_overflow_are_refused():
         from rope_interp.sweep.metrics import logit_diff
         from rope_interp.sweep.tiers import exact_sweep
 
-        exact_sweep(model, TOKENS, logit_diff(1, 2), mode="scale_freq", params={"factor": 1e308}, progress=False)
+        exact_sweep(
+            model, TOKENS, logit_diff(1, 2), mode="scale_freq", params={"factor": 1e308}, progress=False
+        )
     # the bound is per selection: the slowest band (theta < 1e-2) keeps 1e306 * theta * n_ctx finite
     last = spec.n_bands - 1
     assert float(spec.freqs[:, last].max()) * 1e306 * spec.n_ctx < torch.finfo(torch.float64).max

@@ -299,7 +299,9 @@ def test_head_axis_is_named_for_what_it_indexes(tier):
         assert r.dims == ("layer", axis, "band") and r.coords[axis] == list(range(n)), (target, r.dims)
         assert r.extra["head_axis"] == axis and not other & set(r.coords)
         df = r.to_dataframe()
-        assert axis in df.columns and not other & set(df.columns) and sorted(df[axis].unique()) == list(range(n))
+        assert (
+            axis in df.columns and not other & set(df.columns) and sorted(df[axis].unique()) == list(range(n))
+        )
         fig = r.plot()
         assert f"layer × {axis} × band" in fig.axes[0].get_title()
         plt.close(fig)

@@ -536,7 +536,12 @@ def _symmetric_qk(spec: RotaryBands, target: Target, q_heads: Any, k_heads: Any)
 
 
 def _check_angles(
-    name: str, p: Mapping[str, Any], spec: RotaryBands, layers: Sequence[int], bands: Sequence[int], adt: torch.dtype
+    name: str,
+    p: Mapping[str, Any],
+    spec: RotaryBands,
+    layers: Sequence[int],
+    bands: Sequence[int],
+    adt: torch.dtype,
 ) -> None:
     """Refuse a ``shift`` ``delta`` or ``scale_freq`` ``factor`` whose extra angle overflows ``adt``.
 
