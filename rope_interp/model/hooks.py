@@ -60,7 +60,7 @@ from __future__ import annotations
 import re
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -274,7 +274,7 @@ class HookList(HookSet):
     [torch.Size([1, 3, 4, 16])]
     """
 
-    def __init__(self, model: Model, hooks: FwdHooks):
+    def __init__(self, model: Model, hooks: Sequence[tuple[str | HookFn, HookFn]]):
         super().__init__(model)
         self.hooks: FwdHooks = list(hooks)
 
