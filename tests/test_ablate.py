@@ -138,6 +138,28 @@ def test_non_finite_parameters_are_refused(mode, params, name):
         ablate_bands(model, [0, 1], mode=mode, **params)
 
 
+def test_huge_finite_parameters_whose_angles_overflow_are_refused():
+    # factor=1e308 made the extra angle inf, cos/sin NaN, and TL zeroed the NaN q/k: a finite, meaningless run
+    model = tiny_layout_model("gqa")
+    spec = RotaryBands.from_model(model)
+    for factor in (1e308, -1e308):
+        with pytest.raises(ParameterError, match="factor=.*beyond what float64 holds"):
+            ablate_bands(model, [0, 1], mode="scale_freq", factor=factor)
+    with pytest.raises(ParameterError, match="factor"):  # a sweep refuses before any forward
+        from rope_interp.sweep.metrics import logit_diff
+        from rope_interp.sweep.tiers import exact_sweep
+
+        exact_sweep(
+            model, TOKENS, logit_diff(1, 2), mode="scale_freq", params={"factor": 1e308}, progress=False
+        )
+    # the bound is per selection: the slowest band (theta < 1e-2) keeps 1e306 * theta * n_ctx finite
+    last = spec.n_bands - 1
+    assert float(spec.freqs[:, last].max()) * 1e306 * spec.n_ctx < torch.finfo(torch.float64).max
+    with torch.no_grad():
+        out = ablate_bands(model, [last], mode="scale_freq", factor=1e306).run(TOKENS)
+    assert torch.isfinite(out).all()
+
+
 def test_no_rotation_on_all_bands_is_unrotated_qk(layout_model):
     spec = RotaryBands.from_model(layout_model)
     rd, adj = spec.rotary_dim, spec.adjacent_pairs

@@ -117,6 +117,16 @@ def test_ffn_harmonics_on_a_tiny_model():
     assert "cannot show" in report_section(h)[0]
 
 
+def test_ffn_harmonics_refuses_a_rel_whose_drive_overflows():
+    # a_rel=[1, 1e300] returned NaN amplitudes: the drive's square overflowed float32 inside RMSNorm
+    model, toks = tiny_model(), torch.randint(0, 50, (1, 32), generator=torch.Generator().manual_seed(0))
+    kw = dict(layer=0, band=0, second_band=1, n_pos=64, progress=False)
+    with pytest.raises(ParameterError, match=r"a_rel up to 1e\+300 .* overflows float32: pass a_rel below"):
+        ffn_harmonics(model, toks, a_rel=[1.0, 1e300], **kw)
+    h = ffn_harmonics(model, toks, a_rel=[1.0, 1e10], **kw)  # large but representable: finite results
+    assert torch.isfinite(h.amp1).all() and torch.isfinite(h.amp2).all()
+
+
 def test_ffn_harmonics_validation():
     model = tiny_model(n_ctx=128)
     toks = torch.randint(0, 50, (1, 32))

@@ -270,3 +270,42 @@ def test_smol_qk_attribution_and_refine_on_the_ioi_prompt(smol):
     top = exact.effect.abs().flatten().topk(5).indices
     assert bool(r.extra["exact_mask"].flatten()[top].all())
     torch.testing.assert_close(r.values.flatten()[top], exact.values.flatten()[top], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("tier", ["naive", "exact", "attribution", "qk_attribution", "refine"])
+def test_head_axis_is_named_for_what_it_indexes(tier):
+    # under GQA a per-head sweep of k / qk indexes kv heads; it was named "head" like the query heads
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rope_interp.model.testing import tiny_model
+    from rope_interp.sweep.tiers import qk_attribution_sweep, refine_sweep
+
+    fn = {
+        "naive": naive_sweep,
+        "exact": exact_sweep,
+        "attribution": attribution_sweep,
+        "qk_attribution": qk_attribution_sweep,
+        "refine": refine_sweep,
+    }[tier]
+    per, metric = ("layer", "head", "band"), logit_diff(1, 2)
+    gqa = tiny_model()  # n_heads 4, n_key_value_heads 2
+    assert (gqa.cfg.n_heads, gqa.cfg.n_key_value_heads) == (4, 2)
+    for target, axis, n in (("q", "head", 4), ("k", "kv_head", 2), ("qk", "kv_head", 2)):
+        r = fn(gqa, CLEAN, metric, per, target=target, layers=[0], bands=[0, 1], progress=False)
+        other = {"head", "kv_head"} - {axis}
+        assert r.dims == ("layer", axis, "band") and r.coords[axis] == list(range(n)), (target, r.dims)
+        assert r.extra["head_axis"] == axis and not other & set(r.coords)
+        df = r.to_dataframe()
+        assert (
+            axis in df.columns and not other & set(df.columns) and sorted(df[axis].unique()) == list(range(n))
+        )
+        fig = r.plot()
+        assert f"layer × {axis} × band" in fig.axes[0].get_title()
+        plt.close(fig)
+    mha = tiny_model(n_key_value_heads=None)  # no GQA: kv heads are the query heads, the axis stays "head"
+    for target in ("q", "k", "qk"):
+        r = fn(mha, CLEAN, metric, per, target=target, layers=[0], bands=[0, 1], progress=False)
+        assert r.dims == ("layer", "head", "band") and r.coords["head"] == list(range(4))

@@ -610,6 +610,38 @@ def test_second_thread_entering_a_hooked_model_raises(model):
         pass
 
 
+@pytest.mark.parametrize("tier", ["attribution_sweep", "qk_attribution_sweep"])
+def test_attribution_tiers_refuse_a_model_hooked_by_another_thread(model, tier):
+    # the gradient tiers attached hooks with model.hooks(...) and so measured the other thread's ablation
+    from rope_interp.sweep.metrics import logit_diff
+
+    fn = getattr(ri, tier)
+    clean = fn(model, TOKS, logit_diff(1, 2), layers=[0], progress=False)
+    entered, release, errors = threading.Event(), threading.Event(), []
+
+    def hold():
+        with ri.ablate_bands(model, list(range(8)), layers=[0, 1]):
+            entered.set()
+            release.wait(30)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert entered.wait(30)
+        try:
+            fn(model, TOKS, logit_diff(1, 2), layers=[0], progress=False)
+        except HookStateError as err:
+            errors.append(err)
+    finally:
+        release.set()
+        t.join(30)
+    assert not t.is_alive()
+    assert len(errors) == 1 and "another thread" in str(errors[0])
+    # once the other thread's context closed, the tier runs and measures the clean model again
+    again = fn(model, TOKS, logit_diff(1, 2), layers=[0], progress=False)
+    assert torch.equal(again.values, clean.values)
+
+
 def test_composing_different_models_is_an_error(model):
     with pytest.raises(RopeInterpError, match="different models"):
         ri.ablate_bands(model, [0]) + ri.ablate_bands(tiny_model(), [0])

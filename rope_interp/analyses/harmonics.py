@@ -425,12 +425,27 @@ def ffn_harmonics(
         "random": torch.linalg.qr(torch.randn(d, 4, generator=g, dtype=torch.float64))[0].to(x_bar.device),
     }
     amps = a * sigma
+    # the drive's norm is <= |x̄| + 2·a·σ (two tones); RMSNorm squares it: keep its square finite in the model dtype
+    mdt = next(model.parameters()).dtype
+    top, big = float(x_bar.norm()) + 2 * float(amps[-1]), math.sqrt(torch.finfo(mdt).max)
+    if not top < big:
+        limit = (big - float(x_bar.norm())) / (2 * sigma) if sigma > 0 else math.inf
+        raise ParameterError(
+            f"a_rel up to {float(a[-1]):g} gives a drive of norm {top:.3g} (sigma={sigma:.3g}) whose square "
+            f"overflows {str(mdt).removeprefix('torch.')}: pass a_rel below {max(limit, 0.0):.3g}"
+        )
     one, two = [], []
     with torch.no_grad():
         for dname in DIRS:
             u = bases[dname].T.reshape(2, 2, d)  # [tone, (u, v), d]
             one.append(drive_response(stages, x_bar, u[:1], [cyc[band]], n_pos, amps, h_tones))
             two.append(drive_response(stages, x_bar, u, [cyc[band], cyc[second_band]], n_pos, amps, i_tones))
+    for name, r in (("one-tone", one), ("two-tone", two)):
+        if not all(bool(torch.isfinite(x).all()) for x in r):
+            raise ParameterError(
+                f"the {name} response at a_rel={list(a.tolist())} is not finite (the MLP overflowed): "
+                "pass smaller a_rel values"
+            )
     return FFNHarmonics(
         layer,
         head,

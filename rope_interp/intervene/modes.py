@@ -535,6 +535,38 @@ def _symmetric_qk(spec: RotaryBands, target: Target, q_heads: Any, k_heads: Any)
     return q == {h for h in range(spec.n_heads) if int(spec.kv_map[h]) in k}
 
 
+def _check_angles(
+    name: str,
+    p: Mapping[str, Any],
+    spec: RotaryBands,
+    layers: Sequence[int],
+    bands: Sequence[int],
+    adt: torch.dtype,
+) -> None:
+    """Refuse a ``shift`` ``delta`` or ``scale_freq`` ``factor`` whose extra angle overflows ``adt``.
+
+    The largest extra angle is ``|delta| · max θ`` (shift) or ``|factor − 1| · max θ · (n_ctx − 1)``
+    (scale_freq) over the selected layers and bands; past the dtype's largest finite value it is
+    ``inf``, its cos/sin NaN, and TransformerLens would zero the NaN q/k, a sweep reporting finite
+    but meaningless numbers.
+    """
+    if name == "shift" and "delta" in p:
+        scale, what = abs(float(p["delta"])), f"delta={p['delta']!r}"
+    elif name == "scale_freq":
+        scale, what = abs(float(p["factor"]) - 1.0) * max(spec.n_ctx - 1, 1), f"factor={p['factor']!r}"
+    else:
+        return
+    if not layers or not bands:
+        return
+    theta = float(spec.freqs[list(layers)][:, list(bands)].abs().max())
+    bound = scale * theta
+    if not math.isfinite(bound) or bound > torch.finfo(adt).max:
+        raise ParameterError(
+            f"mode {name!r} with {what}: the extra rotation angle reaches {bound:.3g} rad, beyond what "
+            f"{str(adt).removeprefix('torch.')} holds (cos/sin would be NaN); pass a smaller magnitude"
+        )
+
+
 def resolve_mode(
     model: Model,
     mode: Any = "zero",
@@ -594,4 +626,5 @@ def resolve_mode(
                     v = v[side_heads]
                 reference[L, side] = v.to(device=dev, dtype=dtype)
     freqs = {L: spec.freqs[L, band_list].to(device=dev, dtype=adt) for L in layer_list}
+    _check_angles(r.name, p, spec, layer_list, band_list, adt)
     return ResolvedMode(r, target, p, spec, layer_list, band_list, q_heads, k_heads, freqs, reference, adt)

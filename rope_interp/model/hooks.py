@@ -60,7 +60,7 @@ from __future__ import annotations
 import re
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -256,6 +256,30 @@ class HookSet:
         """``model(*args, **kwargs)`` with these hooks attached, removed afterwards."""
         with self:
             return self.model(*args, **kwargs)
+
+
+class HookList(HookSet):
+    """A plain forward-hook list as a :class:`HookSet`: attached under the same thread and LIFO guard.
+
+    For code that builds its own ``fwd_hooks`` (the gradient tiers of the sweep): entering it on a
+    model that holds a context of another thread raises :class:`~rope_interp.errors.HookStateError`
+    instead of attaching hooks that would fire in (and measure) that thread's intervention.
+
+    >>> import torch
+    >>> from rope_interp.model.testing import tiny_model
+    >>> model, seen = tiny_model(), []
+    >>> with HookList(model, [(attn_hook(0, "rot_q"), lambda a, hook: seen.append(a.shape))]):
+    ...     _ = model(torch.tensor([[1, 2, 3]]))
+    >>> seen
+    [torch.Size([1, 3, 4, 16])]
+    """
+
+    def __init__(self, model: Model, hooks: Sequence[tuple[str | HookFn, HookFn]]):
+        super().__init__(model)
+        self.hooks: FwdHooks = list(hooks)
+
+    def fwd_hooks(self) -> FwdHooks:
+        return list(self.hooks)
 
 
 def _call(fn: HookFn, act: Any, hook: Any) -> Any:

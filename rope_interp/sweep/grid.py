@@ -38,6 +38,12 @@ class SweepResult:
 
     ``coords[d]`` are the indices along axis ``d`` (model layers, heads, bands, positions);
     ``base`` is the metric of the run without any change, ``effect = values - base``.
+
+    The head axis is named for what it indexes: ``"kv_head"`` (key/value heads, ``n_key_value_heads``
+    of them) when a sweep per head targets ``k`` or ``qk`` on a GQA model, ``"head"`` (query heads)
+    otherwise; without GQA the two coincide and it is ``"head"``. A sweep records the name as
+    ``extra["head_axis"]`` and the result renames its ``"head"`` axis to it, in ``dims``, ``coords``,
+    :meth:`to_dataframe`'s columns and the plot's labels.
     """
 
     values: Tensor
@@ -46,6 +52,12 @@ class SweepResult:
     base: float
     method: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        axis = self.extra.get("head_axis", "head")
+        if axis != "head" and "head" in self.dims:
+            self.dims = tuple(axis if d == "head" else d for d in self.dims)
+            self.coords = {(axis if d == "head" else d): v for d, v in self.coords.items()}
 
     @property
     def effect(self) -> Tensor:
@@ -150,6 +162,18 @@ class Grid:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(len(self.coords[d]) for d in self.dims)
+
+    @property
+    def head_axis(self) -> str:
+        """What the ``"head"`` axis indexes, as the result names it (see :class:`SweepResult`).
+
+        >>> from rope_interp.model.testing import tiny_model
+        >>> spec = RotaryBands.from_model(tiny_model(n_key_value_heads=2))
+        >>> [Grid.build(spec, ("layer", "head"), [0], None, None, None, t, 3).head_axis for t in ("q", "k", "qk")]
+        ['head', 'kv_head', 'kv_head']
+        """
+        gqa = self.spec.n_kv_heads != self.spec.n_heads
+        return "kv_head" if "head" in self.dims and self.target != "q" and gqa else "head"
 
     def cells(self) -> list[dict[str, int]]:
         """Every condition within one layer, as ``{axis: index}`` (in row-major order)."""

@@ -129,10 +129,12 @@ class Selection:
         return cls(tokens, grid, CellOp(spec, recipe=recipe))
 
     def extra(self, **more: Any) -> dict[str, Any]:
-        """The ``extra`` of the sweep's result: what the cells got, the target, and ``more``."""
+        """The ``extra`` of the sweep's result: what the cells got, the target, the head axis's name
+        (``"head"`` or ``"kv_head"``, per head only; :class:`~rope_interp.sweep.grid.SweepResult`), and ``more``."""
         recipe = self.op.recipe
         kind = {"kind": "patch"} if recipe is None else {"kind": "ablation", "mode": recipe.mode}
-        return {**kind, "target": self.grid.target, **more}
+        axis = {"head_axis": self.grid.head_axis} if "head" in self.grid.dims else {}
+        return {**kind, "target": self.grid.target, **axis, **more}
 
 
 PER_DEFAULT = ("layer", "band")

@@ -55,7 +55,7 @@ from ..bands import band_view
 from ..errors import ParameterError
 from ..intervene.modes import METHODS, Method
 from ..model import adapter
-from ..model.hooks import SIDES, HookSet, Side, attn_hook, rot_site
+from ..model.hooks import SIDES, HookList, HookSet, Side, attn_hook, rot_site
 from ..model.kind import Model
 from ..model.layout import RotaryBands
 from ..progress import progress_bar
@@ -286,7 +286,8 @@ def _grad_run(model, tokens, metric, hooks_at: dict[str, Any]) -> tuple[Tensor, 
         return act
 
     hooks = [(name, lambda a, hook, key=key: keep(a, key)) for name, key in hooks_at.items()]
-    with torch.enable_grad(), model.hooks(fwd_hooks=hooks + _metric_hooks(metric)):
+    # a HookList, not model.hooks: the thread guard refuses to measure another thread's ablation
+    with torch.enable_grad(), HookList(model, hooks + _metric_hooks(metric)):
         value = metric_values(metric, model(tokens), 1)[0]
         keys = list(acts)
         grads = torch.autograd.grad(value, [acts[k] for k in keys], allow_unused=True)
