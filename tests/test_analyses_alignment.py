@@ -134,6 +134,16 @@ def test_causal_alignment_validation():
         sharpness(torch.ones(3, 3), skip=0)
 
 
+def test_causal_alignment_refuses_n_used_that_would_list_a_band_twice():
+    # regression (issue 22 #14): n_used >= n_bands listed the least-used band twice; now refused before work
+    model, toks = marker_head()
+    n_bands = model.cfg.d_head // 2
+    with pytest.raises(ParameterError, match="twice"):
+        causal_alignment(model, toks, layer=0, head=0, n_used=n_bands, progress=False)
+    with pytest.raises(ParameterError, match="twice"):
+        causal_alignment(model, toks, layer=0, head=0, n_used=100, progress=False)
+
+
 # ---- the observational version ----------------------------------------------------------------------
 def test_weighted_alignment_by_brute_force():
     model = tiny_model()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import rope_interp as ri
-from rope_interp.errors import LayerError, TokenError
+from rope_interp.errors import LayerError, ParameterError, TokenError
 from rope_interp.model.testing import tiny_model
 from rope_interp.sweep.spec import SweepSpec
 
@@ -19,6 +19,15 @@ def test_logit_diff_refuses_what_is_not_a_token_id(bad):
         ri.logit_diff(bad, 7)
     with pytest.raises(TokenError):
         ri.logit_diff(7, bad)
+
+
+def test_logit_diff_refuses_answer_equal_to_wrong():
+    # regression (issue 22 #14): answer == wrong gave an all-zero patch table without a word
+    with pytest.raises(ParameterError, match="identically zero"):
+        ri.logit_diff(7, 7)
+    with pytest.raises(ParameterError, match="identically zero"):
+        ri.logit_diff(torch.tensor([3, 4]), torch.tensor([3, 4]))
+    ri.logit_diff(torch.tensor([3, 4]), torch.tensor([3, 5]))  # rows that differ somewhere are fine
 
 
 def test_logit_diff_values_and_the_vocabulary_check():

@@ -154,3 +154,23 @@ def test_build_report_changes_no_global_state(tmp_path, grad):
         torch.set_grad_enabled(True)
     if grad:  # a user's backward still works after the report
         model(tokens[:, :8], return_type="loss").backward()
+
+
+def test_report_on_a_short_text_skips_what_it_cannot_compute_with_a_note(tmp_path):
+    # regression (issue 22 #14/#15): a short text on a model with n_ctx < 512 died (default window 512, then the
+    # spectrum section); now the window defaults to min(512, n_ctx) and sections below their need are skipped
+    import json
+
+    import torch
+
+    from rope_interp.analyses.report import ReportConfig, build_report
+    from rope_interp.model.testing import tiny_model
+
+    model = tiny_model()
+    tokens = torch.randint(0, 50, (1, 8), generator=torch.Generator().manual_seed(0))
+    path = build_report(model, tokens, tmp_path / "r", ReportConfig(progress=False), source="short")
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert set(summary["skipped"]) == {"spectrum", "carrier"}
+    assert "usage" in summary["analyses"] and "spectrum" not in summary["analyses"]
+    page = path.read_text()
+    assert page.count("Section skipped") == 2 and "at least 33 tokens" in page

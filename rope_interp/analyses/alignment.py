@@ -265,6 +265,13 @@ def causal_alignment(
         raise ParameterError(f"phases must be a 1-d list starting at 0.0 (the clean run), got {ph.tolist()}")
     if bool((ph.abs() > math.pi + 1e-6).any()):
         raise ParameterError(f"phases must lie in [-π, π] radians, got {ph.tolist()}")
+    if bands is None:
+        n_used = positive_int("n_used", n_used)
+        if n_used >= spec.n_bands:  # the least-used band is added too: never list a band twice
+            raise ParameterError(
+                f"n_used={n_used} with {spec.n_bands} bands would list a band twice (the least-used band is "
+                f"shifted too); use n_used <= {spec.n_bands - 1}, or name the bands with bands=[...]"
+            )
     wins = list(iter_windows(model, data, window))
     kv = int(spec.kv_map[head])
 
@@ -302,7 +309,6 @@ def causal_alignment(
     aligning = (-C.angle()).float()
     if bands is None:
         order = torch.argsort(usage, descending=True).tolist()
-        n_used = positive_int("n_used", n_used)
         chosen = order[:n_used] + [order[-1]]
         labels = [f"band {b} (used #{i + 1})" for i, b in enumerate(order[:n_used])] + [
             f"band {order[-1]} (least used)"

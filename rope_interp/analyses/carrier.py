@@ -445,6 +445,7 @@ def _findings(r: CarrierSurvey) -> list[str]:
 
 ANALYSIS = Analysis(
     name="carrier",
+    min_tokens=20,  # 16 positions after the default skip=4
     title="θ_i carriers outside q·k (Ruscio et al. v1/v2 precondition)",
     help="Is there a θ_i carrier in the sink attention or the MLP input? Line detection on text, a repeated token "
     "and random tokens",

@@ -473,6 +473,7 @@ def _entropy_findings(r: FrequencyEntropy) -> list[str]:
 
 ANALYSIS = Analysis(
     name="frequency-entropy",
+    min_tokens=5,  # 4 positions after start_pos=1
     title="Frequency entropy of band query norms",
     help="Spectral entropy over positions of each (layer, head, band) query norm, and extreme-entropy ablations",
     description=(

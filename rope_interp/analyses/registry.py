@@ -144,6 +144,7 @@ class Analysis:
     findings: Callable[[Any], list[str]] = lambda r: []
     tables: Callable[[Any], dict[str, Any]] = lambda r: {}
     section: Callable[[Any], list[Block]] = lambda r: []
+    min_tokens: int = 2  # the shortest window (tokens) it can say anything about; the report skips it below
 
     def options_with(self, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Defaults updated with ``given``, each checked; unknown names are an error."""

@@ -17,6 +17,7 @@ interactive circuitsvis views of a top-band vs bottom-band ablation.
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from typing import Any
 
 import torch
 
+from ..model import adapter
 from ..model.kind import Model
 from .registry import Analysis, Block, analyses
 
@@ -43,6 +45,7 @@ SUMMARY_DOC = {
     "processes": "processes that shared the analyses' passes (torchrun ranks; 1 for a single process)",
     "findings": "the Findings block's sentences",
     "analyses": "per analysis name: its summary (documented by the analysis' summary_doc)",
+    "skipped": "per skipped section name: why it could not run on this input",
 }
 
 
@@ -50,7 +53,7 @@ SUMMARY_DOC = {
 class ReportConfig:
     """What the report analyses. ``options`` overrides analysis options, e.g. ``{"heads": {"ablate_k": 2}}``."""
 
-    window: int = 512
+    window: int | None = None  # None: min(512, the model's n_ctx)
     max_tokens: int | None = 2048
     layers: list[int] | None = None
     spectra_layers: list[int] | None = None
@@ -180,7 +183,7 @@ def views_section(run: ReportRun) -> list[Block]:
 
 # ---- summary.json ---------------------------------------------------------------------------------------
 def build_summary(
-    run: ReportRun, chosen: list[Analysis], sentences: list[str], total: float
+    run: ReportRun, chosen: list[Analysis], sentences: list[str], total: float, skipped: dict[str, str]
 ) -> dict[str, Any]:
     return {
         "schema": "rope_interp.report/1",
@@ -193,6 +196,7 @@ def build_summary(
         "processes": run.processes,
         "findings": sentences,
         "analyses": {a.name: a.summary(run.results[a.name]) for a in chosen},
+        "skipped": skipped,
     }
 
 
@@ -269,7 +273,14 @@ def _write_report(
     if cfg.max_tokens:
         tokens = tokens[:, : cfg.max_tokens]
     run = ReportRun(model, tokens, spec, cfg, source)
-    chosen = _selected(cfg)
+    window = cfg.window or min(512, int(adapter.config(model).n_ctx))
+    n_window = min(window, int(tokens.shape[1]))
+    chosen, skipped = [], {}
+    for a in _selected(cfg):  # each section's need is checked before any work: a short text skips, not kills
+        if n_window < a.min_tokens:
+            skipped[a.name] = f"needs windows of at least {a.min_tokens} tokens; this run has {n_window}"
+        else:
+            chosen.append(a)
     with preserved_state(model):
         timings: dict[str, float] = {}
         run.results = registry.run(
@@ -277,7 +288,7 @@ def _write_report(
             tokens,
             {a.name: _options(a, cfg) for a in chosen},
             layers=cfg.layers,
-            window=cfg.window,
+            window=window,
             progress=cfg.progress,
             timings=timings,
         )
@@ -291,6 +302,8 @@ def _write_report(
             if cfg.wants("bands"):
                 body += bands_section(run)
                 run.spec.to_dataframe(0, context_length=int(tokens.shape[1])).to_csv(out / "bands.csv")
+            for name, why in skipped.items():
+                body += [(f"{name}: skipped", f"<p><b>Section skipped</b>: {html.escape(why)}.</p>")]
             for a in chosen:
                 for name, df in a.tables(run.results[a.name]).items():
                     df.to_csv(out / f"{name}.csv", index=False)
@@ -301,7 +314,7 @@ def _write_report(
                 run.seconds["views"] = time.perf_counter() - t0
     sentences = findings(run, chosen)
     total = time.perf_counter() - started
-    summary = build_summary(run, chosen, sentences, total)
+    summary = build_summary(run, chosen, sentences, total, skipped)
     validate_summary(summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
     page = [header_block(run, total), findings_block(sentences), (None, TOC), *body]

@@ -746,6 +746,7 @@ def _tables(r: Spectra) -> dict[str, Any]:
 
 ANALYSIS = Analysis(
     name="spectrum",
+    min_tokens=33,  # query rows from min_row=32 on
     title="Spectra (Ruscio et al.)",
     help="Spectra (Ruscio et al.): band trajectories, attention rows, MLP activations, phase alignment",
     description=(

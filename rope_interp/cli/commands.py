@@ -142,7 +142,7 @@ class SummaryCommand(Command):
             "--layers", type=layer_index, nargs="*", default=None, help="layers (default: 0, middle, last)"
         )
         p.add_argument(
-            "--window", type=window_size, default=512, help="tokens per window (default %(default)s)"
+            "--window", type=window_size, default=None, help="tokens per window (default: min(512, n_ctx))"
         )
         p.add_argument(
             "--chunk-size", type=positive_int, default=128, help="queries per chunk (default %(default)s)"
@@ -163,7 +163,9 @@ class SummaryCommand(Command):
         print(f"{tokens.shape[1]} tokens; share of mean |score term| per band (bands 0 = highest frequency)")
         result = {}
         for layer in layers:
-            share = band_share(model, tokens, layer, args.window, args.chunk_size)
+            share = band_share(
+                model, tokens, layer, args.window or min(512, model.cfg.n_ctx), args.chunk_size
+            )
             top = torch.argsort(share, descending=True)[:5].tolist()
             q = spec.n_bands // 4
             high_freq, low_freq = share[:q].sum().item(), share[-q:].sum().item()
@@ -196,7 +198,7 @@ class AnalysisCommand(Command):
             "--layers", type=layer_index, nargs="*", default=None, help="layers to analyse (default: all)"
         )
         p.add_argument(
-            "--window", type=window_size, default=512, help="tokens per window (default %(default)s)"
+            "--window", type=window_size, default=None, help="tokens per window (default: min(512, n_ctx))"
         )
         g = p.add_argument_group(f"{a.name} options")
         for opt in a.options:
@@ -211,7 +213,12 @@ class AnalysisCommand(Command):
         layers = check_layers(model.cfg.n_layers, args.layers)
         tokens = tokens_from_args(model, args, windowed=True)
         result = run(
-            model, tokens, {a.name: opts}, layers=layers, window=args.window, progress=not args.no_progress
+            model,
+            tokens,
+            {a.name: opts},
+            layers=layers,
+            window=args.window or min(512, model.cfg.n_ctx),
+            progress=not args.no_progress,
         )[a.name]
         out = out_dir(args, self.default_out)
         written = write_tables(a, result, out)
@@ -265,7 +272,7 @@ class ReportCommand(Command):
             "--layers", type=layer_index, nargs="*", default=None, help="layers to analyse (default: all)"
         )
         p.add_argument(
-            "--window", type=window_size, default=512, help="tokens per window (default %(default)s)"
+            "--window", type=window_size, default=None, help="tokens per window (default: min(512, n_ctx))"
         )
         p.add_argument("--sections", nargs="*", default=choices, choices=choices, help="sections to include")
         p.add_argument("--quick", action="store_true", help="a fast smoke run: 256 tokens, 4 layers")
@@ -288,7 +295,7 @@ class ReportCommand(Command):
         layers = check_layers(model.cfg.n_layers, args.layers)
         spectra_layers = check_layers(model.cfg.n_layers, args.spectra_layers)
         cfg = ReportConfig(
-            window=args.window,
+            window=args.window or min(512, model.cfg.n_ctx),
             layers=layers,
             sections=tuple(args.sections),
             progress=not args.no_progress,
@@ -297,7 +304,7 @@ class ReportCommand(Command):
         if args.quick:
             n = model.cfg.n_layers
             cfg.max_tokens = 256
-            cfg.window = min(cfg.window, 256)
+            cfg.window = min(cfg.window or 512, 256)
             cfg.layers = cfg.layers or sorted({0, 1 % n, n // 2, n - 1})
             cfg.view_tokens = 48
         if args.max_tokens:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import RopeInterpError, TokenError
+from ..errors import ParameterError, RopeInterpError, TokenError
 from ..model import adapter
 from ..model.hooks import FwdHooks, HookSet, attn_hook
 from ..model.kind import Model
@@ -44,6 +44,11 @@ def logit_diff(answer: int | Tensor, wrong: int | Tensor, pos: int = -1) -> Metr
     """
     a, w = _token_ids("answer", answer), _token_ids("wrong", wrong)
     pos = _as_int("pos", pos)  # negative positions count from the end, as in Python
+    if a.shape == w.shape and bool((a == w).all()):
+        raise ParameterError(
+            f"logit_diff: answer and wrong are the same token(s) ({a.tolist()}): the metric is identically zero; "
+            "pass a different wrong token"
+        )
 
     top = int(max(a.max(), w.max()))  # once here: no host sync per call
 
