@@ -515,7 +515,7 @@ def _canon(obj: Any, contents: bool = True, depth: int = 0) -> Any:
 
 def _filled(cell: Any) -> bool:
     try:
-        cell.cell_contents
+        _ = cell.cell_contents
     except ValueError:
         return False
     return True
