@@ -820,3 +820,41 @@ def test_bad_device_is_refused(monkeypatch, bad):
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     with pytest.raises(ParameterError):
         device(bad)
+
+
+# ---- analyses: degenerate inputs refused before work (issue 22, items 8 and 14) --------------------------
+@pytest.mark.parametrize(
+    "case",
+    [
+        "causal_alignment_one_token",
+        "induction_no_layers",
+        "carrier_survey_text_without_tokenizer",
+        "induction_one_token_repeated",
+        "positional_heads_no_layers",
+    ],
+)
+def test_degenerate_analysis_inputs_are_refused(model, case):
+    from rope_interp.errors import ContextLengthError
+
+    calls = {
+        "causal_alignment_one_token": (
+            ContextLengthError,
+            lambda: analyses.causal_alignment(model, torch.tensor([[5]]), layer=0, head=0, progress=False),
+        ),
+        "induction_no_layers": (LayerError, lambda: analyses.induction_heads(model, n=8, batch=2, layers=[])),
+        "carrier_survey_text_without_tokenizer": (
+            TokenError,
+            lambda: analyses.carrier_survey(model, "text", n_pos=16, progress=False),
+        ),
+        "induction_one_token_repeated": (
+            TokenError,
+            lambda: analyses.induction_heads(model, tokens=torch.tensor([[1] + [7] * 8 + [7] * 8])),
+        ),
+        "positional_heads_no_layers": (
+            LayerError,
+            lambda: analyses.positional_heads(model, torch.arange(1, 20)[None], layers=[], progress=False),
+        ),
+    }
+    err, call = calls[case]
+    with pytest.raises(err):
+        call()

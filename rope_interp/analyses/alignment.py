@@ -45,7 +45,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..bands import band_norms
-from ..errors import ParameterError
+from ..errors import ContextLengthError, ParameterError
 from ..intervene.ablate import ablate_bands
 from ..model import adapter
 from ..model.hooks import attn_hook, mlp_hook
@@ -273,6 +273,12 @@ def causal_alignment(
                 f"shifted too); use n_used <= {spec.n_bands - 1}, or name the bands with bands=[...]"
             )
     wins = list(iter_windows(model, data, window))
+    short = min(int(w.shape[-1]) for w in wins) if wins else 0
+    if short < skip + 2:  # a query after the skipped ones, with at least two keys to be sharp over
+        raise ContextLengthError(
+            f"causal_alignment needs windows of at least skip + 2 = {skip + 2} tokens (queries after the first "
+            f"skip={skip}, each over two or more keys); the shortest has {short}: pass more text"
+        )
     kv = int(spec.kv_map[head])
 
     # band usage and the clean alignment of each band on the clean run

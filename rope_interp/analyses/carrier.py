@@ -352,6 +352,7 @@ def carrier_survey(
     >>> sorted(s.summary())
     ['random', 'repeated', 'text']
     """
+    tokens = adapter.to_tokens(model, tokens)  # text, token ids or a [1, pos] tensor; refused if too long
     conds = survey_inputs(model, tokens, n_pos, seed)
     return CarrierSurvey(
         [

@@ -113,6 +113,13 @@ def _check_repeated(model: Model, tokens: Any) -> tuple[Tensor, int]:
             "tokens[:, n+1:] must repeat tokens[:, 1:n+1] (n = (length - 1) / 2); "
             "build them with repeated_tokens(model, n, batch)"
         )
+    distinct = min(len(set(row.tolist())) for row in tokens[:, 1 : n + 1])
+    if distinct < max(2, n // 2):  # e.g. one token repeated: copying it is not told from attending anywhere
+        raise TokenError(
+            f"a repeated sequence needs mostly distinct tokens (at least {max(2, n // 2)} of its n = {n}); "
+            f"a row has only {distinct}, so an induction score there says nothing about copying; "
+            "build them with repeated_tokens(model, n, batch)"
+        )
     return tokens, n
 
 

@@ -27,7 +27,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..errors import ContextLengthError, RopeInterpError, TokenError
+from ..errors import ContextLengthError, LayerError, RopeInterpError, TokenError
 from ..model import adapter
 from ..model.hooks import FwdHooks, attn_hook
 from ..model.kind import Model
@@ -234,7 +234,14 @@ def layer_head_band_frame(layers: Sequence[int], columns: dict[str, Tensor]):
 
 
 def layer_list(model: Model, layers: Any) -> list[int]:
-    """Validated, sorted, de-duplicated layers (None = all)."""
+    """Validated, sorted, de-duplicated layers (None = all); an empty selection is refused."""
+    if (
+        layers is not None
+        and not isinstance(layers, int)
+        and getattr(layers, "ndim", 1) != 0
+        and len(layers) == 0
+    ):
+        raise LayerError("layers=[] selects no layer: pass layer numbers, or None for every layer")
     return sorted(set(adapter.layers(model, layers)))
 
 
