@@ -7,7 +7,8 @@ sliding window. Its vanilla JavaScript (no library, no network, works from ``fil
 the kept terms, applies soft-cap then the causal / window mask exactly as
 :func:`~rope_interp.read.masks.masked_scores` does, and takes the softmax: the drawn pattern
 is ``BandScores.pattern(drop=...)`` up to float16 rounding of the terms.
-Size: ``heads * bands * q * q * 2`` bytes (x4/3 for base64), e.g. 9 x 32 x 128 x 128 -> 9.4 MB.
+Size: ``heads * (2 * bands + 4) * q * q`` bytes, x4/3 for base64: 9 heads x 32 bands x 128 tokens is a
+13.4 MB page (measured on SmolLM2-135M, layer 16; a redraw takes ~10-30 ms in headless Chromium).
 Ours (no paper).
 """
 
