@@ -61,6 +61,7 @@ from .sweep.tiers import (
     refine_sweep,
     run_sweep,
 )
+from .view.explore import Explorer, explore
 
 __all__ = [
     "StackWarning",
@@ -109,6 +110,8 @@ __all__ = [
     "data",
     "direct_effect_sweep",
     "exact_sweep",
+    "explore",
+    "Explorer",
     "from_bands",
     "iter_band_scores",
     "kl_metric",
