@@ -41,7 +41,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     import pandas as pd
 
-from ..errors import ParameterError, RopeInterpError
+from ..errors import ParameterError, RopeInterpError, TokenError
 from ..model import adapter
 from ..model.hooks import ln2_normalized_hook
 from ..model.kind import Model
@@ -352,7 +352,12 @@ def carrier_survey(
     >>> sorted(s.summary())
     ['random', 'repeated', 'text']
     """
-    tokens = adapter.to_tokens(model, tokens)  # text, token ids or a [1, pos] tensor; refused if too long
+    if isinstance(tokens, str):  # text: tokenised by the model (refused, never cut, if over n_ctx)
+        tokens = adapter.to_tokens(model, tokens)
+    elif not isinstance(tokens, Tensor):
+        raise TokenError(
+            f"carrier_survey takes a text or a [1, pos] tensor of token ids, got {type(tokens).__name__}"
+        )
     conds = survey_inputs(model, tokens, n_pos, seed)
     return CarrierSurvey(
         [
