@@ -174,3 +174,31 @@ def test_report_on_a_short_text_skips_what_it_cannot_compute_with_a_note(tmp_pat
     assert "usage" in summary["analyses"] and "spectrum" not in summary["analyses"]
     page = path.read_text()
     assert page.count("Section skipped") == 2 and "at least 33 tokens" in page
+
+
+def test_a_section_that_fails_on_its_input_is_skipped_with_a_note(tmp_path, monkeypatch):
+    # regression (issue 22 #14): one analysis refusing its input (a RopeInterpError in its finish) took every
+    # other section with it; now it is a visible note in the page and in summary["skipped"], the others kept
+    import json
+
+    import torch
+
+    from rope_interp.analyses import registry
+    from rope_interp.analyses.report import ReportConfig, build_report
+    from rope_interp.errors import ContextLengthError
+    from rope_interp.model.testing import tiny_model
+
+    usage = registry.get("usage")
+
+    def refuse(ctx, opts, acc):
+        raise ContextLengthError("planted: too little text for usage")
+
+    import dataclasses
+
+    monkeypatch.setitem(registry._REGISTRY, "usage", dataclasses.replace(usage, finish=refuse))
+    tokens = torch.randint(0, 50, (1, 40), generator=torch.Generator().manual_seed(0))
+    path = build_report(tiny_model(), tokens, tmp_path / "r", ReportConfig(progress=False), source="fail")
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert "planted: too little text for usage" in summary["skipped"]["usage"]
+    assert "usage" not in summary["analyses"] and len(summary["analyses"]) >= 3
+    assert "planted: too little text for usage" in path.read_text()

@@ -850,6 +850,10 @@ def test_degenerate_analysis_inputs_are_refused(model, case):
             TokenError,
             lambda: analyses.induction_heads(model, tokens=torch.tensor([[1] + [7] * 8 + [7] * 8])),
         ),
+        "positional_heads_two_tokens": (
+            ContextLengthError,
+            lambda: analyses.positional_heads(model, torch.tensor([[5, 6]]), ablate_k=None, progress=False),
+        ),
         "positional_heads_no_layers": (
             LayerError,
             lambda: analyses.positional_heads(model, torch.arange(1, 20)[None], layers=[], progress=False),

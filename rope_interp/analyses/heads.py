@@ -35,6 +35,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     import pandas as pd
 
+from ..errors import ContextLengthError
 from ..intervene.ablate import ablate_bands
 from ..model import adapter
 from ..model.hooks import FwdHooks, HookSet, per_device
@@ -311,6 +312,9 @@ def causal_check(
     return _causal_record(layer, head, offset, k, surv, used)
 
 
+MIN_QUERIES = 8  # ours: fewest scored (batch × query) positions per offset for a head score to mean anything
+
+
 def positional_heads(
     model: Model,
     data: Any,
@@ -341,6 +345,11 @@ def positional_heads(
     positive_int("causal_windows", causal_windows, minimum=0)
     acc = HeadsAccumulator(model, layer_list(model, layers), offsets, threshold, start_pos, causal_windows)
     run_pass(model, data, [acc], window=window, progress=progress, desc="positional heads")
+    if float(acc.n_q.min()) < MIN_QUERIES:  # a score over a handful of queries is no finding
+        raise ContextLengthError(
+            f"positional_heads scored only {int(acc.n_q.min())} query positions at some offset (queries from "
+            f"start_pos={start_pos}, after the offset); it needs at least {MIN_QUERIES}: pass more text"
+        )
     result = acc.finalize()
     if ablate_k:
         add_causal_checks(model, result, acc.cache, ablate_k, start_pos, method, progress)

@@ -235,12 +235,9 @@ def layer_head_band_frame(layers: Sequence[int], columns: dict[str, Tensor]):
 
 def layer_list(model: Model, layers: Any) -> list[int]:
     """Validated, sorted, de-duplicated layers (None = all); an empty selection is refused."""
-    if (
-        layers is not None
-        and not isinstance(layers, int)
-        and getattr(layers, "ndim", 1) != 0
-        and len(layers) == 0
-    ):
+    empty_seq = isinstance(layers, (list, tuple, range)) and len(layers) == 0
+    empty_array = getattr(layers, "ndim", 0) == 1 and getattr(layers, "shape", (1,))[0] == 0
+    if empty_seq or empty_array:
         raise LayerError("layers=[] selects no layer: pass layer numbers, or None for every layer")
     return sorted(set(adapter.layers(model, layers)))
 

@@ -207,13 +207,17 @@ def run(
     window: int | None = None,
     progress: bool = True,
     timings: dict[str, float] | None = None,
+    failures: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run the selected analyses (``{name: options}`` or names with default options) over ``data``
     in one fused pass, then each one's extra runs; returns ``{name: result}``.
 
     Options are validated before any forward. ``layers=None`` analyses every layer.
     ``timings`` (a dict) receives the seconds of the shared pass (``"pass"``) and of each
-    analysis' ``finish`` (its extra runs).
+    analysis' ``finish`` (its extra runs). ``failures`` (a dict): an analysis whose ``finish``
+    raises a :class:`RopeInterpError` (its input cannot support it) is left out of the results and
+    its error recorded there as ``{name: message}``, so the others survive; without it, the error
+    propagates.
     """
     import time
 
@@ -235,7 +239,12 @@ def run(
     results = {}
     for a, opts in chosen:
         t0 = time.perf_counter()
-        results[a.name] = a.finish(ctx, opts, accs[a.name])
+        try:
+            results[a.name] = a.finish(ctx, opts, accs[a.name])
+        except RopeInterpError as err:
+            if failures is None:
+                raise
+            failures[a.name] = f"{type(err).__name__}: {err}"
         times[a.name] = time.perf_counter() - t0
     if timings is not None:
         timings.update(times)

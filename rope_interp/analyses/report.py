@@ -283,6 +283,7 @@ def _write_report(
             chosen.append(a)
     with preserved_state(model):
         timings: dict[str, float] = {}
+        failed: dict[str, str] = {}
         run.results = registry.run(
             model,
             tokens,
@@ -291,7 +292,11 @@ def _write_report(
             window=window,
             progress=cfg.progress,
             timings=timings,
+            failures=failed,
         )
+        for name, why in failed.items():  # a section its input cannot support: a note, the others kept
+            skipped[name] = f"could not run on this input ({why})"
+        chosen = [a for a in chosen if a.name not in failed]
         run.seconds = {("shared pass" if k == "pass" else f"{k} (extra runs)"): v for k, v in timings.items()}
         world = distributed.world()
         run.processes = 1 if world is None else world.size
