@@ -433,7 +433,7 @@ def check_against_source(model: Model, hf: Any, where: str, *, fix: str) -> None
     Compared on a probe of 8 tokens: each layer's rotary frequencies and amplitudes as rope_interp reads
     them (:class:`~rope_interp.model.layout.RotaryBands`) against the source's own rotary module
     (relative 1e-5), each layer's ``q·k`` divisor (relative 1e-6), and the logits (relative to the
-    largest logit: 1e-4 in float32/float64, 2e-2 in half precision). ``fix`` is what the message offers.
+    largest logit: 1e-4; float32/float64 only: in half precision rounding alone moves logits by ~10%). ``fix`` is what the message offers.
     """
     from . import adapter
     from .layout import RotaryBands
@@ -465,6 +465,11 @@ def check_against_source(model: Model, hf: Any, where: str, *, fix: str) -> None
             raise ModelMismatchError(
                 f"{head}: layer {layer} divides q·k by {rb.attn_scale[layer].item():.6g}, the source by {s:.6g}; {fix}"
             )
+    if next(model.parameters()).dtype not in (torch.float32, torch.float64):
+        # half precision: two correct conversions differ by rounding (SmolLM2 in bf16: 0.099 of the largest
+        # logit), so logits cannot tell a wrong network from rounding; the frequencies and q·k scales above,
+        # which do not depend on the dtype, are the check
+        return
     cfg = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
     vocab = int(cfg.vocab_size)
     dev = next(hf.parameters()).device
@@ -472,8 +477,7 @@ def check_against_source(model: Model, hf: Any, where: str, *, fix: str) -> None
     with torch.no_grad():
         ref = hf(tokens).logits.float().cpu()
         ours = model(tokens.to(adapter.device(model))).float().cpu()
-    dtype = next(model.parameters()).dtype
-    tol = 1e-4 if dtype in (torch.float32, torch.float64) else 2e-2
+    tol = 1e-4
     rel = ((ours - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
     if not rel <= tol:
         raise ModelMismatchError(
